@@ -1,0 +1,190 @@
+"""Structured schema of the config tree, and the range checks that run before any work starts.
+
+OmegaConf's structured mode rejects unknown keys and wrong types; :func:`validate` adds the
+ranges. Every error names the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["Config", "ConfigError", "validate"]
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key and the allowed range."""
+
+@dataclass
+class ModelConfig:
+    backbone: str = "random"  # "random", "minilm", or any HF BERT-family name / local path
+    arch: str = "bert"  # for backbone=random: bert | roberta | distilbert | xlm-roberta
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 2
+    intermediate_size: int = 128
+    max_positions: int = 0  # 0: data.seq_len
+    attn_implementation: str = "sdpa"
+    dropout: float = 0.1  # classifier-head dropout
+    num_labels: int = 0  # 0: taken from the data module
+
+@dataclass
+class GateConfig:
+    layers: list[int] = field(default_factory=lambda: [1])
+    hidden: int = 0  # 0: d/2
+    context: str = "mean"  # mean | running | none
+    running_decay: float = 0.9
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+    init_log_alpha: float = 2.0
+    protect_special_tokens: bool = True
+
+@dataclass
+class BudgetConfig:
+    ratio: Optional[float] = 0.3
+    tokens: Optional[int] = None
+    schedule: str = "constant"  # constant | linear
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # backbone and head
+    gate_lr: float = 1e-2
+    dual_lr: float = 1e-2  # η, the dual ascent step of λ
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "linear"  # linear | cosine | constant (warm-up then shape; λ's lr never changes)
+    warmup_steps: int = 50
+    grad_clip: float = 1.0  # 0 disables; clips backbone and gate only
+    dual_warmup_steps: int = 0  # λ's term is multiplied by 0 for these many steps
+
+@dataclass
+class DataConfig:
+    name: str = "needle"
+    seq_len: int = 512
+    min_seq_len: int = 0  # 0: = seq_len (no padding); smaller: lengths vary, batches are padded
+    vocab_size: int = 128
+    num_classes: int = 4
+    num_needles: int = 1
+    tokens_per_class: int = 4
+    train_size: int = 4096
+    val_size: int = 512
+    test_size: int = 1024
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    seed: int = 0
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 2
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+    fast_dev_run: bool = False
+
+@dataclass
+class LoggingConfig:
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "adaptive-retention"
+    run_name: Optional[str] = None
+    checkpoint_dir: str = "checkpoints"
+    save_checkpoint: bool = True
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+_Check = tuple[str, Callable[[Any], bool], str]
+
+_CHECKS: list[_Check] = [
+    ("budget.ratio", lambda v: v is None or 0.0 < v <= 1.0, "(0, 1]"),
+    ("budget.tokens", lambda v: v is None or v >= 1, ">= 1"),
+    ("budget.schedule", lambda v: v in ("constant", "linear"), "one of constant, linear"),
+    ("gate.beta", lambda v: v > 0, "> 0"),
+    ("gate.gamma", lambda v: v < 0, "< 0"),
+    ("gate.zeta", lambda v: v > 1, "> 1"),
+    ("gate.hidden", lambda v: v >= 0, ">= 0 (0 means d/2)"),
+    ("gate.context", lambda v: v in ("mean", "running", "none"), "one of mean, running, none"),
+    ("gate.running_decay", lambda v: 0.0 <= v < 1.0, "[0, 1)"),
+    ("gate.layers", lambda v: len(v) > 0, "a non-empty list of layer indices"),
+    ("optim.lr", lambda v: v >= 0, ">= 0"),
+    ("optim.gate_lr", lambda v: v >= 0, ">= 0"),
+    ("optim.dual_lr", lambda v: v >= 0, ">= 0"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.betas", lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two values in [0, 1)"),
+    ("optim.scheduler", lambda v: v in ("linear", "cosine", "constant"), "one of linear, cosine, constant"),
+    ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 disables)"),
+    ("optim.dual_warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("model.hidden_size", lambda v: v >= 1, ">= 1"),
+    ("model.num_layers", lambda v: v >= 1, ">= 1"),
+    ("model.num_heads", lambda v: v >= 1, ">= 1"),
+    ("model.intermediate_size", lambda v: v >= 1, ">= 1"),
+    ("model.max_positions", lambda v: v >= 0, ">= 0 (0 means data.seq_len)"),
+    ("model.attn_implementation", lambda v: v in ("sdpa", "eager"), "one of sdpa, eager"),
+    ("model.dropout", lambda v: 0.0 <= v < 1.0, "[0, 1)"),
+    ("model.num_labels", lambda v: v >= 0, ">= 0 (0 means from the data)"),
+    ("data.seq_len", lambda v: v >= 8, ">= 8"),
+    ("data.min_seq_len", lambda v: v >= 0, ">= 0"),
+    ("data.num_classes", lambda v: v >= 2, ">= 2"),
+    ("data.num_needles", lambda v: v >= 1, ">= 1"),
+    ("data.tokens_per_class", lambda v: v >= 1, ">= 1"),
+    ("data.train_size", lambda v: v >= 1, ">= 1"),
+    ("data.val_size", lambda v: v >= 1, ">= 1"),
+    ("data.test_size", lambda v: v >= 1, ">= 1"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1)"),
+    ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1"),
+    ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),
+]
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+def validate(cfg: DictConfig, num_backbone_layers: int | None = None) -> None:
+    """Raise :class:`ConfigError` for the first out-of-range value, naming the key and the allowed range.
+
+    ``num_backbone_layers`` (when known) bounds ``gate.layers``.
+    """
+    for key, ok, allowed in _CHECKS:
+        value = _get(cfg, key)
+        if isinstance(value, float) and math.isnan(value) or not ok(value):
+            raise ConfigError(f"{key}={value!r} is out of range; allowed: {allowed}")
+    if (cfg.budget.ratio is None) == (cfg.budget.tokens is None):
+        raise ConfigError(
+            f"budget.ratio={cfg.budget.ratio!r} and budget.tokens={cfg.budget.tokens!r}: set exactly one (the other to null)"
+        )
+    if cfg.data.min_seq_len > cfg.data.seq_len:
+        raise ConfigError(f"data.min_seq_len={cfg.data.min_seq_len} is out of range; allowed: <= data.seq_len ({cfg.data.seq_len})")
+    if num_backbone_layers is not None:
+        for i in cfg.gate.layers:
+            if not 0 <= i < num_backbone_layers:
+                raise ConfigError(
+                    f"gate.layers contains {i}, out of range; allowed: 0..{num_backbone_layers - 1} "
+                    f"(the backbone has {num_backbone_layers} layers)"
+                )
+    if len(set(cfg.gate.layers)) != len(cfg.gate.layers):
+        raise ConfigError(f"gate.layers={list(cfg.gate.layers)} has duplicates; allowed: distinct layer indices")
+

@@ -1,0 +1,148 @@
+"""Synthetic long-context needle classification: the label depends on a few tokens hidden in long
+distractor text, so a gate that keeps them provably wins and one that drops them provably loses.
+
+Vocabulary: 0 [PAD], 1 [CLS], 2 [SEP]; then ``num_classes × tokens_per_class`` needle tokens
+(needle token ``3 + c·tokens_per_class + j`` belongs to class c); the rest are distractors.
+A sequence is ``[CLS] x_1 … x_{L−2} [SEP]`` of distractors with ``num_needles`` needle tokens at
+distinct random positions; the label is (Σ classes of the needles) mod ``num_classes``.
+Random or first-M retention at ratio ρ keeps one needle only with probability ≈ ρ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = ["NeedleSpec", "generate_needle", "NeedleDataModule", "PAD_ID", "CLS_ID", "SEP_ID"]
+
+PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
+_FIRST_NEEDLE = 3
+_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class NeedleSpec:
+    seq_len: int = 512
+    min_seq_len: int = 0
+    vocab_size: int = 128
+    num_classes: int = 4
+    num_needles: int = 1
+    tokens_per_class: int = 4
+
+    @property
+    def first_distractor(self) -> int:
+        return _FIRST_NEEDLE + self.num_classes * self.tokens_per_class
+
+    def __post_init__(self) -> None:
+        if self.first_distractor >= self.vocab_size:
+            raise ValueError(
+                f"data.vocab_size={self.vocab_size} is too small: needs > {self.first_distractor} "
+                f"(3 special + num_classes·tokens_per_class needle tokens + at least one distractor)"
+            )
+        if self.num_needles > max(self.min_seq_len or self.seq_len, self.seq_len) - 2:
+            raise ValueError(f"data.num_needles={self.num_needles} does not fit in sequences of length {self.seq_len}")
+        if self.min_seq_len and self.min_seq_len < self.num_needles + 2:
+            raise ValueError(f"data.min_seq_len={self.min_seq_len} must be >= num_needles + 2")
+
+    def needle_class(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Class of needle tokens (−1 for anything that is not a needle)."""
+        is_needle = (token_ids >= _FIRST_NEEDLE) & (token_ids < self.first_distractor)
+        return torch.where(is_needle, (token_ids - _FIRST_NEEDLE) // self.tokens_per_class, -1)
+
+
+def generate_needle(spec: NeedleSpec, size: int, seed: int) -> dict[str, torch.Tensor]:
+    """``size`` examples, fully determined by ``seed`` (vectorised, no per-example Python loop)."""
+    g = torch.Generator().manual_seed(seed)
+    t = spec.seq_len
+    lo = spec.min_seq_len or t
+    lengths = torch.randint(lo, t + 1, (size,), generator=g)
+    ids = torch.randint(spec.first_distractor, spec.vocab_size, (size, t), generator=g)
+    pos = torch.arange(t).expand(size, t)
+    # Needle positions: the first num_needles of a random permutation of the body 1..len-2.
+    keys = torch.rand(size, t, generator=g).masked_fill((pos < 1) | (pos >= (lengths - 1).unsqueeze(1)), 2.0)
+    needle_pos = keys.argsort(dim=1)[:, : spec.num_needles]
+    classes = torch.randint(0, spec.num_classes, (size, spec.num_needles), generator=g)
+    variant = torch.randint(0, spec.tokens_per_class, (size, spec.num_needles), generator=g)
+    ids.scatter_(1, needle_pos, _FIRST_NEEDLE + classes * spec.tokens_per_class + variant)
+    ids[:, 0] = CLS_ID
+    ids.scatter_(1, (lengths - 1).unsqueeze(1), SEP_ID)
+    attention_mask = (pos < lengths.unsqueeze(1)).long()
+    ids = ids.masked_fill(attention_mask == 0, PAD_ID)
+    labels = classes.sum(1) % spec.num_classes
+    return {"input_ids": ids, "attention_mask": attention_mask, "labels": labels, "needle_positions": needle_pos}
+
+
+class _DictDataset(TensorDataset):
+    def __init__(self, data: dict[str, torch.Tensor], keys: tuple[str, ...]) -> None:
+        super().__init__(*(data[k] for k in keys))
+        self.keys = keys
+
+    def __getitem__(self, index):
+        return dict(zip(self.keys, super().__getitem__(index)))
+
+
+class NeedleDataModule(L.LightningDataModule):
+    """Train / val / test splits generated from ``seed`` with a distinct stream per split."""
+
+    special_token_ids = (CLS_ID, SEP_ID)
+    pad_token_id = PAD_ID
+
+    def __init__(
+        self,
+        seq_len: int = 512,
+        min_seq_len: int = 0,
+        vocab_size: int = 128,
+        num_classes: int = 4,
+        num_needles: int = 1,
+        tokens_per_class: int = 4,
+        train_size: int = 4096,
+        val_size: int = 512,
+        test_size: int = 1024,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = NeedleSpec(seq_len, min_seq_len, vocab_size, num_classes, num_needles, tokens_per_class)
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.datasets: dict[str, _DictDataset] = {}
+
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spec.vocab_size
+
+    def split_seed(self, split: str) -> int:
+        return self.hparams.seed * 1000 + _SPLIT_OFFSET[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        for split, size in self.sizes.items():
+            if split not in self.datasets:
+                data = generate_needle(self.spec, size, self.split_seed(split))
+                self.datasets[split] = _DictDataset(data, ("input_ids", "attention_mask", "labels"))
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)

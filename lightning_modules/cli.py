@@ -1,0 +1,199 @@
+"""The ``retention`` command line.
+
+    retention train [--config FILE] [group=option ...] [key=value ...]
+
+A bad config exits with code 2 and a one-line error naming the key, before any model is built
+or data is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from conf.schema import ConfigError
+
+__all__ = ["main", "train", "default_tracking_uri"]
+
+EXIT_CONFIG_ERROR = 2
+
+
+def default_tracking_uri(configured: str | None) -> str:
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else a SQLite database in the working directory
+    (MLflow 3 rejects its old ``./mlruns`` file store)."""
+    if configured:
+        return configured
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_backbone(cfg) -> None:
+    from datamodules import DATAMODULES
+    from conf.schema import validate
+
+    from .config import backbone_num_layers
+
+    if cfg.data.name not in DATAMODULES:
+        raise ConfigError(f"data.name={cfg.data.name!r} is not a known data module; allowed: {', '.join(sorted(DATAMODULES))}")
+    validate(cfg, backbone_num_layers(cfg))
+
+
+def build_datamodule(cfg):
+    from omegaconf import OmegaConf
+
+    from datamodules import DATAMODULES
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    name = data.pop("name")
+    return DATAMODULES[name](**data)
+
+
+def build_system(cfg, dm):
+    from omegaconf import OmegaConf
+
+    from .classification import RetentionClassifier
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return RetentionClassifier(
+        num_labels=cfg.model.num_labels or dm.num_labels,
+        model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
+        vocab_size=getattr(dm, "vocab_size", None),
+        max_positions=cfg.data.seq_len,
+        protected_token_ids=tuple(dm.special_token_ids),
+    )
+
+
+def train(cfg) -> dict[str, object]:
+    """Fit, test (dense / soft / retained) and track one run. Returns the summary."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+    from omegaconf import OmegaConf
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    logger = MLFlowLogger(
+        experiment_name=cfg.logging.experiment,
+        run_name=cfg.logging.run_name,
+        tracking_uri=default_tracking_uri(cfg.logging.tracking_uri),
+    )
+    run_id = logger.run_id
+    logger.log_hyperparams(_flatten(OmegaConf.to_container(cfg, resolve=True)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        OmegaConf.save(cfg, path, resolve=True)
+        logger.experiment.log_artifact(run_id, str(path))
+
+    dm = build_datamodule(cfg)
+    system = build_system(cfg, dm)
+
+    callbacks = [LearningRateMonitor(logging_interval="step")]
+    ckpt = None
+    if cfg.logging.save_checkpoint and not cfg.trainer.fast_dev_run:
+        ckpt = ModelCheckpoint(dirpath=str(Path(cfg.logging.checkpoint_dir) / run_id), filename="best",
+                               monitor="val/acc_hard", mode="max", save_top_k=1)
+        callbacks.append(ckpt)
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer = L.Trainer(
+        logger=logger,
+        callbacks=callbacks,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        default_root_dir=cfg.logging.checkpoint_dir,
+        enable_checkpointing=ckpt is not None,
+        **trainer_kwargs,
+    )
+    trainer.fit(system, datamodule=dm)
+    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if best:
+        logger.experiment.set_tag(run_id, "checkpoint_path", str(Path(best).resolve()))
+    trainer.test(system, datamodule=dm, ckpt_path=best, verbose=False)
+
+    m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    summary: dict[str, object] = {
+        "run_id": run_id,
+        "tracking_uri": logger._tracking_uri,
+        "checkpoint": best,
+        "dense_acc": m.get("test/acc_dense"),
+        "soft_acc": m.get("test/acc_soft"),
+        "retained_acc": m.get("test/acc_hard"),
+        "ratio": cfg.budget.ratio,
+        "tokens": cfg.budget.tokens,
+        "kept": {layer: m.get(f"test/kept_fraction_l{layer}") for layer in system.encoder.gate_layers},
+        "lambda": {layer: float(v) for layer, v in zip(system.encoder.gate_layers, system.lam.detach().cpu())},
+    }
+    if summary["dense_acc"]:
+        summary["retained_over_dense"] = summary["retained_acc"] / summary["dense_acc"]
+        if trainer.is_global_zero:
+            logger.log_metrics({"test/retained_over_dense": summary["retained_over_dense"]})
+    if trainer.is_global_zero:
+        torch.set_printoptions(precision=4)
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    budget = f"rho = {s['ratio']}" if s["ratio"] is not None else f"M = {s['tokens']}"
+    rows = [
+        ("MLflow run id", s["run_id"]),
+        ("tracking URI", s["tracking_uri"]),
+        ("checkpoint", s["checkpoint"] or "-"),
+        ("dense accuracy (nothing dropped)", f"{s['dense_acc']:.4f}"),
+        ("soft-gate accuracy", f"{s['soft_acc']:.4f}"),
+        (f"retained accuracy (top-M, {budget})", f"{s['retained_acc']:.4f}"),
+    ]
+    if "retained_over_dense" in s:
+        rows.append(("retained / dense", f"{s['retained_over_dense']:.3f}"))
+    for layer, kept in s["kept"].items():
+        rows.append((f"achieved retention, layer {layer}", f"{kept:.4f}"))
+    for layer, lam in s["lambda"].items():
+        rows.append((f"final lambda, layer {layer}", f"{lam:.4f}"))
+    width = max(len(r[0]) for r in rows)
+    line = "-" * (width + 2 + max(len(str(r[1])) for r in rows))
+    return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retention", description="Adaptive Retention experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train, test and track one run")
+    t.add_argument("--config", help="a YAML file merged over the defaults")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("overrides", nargs="*", help="group=option (e.g. model=minilm) or key=value (e.g. budget.ratio=0.5)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .config import compose
+
+    try:
+        cfg = compose(args.overrides, args.config)
+        _check_backbone(cfg)
+    except ConfigError as err:
+        print(f"retention: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

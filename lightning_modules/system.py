@@ -1,0 +1,133 @@
+"""The optimisation core shared by every task: backbone + gates + the dual variable λ.
+
+One optimizer, three param groups:
+  0. backbone and task head (lr, weight decay),
+  1. gates (gate_lr, weight decay),
+  2. λ, one per gated layer: ``maximize=True`` (projected gradient *ascent*), no weight decay,
+     its own lr η, and a constant LR-schedule factor so warm-up/decay never changes η.
+After every optimizer step λ is projected onto λ ≥ 0; gradient clipping touches groups 0 and 1 only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from retention import Budget, HardConcrete, RetentionEncoder, lagrangian_term
+from retention.backbones import build_backbone
+
+__all__ = ["RetentionSystem", "build_retention_encoder", "PRIMAL_GROUPS", "DUAL_GROUP"]
+
+PRIMAL_GROUPS = (0, 1)
+DUAL_GROUP = 2
+
+
+def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: int | None,
+                            max_positions: int, protected_token_ids: tuple[int, ...]) -> RetentionEncoder:
+    """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections."""
+    backbone = build_backbone(
+        model["backbone"],
+        attn_implementation=model["attn_implementation"],
+        arch=model["arch"],
+        vocab_size=vocab_size,
+        hidden_size=model["hidden_size"],
+        num_layers=model["num_layers"],
+        num_heads=model["num_heads"],
+        intermediate_size=model["intermediate_size"],
+        max_positions=model["max_positions"] or max_positions,
+    )
+    layers = list(gate["layers"])
+    return RetentionEncoder(
+        backbone,
+        gate_layers=layers,
+        budget=Budget(ratio=budget["ratio"], tokens=budget["tokens"], schedule=budget["schedule"], num_layers=len(layers)),
+        hard_concrete=HardConcrete(beta=gate["beta"], gamma=gate["gamma"], zeta=gate["zeta"]),
+        protected_token_ids=protected_token_ids if gate["protect_special_tokens"] else (),
+        scorer_hidden=gate["hidden"] or None,
+        context=gate["context"],
+        running_decay=gate["running_decay"],
+        init_log_alpha=gate["init_log_alpha"],
+    )
+
+
+class RetentionSystem(L.LightningModule):
+    """Base LightningModule: owns ``self.encoder`` (a :class:`RetentionEncoder`), ``self.head``
+    (set by the task subclass) and ``self.lam`` (λ, an ``nn.Parameter`` so DDP keeps it identical on
+    every rank and checkpoints carry it)."""
+
+    def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
+                 max_positions: int, protected_token_ids: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids))
+        self.lam = nn.Parameter(torch.zeros(self.encoder.num_gates))
+        self.optim_cfg = optim
+
+    # ------------------------------------------------------------------ the Lagrangian
+    def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ) (see :func:`retention.lagrangian_term`); during the dual warm-up it is
+        multiplied by 0 so λ and the gates stay in the graph (DDP needs every parameter used)."""
+        term = lagrangian_term(self.lam, expected, targets)
+        if self.global_step < self.optim_cfg["dual_warmup_steps"]:
+            term = term * 0.0
+        return term
+
+    def log_retention(self, stage: str, out, on_step: bool) -> None:
+        for k, layer in enumerate(self.encoder.gate_layers):
+            if stage == "train":
+                self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
+                self.log(f"train/open_fraction_l{layer}", out.kept_fraction[k], on_step=True, on_epoch=True)
+                self.log(f"train/target_l{layer}", out.targets[k], on_step=True, on_epoch=False)
+                self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
+            else:
+                self.log(f"{stage}/kept_fraction_l{layer}", out.kept_fraction[k], on_step=on_step, on_epoch=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def param_groups(self) -> list[dict[str, Any]]:
+        o = self.optim_cfg
+        gate_params = list(self.encoder.gates.parameters())
+        gate_ids = {id(p) for p in gate_params} | {id(self.lam)}
+        primal = [p for p in self.parameters() if id(p) not in gate_ids]
+        return [
+            {"params": primal, "lr": o["lr"], "weight_decay": o["weight_decay"], "name": "backbone"},
+            {"params": gate_params, "lr": o["gate_lr"], "weight_decay": o["weight_decay"], "name": "gate"},
+            {"params": [self.lam], "lr": o["dual_lr"], "weight_decay": 0.0, "maximize": True, "name": "dual"},
+        ]
+
+    def lr_factor(self, step: int) -> float:
+        """Warm-up then the configured shape, for the primal groups only."""
+        o = self.optim_cfg
+        warm = o["warmup_steps"]
+        if warm and step < warm:
+            return (step + 1) / warm
+        if o["scheduler"] == "constant":
+            return 1.0
+        total = max(1, int(self.trainer.estimated_stepping_batches) - warm) if self._trainer is not None else 1
+        progress = min(1.0, (step - warm) / total)
+        if o["scheduler"] == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        optimizer = torch.optim.AdamW(self.param_groups(), betas=tuple(o["betas"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [self.lr_factor, self.lr_factor, lambda _: 1.0])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        with torch.no_grad():
+            self.lam.clamp_(min=0.0)  # projection: λ ← max(0, λ)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if not gradient_clip_val:
+            return
+        params = [p for g in PRIMAL_GROUPS for p in optimizer.param_groups[g]["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)

