@@ -47,6 +47,8 @@ class BudgetConfig:
     ratio: Optional[float] = 0.3
     tokens: Optional[int] = None
     schedule: str = "constant"  # constant | linear
+    dense_steps: int = 0  # first train the task densely (gates open, λ term × 0) for these steps
+    warmup_steps: int = 0  # then anneal the training target from 1 to rho over these steps
 
 @dataclass
 class OptimConfig:
@@ -58,7 +60,6 @@ class OptimConfig:
     scheduler: str = "linear"  # linear | cosine | constant (warm-up then shape; λ's lr never changes)
     warmup_steps: int = 50
     grad_clip: float = 1.0  # 0 disables; clips backbone and gate only
-    dual_warmup_steps: int = 0  # λ's term is multiplied by 0 for these many steps
 
 @dataclass
 class DataConfig:
@@ -120,6 +121,8 @@ _CHECKS: list[_Check] = [
     ("budget.ratio", lambda v: v is None or 0.0 < v <= 1.0, "(0, 1]"),
     ("budget.tokens", lambda v: v is None or v >= 1, ">= 1"),
     ("budget.schedule", lambda v: v in ("constant", "linear"), "one of constant, linear"),
+    ("budget.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("budget.dense_steps", lambda v: v >= 0, ">= 0"),
     ("gate.beta", lambda v: v > 0, "> 0"),
     ("gate.gamma", lambda v: v < 0, "< 0"),
     ("gate.zeta", lambda v: v > 1, "> 1"),
@@ -135,7 +138,6 @@ _CHECKS: list[_Check] = [
     ("optim.scheduler", lambda v: v in ("linear", "cosine", "constant"), "one of linear, cosine, constant"),
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 disables)"),
-    ("optim.dual_warmup_steps", lambda v: v >= 0, ">= 0"),
     ("model.hidden_size", lambda v: v >= 1, ">= 1"),
     ("model.num_layers", lambda v: v >= 1, ">= 1"),
     ("model.num_heads", lambda v: v >= 1, ">= 1"),

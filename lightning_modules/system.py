@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from retention import Budget, HardConcrete, RetentionEncoder, lagrangian_term
+from retention import Budget, HardConcrete, RetentionEncoder, annealed_targets, lagrangian_term
 from retention.backbones import build_backbone
 
 __all__ = ["RetentionSystem", "build_retention_encoder", "PRIMAL_GROUPS", "DUAL_GROUP"]
@@ -66,22 +66,35 @@ class RetentionSystem(L.LightningModule):
         self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids))
         self.lam = nn.Parameter(torch.zeros(self.encoder.num_gates))
         self.optim_cfg = optim
+        self.budget_cfg = budget
 
     # ------------------------------------------------------------------ the Lagrangian
-    def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ) (see :func:`retention.lagrangian_term`); during the dual warm-up it is
-        multiplied by 0 so λ and the gates stay in the graph (DDP needs every parameter used)."""
-        term = lagrangian_term(self.lam, expected, targets)
-        if self.global_step < self.optim_cfg["dual_warmup_steps"]:
-            term = term * 0.0
-        return term
+    @property
+    def gating(self) -> bool:
+        """False during the first ``budget.dense_steps`` steps, when the task is trained densely."""
+        return self.global_step >= self.budget_cfg["dense_steps"]
 
-    def log_retention(self, stage: str, out, on_step: bool) -> None:
+    def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.lagrangian_term`) against the warmed-up targets
+        ρ_ℓ(t) (:func:`retention.annealed_targets`, t counted from the end of the dense phase).
+        Returns (term, ρ(t))."""
+        step = self.global_step - self.budget_cfg["dense_steps"]
+        targets = annealed_targets(targets, step, self.budget_cfg["warmup_steps"])
+        return lagrangian_term(self.lam, expected, targets), targets
+
+    def unused_in_graph(self) -> torch.Tensor:
+        """0 · (λ and every gate parameter): keeps them in the autograd graph on dense steps, so DDP
+        does not fail on parameters that received no gradient."""
+        return 0.0 * sum(p.sum() for p in [self.lam, *self.encoder.gates.parameters()])
+
+    def log_retention(self, stage: str, out, on_step: bool, targets: torch.Tensor | None = None) -> None:
+        """Achieved vs target at every step (train: expected retention ĝ_ℓ, the fraction of open
+        sampled gates, the current target ρ_ℓ(t) and λ_ℓ; val/test: the kept fraction of the hard path)."""
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
                 self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
                 self.log(f"train/open_fraction_l{layer}", out.kept_fraction[k], on_step=True, on_epoch=True)
-                self.log(f"train/target_l{layer}", out.targets[k], on_step=True, on_epoch=False)
+                self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
                 self.log(f"{stage}/kept_fraction_l{layer}", out.kept_fraction[k], on_step=on_step, on_epoch=True)

@@ -10,7 +10,7 @@ Where each equation of the method lives:
 * soft gating and physical removal on a stock HF encoder — :mod:`retention.encoder`
 """
 
-from .budget import Budget, expected_retention, keep_counts, lagrangian_term
+from .budget import Budget, annealed_targets, expected_retention, keep_counts, lagrangian_term
 from .encoder import SUPPORTED_MODEL_TYPES, RetentionEncoder, RetentionOutput, transformer_layers
 from .gate import ContextScorer
 from .hard_concrete import HardConcrete
@@ -18,6 +18,7 @@ from .selection import Selection, gather_tokens, scatter_tokens, select_top_m
 
 __all__ = [
     "Budget",
+    "annealed_targets",
     "ContextScorer",
     "HardConcrete",
     "RetentionEncoder",

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Budget", "SCHEDULES", "expected_retention", "lagrangian_term", "keep_counts"]
+__all__ = ["Budget", "SCHEDULES", "annealed_targets", "expected_retention", "lagrangian_term", "keep_counts"]
 
 SCHEDULES = ("constant", "linear")
 
@@ -46,6 +46,19 @@ def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Ten
     projection at 0) while it is slack.
     """
     return (lam * (achieved - target)).sum()
+
+
+def annealed_targets(targets: torch.Tensor, step: int, warmup_steps: int) -> torch.Tensor:
+    """Budget warm-up (as CoFiPruning's Lagrangian warm-up): the training target moves linearly
+    from 1 (keep everything) to ρ_ℓ over ``warmup_steps`` optimizer steps,
+
+        ρ_ℓ(t) = 1 − (1 − ρ_ℓ)·min(1, t / warmup_steps),
+
+    so the task is learned before the constraint bites. Hard inference always uses ρ_ℓ.
+    """
+    if warmup_steps <= 0:
+        return targets
+    return 1.0 - (1.0 - targets) * min(1.0, step / warmup_steps)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,97 @@
+"""End to end through the `retention` CLI: bad configs exit 2 before any work; a tiny run is tracked in MLflow."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from lightning_modules import cli
+
+from .helpers import TINY
+
+BAD = [
+    ("budget.ratio=0", "budget.ratio", "(0, 1]"),
+    ("budget.ratio=1.5", "budget.ratio", "(0, 1]"),
+    ("gate.beta=0", "gate.beta", "> 0"),
+    ("gate.beta=-1", "gate.beta", "> 0"),
+    ("gate.gamma=0", "gate.gamma", "< 0"),
+    ("gate.zeta=1.0", "gate.zeta", "> 1"),
+    ("optim.lr=-0.001", "optim.lr", ">= 0"),
+    ("optim.gate_lr=-1", "optim.gate_lr", ">= 0"),
+    ("optim.dual_lr=-0.01", "optim.dual_lr", ">= 0"),
+    ("gate.layers=[4]", "gate.layers", "0..3"),
+    ("gate.layers=[-1]", "gate.layers", "0..3"),
+    ("budget.ratio=abc", "budget.ratio", "Float"),
+    ("budget.ratoi=0.3", "ratoi", "Did you mean"),
+    ("model=nonexistent", "model", "minilm"),
+    ("data.name=imagenet", "data.name", "needle"),
+]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail loudly if the CLI gets as far as reading data or building a model."""
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the config was validated")
+
+    monkeypatch.setattr(cli, "build_datamodule", boom)
+    monkeypatch.setattr(cli, "build_system", boom)
+    monkeypatch.setattr(cli, "train", boom)
+
+
+@pytest.mark.parametrize("override,key,allowed", BAD)
+def test_bad_config_exits_2_naming_key(override, key, allowed, capsys, no_work):
+    assert cli.main(["train", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert key in err and allowed in err
+
+
+def test_gate_layer_checked_against_pretrained_backbone(capsys, no_work):
+    assert cli.main(["train", "model=minilm", "gate.layers=[6]"]) == 2
+    assert "0..5" in capsys.readouterr().err
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = [sys.executable, "-m", "lightning_modules.cli"]
+    res = subprocess.run([*exe, "train", "budget.ratio=2"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "budget.ratio" in res.stderr and "(0, 1]" in res.stderr
+
+
+def test_config_file_merges_and_unknown_key_in_file_fails(tmp_path, capsys, no_work):
+    good = tmp_path / "good.yaml"
+    good.write_text("budget:\n  ratio: 0.5\n")
+    assert cli.main(["train", "--config", str(good), "--print-config"]) == 0
+    assert "ratio: 0.5" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gate:\n  temprature: 0.5\n")
+    assert cli.main(["train", "--config", str(bad)]) == 2
+    assert "temprature" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_train_run_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", *TINY, f"logging.tracking_uri={uri}", "logging.experiment=e2e", "trainer.max_steps=3"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["e2e"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["run_id"] in out
+    assert run["params.budget.ratio"] == "0.3" and run["params.gate.layers"] == "[1]"
+    for metric in ("train/task_loss_step", "train/lambda_l1", "train/expected_retention_l1_step",
+                   "test/acc_dense", "test/acc_hard", "test/acc_soft", "test/kept_fraction_l1", "val/acc_hard"):
+        assert f"metrics.{metric}" in runs.columns and runs[f"metrics.{metric}"].notna().all(), metric
+    assert run["metrics.test/kept_fraction_l1"] == pytest.approx(10 / 32)  # ⌈0.3·32⌉ = 10 kept
+    client = mlflow.tracking.MlflowClient(uri)
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run["run_id"])]
+    ckpt = client.get_run(run["run_id"]).data.tags["checkpoint_path"]
+    assert ckpt.endswith("best.ckpt") and (tmp_path / "checkpoints" / run["run_id"] / "best.ckpt").exists()
+    for label in ("dense accuracy", "retained accuracy", "achieved retention, layer 1", "final lambda, layer 1"):
+        assert label in out

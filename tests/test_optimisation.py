@@ -1,0 +1,98 @@
+"""The dual variable: three param groups, projected ascent, clipping and schedules leave η alone."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_modules.cli import build_datamodule, build_system
+from lightning_modules.config import compose
+from lightning_modules.system import DUAL_GROUP
+
+from .helpers import TINY
+
+
+def make(*overrides):
+    cfg = compose([*TINY, *overrides])
+    dm = build_datamodule(cfg)
+    return cfg, dm, build_system(cfg, dm)
+
+
+def test_three_param_groups_with_configured_lrs():
+    _, _, system = make("optim.lr=0.003", "optim.gate_lr=0.02", "optim.dual_lr=0.05", "optim.weight_decay=0.1")
+    opt = system.configure_optimizers()["optimizer"]
+    groups = opt.param_groups
+    assert [g["name"] for g in groups] == ["backbone", "gate", "dual"]
+    assert [g["initial_lr"] for g in groups] == [0.003, 0.02, 0.05]
+    assert groups[DUAL_GROUP]["maximize"] is True and groups[DUAL_GROUP]["weight_decay"] == 0.0
+    assert not groups[0]["maximize"] and groups[0]["weight_decay"] == 0.1
+    assert groups[DUAL_GROUP]["params"] == [system.lam]
+    gate_ids = {id(p) for p in system.encoder.gates.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == gate_ids
+    n_all = sum(1 for _ in system.parameters())
+    assert sum(len(g["params"]) for g in groups) == n_all  # every parameter in exactly one group
+
+
+def test_lr_schedule_never_changes_dual_lr():
+    _, _, system = make("optim.warmup_steps=5", "optim.scheduler=linear", "optim.dual_lr=0.05")
+    conf = system.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(8):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[DUAL_GROUP]["lr"]))
+        opt.step()
+        sched.step()
+    assert len({s[0] for s in seen}) > 1  # the primal lr does follow the warm-up
+    assert {s[1] for s in seen} == {0.05}
+
+
+def test_clipping_touches_only_primal_groups():
+    _, _, system = make()
+    opt = system.configure_optimizers()["optimizer"]
+    for p in system.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    system.configure_gradient_clipping(opt, gradient_clip_val=1e-3, gradient_clip_algorithm="norm")
+    assert torch.all(system.lam.grad == 10.0)
+    primal = [p for g in opt.param_groups[:DUAL_GROUP] for p in g["params"]]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in primal]))
+    assert total.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+class LambdaTrace(Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.values.append(pl_module.lam.detach().clone())
+
+
+def fit(system, dm, steps, clip=None):
+    trace = LambdaTrace()
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[trace], num_sanity_val_steps=0,
+                        limit_val_batches=0, gradient_clip_val=clip, accelerator="cpu")
+    trainer.fit(system, datamodule=dm)
+    return torch.stack(trace.values)[:, 0]
+
+
+def test_lambda_rises_while_constraint_violated():
+    # gates start fully open (P ≈ 1) with a 5 % budget: the constraint is violated throughout.
+    _, dm, system = make("budget.ratio=0.05", "gate.init_log_alpha=8.0", "optim.gate_lr=0.0", "optim.dual_lr=0.01",
+                         "data.train_size=160")
+    lam = fit(system, dm, steps=10, clip=1e-4)  # clipping must not slow λ down
+    assert lam[0] > 0
+    assert torch.all(lam[1:] > lam[:-1])
+    assert lam[-1] == pytest.approx(0.1, rel=0.05)  # Adam moves λ by ≈ η per step at a steady gradient
+
+
+def test_lambda_falls_to_zero_and_never_below_when_slack():
+    # every gate open with budget 1.0: ĝ − ρ ≤ 0, so the ascent lowers λ, and the projection stops it at 0.
+    _, dm, system = make("budget.ratio=1.0", "optim.dual_lr=0.05", "data.train_size=320")
+    with torch.no_grad():
+        system.lam.fill_(0.3)
+    lam = fit(system, dm, steps=20)
+    assert lam[0] < 0.3
+    assert torch.all(lam >= 0)
+    assert lam[-1] == 0.0
+    first_zero = int(torch.nonzero(lam == 0)[0])
+    assert torch.all(lam[:first_zero][1:] < lam[:first_zero][:-1])  # monotone descent until projected
