@@ -20,8 +20,8 @@ BAD = [
     ("optim.lr=-0.001", "optim.lr", ">= 0"),
     ("optim.gate_lr=-1", "optim.gate_lr", ">= 0"),
     ("optim.dual_lr=-0.01", "optim.dual_lr", ">= 0"),
-    ("gate.layers=[4]", "gate.layers", "0..3"),
-    ("gate.layers=[-1]", "gate.layers", "0..3"),
+    ("gate.layers=[3]", "gate.layers", "0..2"),
+    ("gate.layers=[-1]", "gate.layers", "0..2"),
     ("budget.ratio=abc", "budget.ratio", "Float"),
     ("budget.ratoi=0.3", "ratoi", "Did you mean"),
     ("model=nonexistent", "model", "minilm"),
@@ -76,7 +76,7 @@ def test_config_file_merges_and_unknown_key_in_file_fails(tmp_path, capsys, no_w
 def test_tiny_train_run_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["train", *TINY, f"logging.tracking_uri={uri}", "logging.experiment=e2e", "trainer.max_steps=3"]
+    args = ["train", *TINY, f"logging.tracking_uri={uri}", "logging.experiment=e2e"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     mlflow.set_tracking_uri(uri)
