@@ -80,7 +80,6 @@ def build_system(cfg, dm):
 def train(cfg) -> dict[str, object]:
     """Fit, test (dense / soft / retained) and track one run. Returns the summary."""
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
     from omegaconf import OmegaConf
@@ -140,7 +139,6 @@ def train(cfg) -> dict[str, object]:
         if trainer.is_global_zero:
             logger.log_metrics({"test/retained_over_dense": summary["retained_over_dense"]})
     if trainer.is_global_zero:
-        torch.set_printoptions(precision=4)
         print(format_summary(summary), flush=True)
     return summary
 

@@ -106,7 +106,6 @@ class _State:
     z_cum: torch.Tensor | None = None  # soft: (B, T)
     p_cum: torch.Tensor | None = None  # soft: (B, T)
     mask: torch.Tensor | None = None
-    mask_active: bool = False
     expected: list[torch.Tensor] = field(default_factory=list)
     kept: list[torch.Tensor] = field(default_factory=list)
     log_alpha: list[torch.Tensor] = field(default_factory=list)
@@ -211,9 +210,9 @@ class RetentionEncoder(nn.Module):
         weight = st.valid if st.z_cum is None else st.valid * st.z_cum
         log_alpha = self.gates[k](h, weight).float()
         st.log_alpha.append(log_alpha)
-        keep_prot = st.protected & st.valid
         if st.hard:
             return self._hard_gate(k, h, log_alpha, st)
+        keep_prot = st.protected & st.valid
         z = self.hc.sample(log_alpha) if st.sample else self.hc.deterministic(log_alpha)
         p = self.hc.prob_nonzero(log_alpha)
         one = torch.ones_like(z)
