@@ -33,15 +33,13 @@ class RetentionClassifier(RetentionSystem):
         return self.head(out.last_hidden_state[:, 0]), out
 
     def training_step(self, batch, batch_idx):
-        if not self.gating:
-            logits, _ = self(batch["input_ids"], batch["attention_mask"], mode="dense")
-            task = self.loss_fn(logits, batch["labels"])
-            self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
-            return task + self.unused_in_graph()
-        logits, out = self(batch["input_ids"], batch["attention_mask"], mode="soft")
+        gating = self.gating
+        logits, out = self(batch["input_ids"], batch["attention_mask"], mode="soft" if gating else "dense")
         task = self.loss_fn(logits, batch["labels"])
-        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
         self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
+        if not gating:
+            return task + self.unused_in_graph()
+        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
         self.log_retention("train", out, on_step=True, targets=targets)
         self.log("train/exp_ret", out.expected_retention.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
