@@ -1,14 +1,20 @@
 """The ``retention`` command line.
 
     retention train [--config FILE] [group=option ...] [key=value ...]
+    retention <command> ...          (every module in COMMAND_MODULES adds one)
 
 A bad config exits with code 2 and a one-line error naming the key, before any model is built
 or data is read.
+
+Adding a subcommand: write a module that defines ``NAME`` (the subcommand), ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code), importing anything heavy inside
+``run``; then list the module in ``COMMAND_MODULES``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -20,6 +26,10 @@ from conf.schema import ConfigError
 __all__ = ["main", "train", "default_tracking_uri"]
 
 EXIT_CONFIG_ERROR = 2
+
+# Subcommands other than ``train``, one module each (see the module docstring).
+COMMAND_MODULES: list[str] = [
+]
 
 
 def default_tracking_uri(configured: str | None) -> str:
@@ -164,18 +174,27 @@ def format_summary(s: dict) -> str:
     return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="retention", description="Adaptive Retention experiments.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train, test and track one run")
     t.add_argument("--config", help="a YAML file merged over the defaults")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("overrides", nargs="*", help="group=option (e.g. model=minilm) or key=value (e.g. budget.ratio=0.5)")
+    t.set_defaults(run=_run_train)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retention", description="Adaptive Retention experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    for name in COMMAND_MODULES:
+        mod = importlib.import_module(name)
+        sp = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(sp)
+        sp.set_defaults(run=mod.run)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _run_train(args: argparse.Namespace) -> int:
     from .config import compose
 
     try:
@@ -191,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     train(cfg)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return args.run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
