@@ -3,4 +3,7 @@
 from .classification import RetentionClassifier
 from .system import RetentionSystem
 
-__all__ = ["RetentionClassifier", "RetentionSystem"]
+# data module's ``task`` attribute -> the LightningModule class that trains it (``from_config``).
+TASK_SYSTEMS = {"classification": RetentionClassifier}
+
+__all__ = ["RetentionClassifier", "RetentionSystem", "TASK_SYSTEMS"]

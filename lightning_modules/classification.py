@@ -28,6 +28,19 @@ class RetentionClassifier(RetentionSystem):
             for stage in ("val", "test") for path in EVAL_PATHS
         })
 
+    @classmethod
+    def from_config(cls, cfg, dm) -> "RetentionClassifier":
+        from omegaconf import OmegaConf
+
+        c = OmegaConf.to_container(cfg, resolve=True)
+        return cls(
+            num_labels=cfg.model.num_labels or dm.num_labels,
+            model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
+            vocab_size=getattr(dm, "vocab_size", None),
+            max_positions=cfg.data.seq_len,
+            protected_token_ids=tuple(dm.special_token_ids),
+        )
+
     def forward(self, input_ids, attention_mask=None, mode: str = "auto"):
         out = self.encoder(input_ids, attention_mask, mode=mode)
         return self.head(out.last_hidden_state[:, 0]), out

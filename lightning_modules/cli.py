@@ -73,53 +73,64 @@ def build_datamodule(cfg):
 
 
 def build_system(cfg, dm):
-    from omegaconf import OmegaConf
+    """The task's LightningModule: ``TASK_SYSTEMS[dm.task]`` (default ``classification``)."""
+    from . import TASK_SYSTEMS
 
-    from .classification import RetentionClassifier
-
-    c = OmegaConf.to_container(cfg, resolve=True)
-    return RetentionClassifier(
-        num_labels=cfg.model.num_labels or dm.num_labels,
-        model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
-        vocab_size=getattr(dm, "vocab_size", None),
-        max_positions=cfg.data.seq_len,
-        protected_token_ids=tuple(dm.special_token_ids),
-    )
+    task = getattr(dm, "task", "classification")
+    if task not in TASK_SYSTEMS:
+        raise ConfigError(f"data.name={cfg.data.name!r} declares task {task!r}; known tasks: {', '.join(sorted(TASK_SYSTEMS))}")
+    return TASK_SYSTEMS[task].from_config(cfg, dm)
 
 
-def train(cfg) -> dict[str, object]:
-    """Fit, test (dense / soft / retained) and track one run. Returns the summary."""
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def make_logger(cfg, run_id: str | None = None):
+    """MLflow logger for ``cfg`` (a new run, or the existing ``run_id``), with the resolved config
+    logged as flattened params and as a ``config.yaml`` artifact."""
     from lightning.pytorch.loggers import MLFlowLogger
     from omegaconf import OmegaConf
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     logger = MLFlowLogger(
         experiment_name=cfg.logging.experiment,
         run_name=cfg.logging.run_name,
         tracking_uri=default_tracking_uri(cfg.logging.tracking_uri),
+        run_id=run_id,
     )
-    run_id = logger.run_id
     logger.log_hyperparams(_flatten(OmegaConf.to_container(cfg, resolve=True)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         OmegaConf.save(cfg, path, resolve=True)
-        logger.experiment.log_artifact(run_id, str(path))
+        logger.experiment.log_artifact(logger.run_id, str(path))
+    return logger
+
+
+def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True) -> dict[str, object]:
+    """Fit, test (dense / soft / retained) and track one run. Returns the summary.
+
+    ``callbacks`` are added to the Trainer's (e.g. a pruning callback of a sweep); ``logger`` is
+    an :class:`MLFlowLogger` to use instead of a new run (e.g. a sweep trial's nested run).
+    The checkpoint monitors the system's primary metric on the hard path, ``val/<METRIC>_hard``.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from omegaconf import OmegaConf
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    logger = logger if logger is not None else make_logger(cfg)
+    run_id = logger.run_id
 
     dm = build_datamodule(cfg)
     system = build_system(cfg, dm)
+    metric = system.METRIC
 
-    callbacks = [LearningRateMonitor(logging_interval="step")]
+    all_callbacks = [LearningRateMonitor(logging_interval="step"), *callbacks]
     ckpt = None
     if cfg.logging.save_checkpoint and not cfg.trainer.fast_dev_run:
         ckpt = ModelCheckpoint(dirpath=str(Path(cfg.logging.checkpoint_dir) / run_id), filename="best",
-                               monitor="val/acc_hard", mode="max", save_top_k=1)
-        callbacks.append(ckpt)
+                               monitor=f"val/{metric}_hard", mode="max", save_top_k=1)
+        all_callbacks.append(ckpt)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = L.Trainer(
         logger=logger,
-        callbacks=callbacks,
+        callbacks=all_callbacks,
         gradient_clip_val=cfg.optim.grad_clip or None,
         default_root_dir=cfg.logging.checkpoint_dir,
         enable_checkpointing=ckpt is not None,
@@ -136,32 +147,36 @@ def train(cfg) -> dict[str, object]:
         "run_id": run_id,
         "tracking_uri": logger._tracking_uri,
         "checkpoint": best,
-        "dense_acc": m.get("test/acc_dense"),
-        "soft_acc": m.get("test/acc_soft"),
-        "retained_acc": m.get("test/acc_hard"),
+        "metric": metric,
+        "metric_label": system.METRIC_LABEL,
+        "dense": m.get(f"test/{metric}_dense"),
+        "soft": m.get(f"test/{metric}_soft"),
+        "retained": m.get(f"test/{metric}_hard"),
+        "test_metrics": m,
         "ratio": cfg.budget.ratio,
         "tokens": cfg.budget.tokens,
         "kept": {layer: m.get(f"test/kept_fraction_l{layer}") for layer in system.encoder.gate_layers},
         "lambda": {layer: float(v) for layer, v in zip(system.encoder.gate_layers, system.lam.detach().cpu())},
     }
-    if summary["dense_acc"]:
-        summary["retained_over_dense"] = summary["retained_acc"] / summary["dense_acc"]
+    if summary["dense"]:
+        summary["retained_over_dense"] = summary["retained"] / summary["dense"]
         if trainer.is_global_zero:
             logger.log_metrics({"test/retained_over_dense": summary["retained_over_dense"]})
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and print_summary:
         print(format_summary(summary), flush=True)
     return summary
 
 
 def format_summary(s: dict) -> str:
     budget = f"rho = {s['ratio']}" if s["ratio"] is not None else f"M = {s['tokens']}"
+    label = s["metric_label"]
     rows = [
         ("MLflow run id", s["run_id"]),
         ("tracking URI", s["tracking_uri"]),
         ("checkpoint", s["checkpoint"] or "-"),
-        ("dense accuracy (nothing dropped)", f"{s['dense_acc']:.4f}"),
-        ("soft-gate accuracy", f"{s['soft_acc']:.4f}"),
-        (f"retained accuracy (top-M, {budget})", f"{s['retained_acc']:.4f}"),
+        (f"dense {label} (nothing dropped)", f"{s['dense']:.4f}"),
+        (f"soft-gate {label}", f"{s['soft']:.4f}"),
+        (f"retained {label} (top-M, {budget})", f"{s['retained']:.4f}"),
     ]
     if "retained_over_dense" in s:
         rows.append(("retained / dense", f"{s['retained_over_dense']:.3f}"))

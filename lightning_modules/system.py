@@ -57,7 +57,14 @@ def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: i
 class RetentionSystem(L.LightningModule):
     """Base LightningModule: owns ``self.encoder`` (a :class:`RetentionEncoder`), ``self.head``
     (set by the task subclass) and ``self.lam`` (λ, an ``nn.Parameter`` so DDP keeps it identical on
-    every rank and checkpoints carry it)."""
+    every rank and checkpoints carry it).
+
+    A task subclass sets ``METRIC`` (its primary metric, logged as ``{val,test}/<METRIC>_<path>`` for
+    the soft, hard and dense paths; the checkpoint and sweeps monitor ``val/<METRIC>_hard``),
+    ``METRIC_LABEL`` (how the summary names it) and ``from_config(cfg, datamodule)``."""
+
+    METRIC = "acc"
+    METRIC_LABEL = "accuracy"
 
     def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
                  max_positions: int, protected_token_ids: tuple[int, ...] = ()) -> None:
