@@ -259,7 +259,8 @@ class HFDataModule(L.LightningDataModule):
                 yield start + j, self.label_column, f"a label {self.label_expectation()}, got {value!r}"
 
     def convert(self, ds, split: str):
-        """Reshape validated raw rows into the examples :meth:`encode_batch` reads (default: unchanged)."""
+        """Reshape validated raw rows into the examples :meth:`encode_batch` reads (default: unchanged).
+        Runs before val/test are carved from train, so a carved split holds whole converted examples."""
         return ds
 
     def cache_params(self) -> dict[str, Any]:
@@ -272,14 +273,15 @@ class HFDataModule(L.LightningDataModule):
             "label_values": sorted(((str(k), type(k).__name__, v) for k, v in (self._label_values or {}).items())),
         }
 
-    def tokenize(self, texts: list[str]) -> dict[str, list]:
+    def tokenize(self, texts: list[str], offsets: bool = False) -> dict[str, list]:
         """Token ids and masks under the truncation policy; with ``sliding_window`` also
-        ``overflow_to_sample_mapping`` (which input each window came from)."""
+        ``overflow_to_sample_mapping`` (which input each window came from); with ``offsets`` the
+        character span of every token (``offset_mapping``)."""
         h = self.hparams
         windows = h.truncation == "sliding_window"
         return self.tokenizer(
             texts, truncation=True, max_length=h.seq_len, return_token_type_ids=False,
-            return_overflowing_tokens=windows, stride=h.stride if windows else 0,
+            return_overflowing_tokens=windows, stride=h.stride if windows else 0, return_offsets_mapping=offsets,
         )
 
     def encode_batch(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -360,7 +362,7 @@ class HFDataModule(L.LightningDataModule):
         for name in dict.fromkeys(n for n in (h.train_split, val, test) if n):
             ds, skipped = self._validate(name, raw[name])
             self.skipped[name] = len(skipped)
-            checked[name] = (ds, Hasher.hash([raw[name]._fingerprint, skipped]))
+            checked[name] = (self.convert(ds, name), Hasher.hash([raw[name]._fingerprint, skipped]))
 
         train, train_id = checked[h.train_split]
         n_carve = round(h.val_fraction * len(train))  # of the whole train split, for val and for test alike
@@ -401,7 +403,6 @@ class HFDataModule(L.LightningDataModule):
         key = Hasher.hash([ident, self.cache_params()])
         path = self.cache_root() / f"{type(self).__name__.lower()}-{role}-{key}.arrow"
         path.parent.mkdir(parents=True, exist_ok=True)
-        ds = self.convert(ds, role)
         return ds.map(
             self.encode_batch, batched=True, with_indices=True, remove_columns=ds.column_names,
             cache_file_name=str(path), new_fingerprint=key, load_from_cache_file=True,

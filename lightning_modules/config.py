@@ -99,7 +99,15 @@ def backbone_num_layers(cfg: DictConfig) -> int:
         return int(cfg.model.num_layers)
     from retention.backbones import backbone_config
 
+    from retention.encoder import SUPPORTED_MODEL_TYPES
+
     try:
-        return int(backbone_config(cfg.model.backbone).num_hidden_layers)
+        config = backbone_config(cfg.model.backbone)
     except OSError as err:
         raise ConfigError(f"model.backbone={cfg.model.backbone!r} cannot be loaded: {str(err).splitlines()[0]}") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"model.backbone={cfg.model.backbone!r} has model type {config.model_type!r}, which the retention "
+            f"wrapper does not support; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return int(config.num_hidden_layers)
