@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+
+from .loaders import SplitLoaders
 
 __all__ = ["HFDataModule", "DataError", "resolve_tokenizer_name", "TRUNCATION_POLICIES", "ON_INVALID"]
 
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 TRUNCATION_POLICIES = ("head", "tail", "sliding_window")
 ON_INVALID = ("error", "skip")
 UNLABELED = -1
-_EXTENSION_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_EXTENSION_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _CACHE_VERSION = 1  # bump when the processing changes in a way the key does not see
 _VALIDATE_BATCH = 1000
 _DEFAULT_SPLITS = {"val": "validation", "test": "test"}
@@ -89,15 +90,16 @@ def resolve_tokenizer_name(tokenizer: str | None, backbone: str) -> str:
     return resolve_backbone_path(name)
 
 
-def _builder_for(data_files: Any) -> str:
-    files: list[str] = []
+def _files_of(data_files: Any) -> list[str]:
     if isinstance(data_files, str):
-        files = [data_files]
-    elif isinstance(data_files, dict):
-        for v in data_files.values():
-            files.extend([v] if isinstance(v, str) else list(v))
-    else:
-        files = list(data_files)
+        return [data_files]
+    if isinstance(data_files, dict):
+        return [f for v in data_files.values() for f in ([v] if isinstance(v, str) else list(v))]
+    return list(data_files)
+
+
+def _builder_for(data_files: Any) -> str:
+    files = _files_of(data_files)
     exts = {Path(f).suffix.lower() for f in files}
     builders = {_EXTENSION_BUILDERS.get(e) for e in exts}
     if None in builders or len(builders) != 1:
@@ -108,7 +110,7 @@ def _builder_for(data_files: Any) -> str:
     return builders.pop()
 
 
-class HFDataModule(L.LightningDataModule):
+class HFDataModule(SplitLoaders, L.LightningDataModule):
     """Base of the text DataModules that read a Hugging Face dataset (see the module docstring)."""
 
     task = "classification"
@@ -300,6 +302,9 @@ class HFDataModule(L.LightningDataModule):
         import datasets
 
         if self.data_files is not None:
+            missing = [f for f in _files_of(self.data_files) if not any(c in f for c in "*?[") and not Path(f).is_file()]
+            if missing:
+                raise DataError(f"data.data_files: no such file(s) {missing}")
             path = self.path if self.path in ("csv", "json", "parquet") else _builder_for(self.data_files)
             return datasets.load_dataset(path, data_files=self.data_files, cache_dir=self.hparams.cache_dir)
         if not self.path:
@@ -436,23 +441,8 @@ class HFDataModule(L.LightningDataModule):
             self._logged = True
 
     @property
-    def collate(self):
+    def collate_fn(self):
         """Pads each batch to its longest sequence (``DataCollatorWithPadding``)."""
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
-
-    def _loader(self, role: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[role], batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
-            num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)

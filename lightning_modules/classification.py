@@ -96,8 +96,9 @@ class RetentionClassifier(RetentionSystem):
 
 class RetentionMultiLabelClassifier(RetentionClassifier):
     """Multi-label classification (e.g. CUAD clause types): one sigmoid per label, BCE with logits,
-    micro and macro F1 at threshold 0.5 (labels a batch's examples never have count as F1 = 0 in the
-    macro average, torchmetrics' ``zero_division=0``). Batches carry multi-hot float ``labels``."""
+    micro and macro F1 at threshold 0.5 (a label that no evaluated example has and that is never
+    predicted counts as F1 = 0 in the macro average: torchmetrics' ``zero_division=0``). Batches carry
+    multi-hot float ``labels``."""
 
     METRIC = "f1_micro"
     METRIC_LABEL = "micro F1"

@@ -75,6 +75,8 @@ def test_unsupported_backbone_type_fails_before_work(tmp_path, capsys, monkeypat
     assert "'gpt2'" in err and "supported: bert, distilbert, roberta, xlm-roberta" in err
     assert cli.main(["train", "model.arch=gpt2"]) == 2
     assert "model.arch" in capsys.readouterr().err
+    assert cli.main(["train", "model=minilm", "data.seq_len=1024"]) == 2
+    assert "data.seq_len=1024" in capsys.readouterr().err
 
 
 @pytest.mark.slow
