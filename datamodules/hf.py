@@ -162,6 +162,7 @@ class HFDataModule(SplitLoaders, L.LightningDataModule):
         self._tokenizer = None
         self._label_names: tuple[str, ...] | None = None
         self._label_values: dict[Any, int] | None = None
+        self._labels_fixed = False  # names given (config, dataset, ClassLabel): int labels index into them
         self._prepared = False
         self._logged = False
 
@@ -221,6 +222,7 @@ class HFDataModule(SplitLoaders, L.LightningDataModule):
         names = self.configured_labels or self.LABELS
         if names is None and getattr(feature, "names", None):
             names = tuple(feature.names)
+        self._labels_fixed = names is not None
         if names is not None:
             self._label_names = tuple(names)
             self._label_values = {**{n: i for i, n in enumerate(names)}, **{i: i for i in range(len(names))}}
@@ -238,8 +240,10 @@ class HFDataModule(SplitLoaders, L.LightningDataModule):
         return self._label_values.get(_norm(value))
 
     def label_expectation(self) -> str:
-        names = self._label_names or ()
-        return f"one of {list(names)} (or its index 0..{len(names) - 1})" if self.LABELS or self.configured_labels else f"one of the train labels {list(names)}"
+        names = list(self._label_names or ())
+        if self._labels_fixed:
+            return f"one of {names} (or its index 0..{len(names) - 1})"
+        return f"one of the labels of the train split {names}"
 
     # ------------------------------------------------------------------ hooks for subclasses
     def required_columns(self) -> tuple[str, ...]:

@@ -2,22 +2,75 @@
 
 Single-label (:class:`RetentionClassifier`: cross-entropy, accuracy) and multi-label
 (:class:`RetentionMultiLabelClassifier`: BCE with logits, micro and macro F1) share everything but
-the loss and the metrics (:meth:`make_loss`, :meth:`make_metrics`, :meth:`metric_inputs`)."""
+the loss and the metrics (:meth:`make_loss`, :meth:`make_metrics`, :meth:`metric_inputs`).
+
+When a data module cuts long documents into sliding windows (batches then carry ``doc_id``), every
+metric is also logged per document as ``{stage}/<name>_<path>_doc`` (:class:`DocumentMetric`)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from .system import RetentionSystem
 
-__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "EVAL_PATHS"]
+__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "DocumentMetric", "EVAL_PATHS"]
 
 # soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
 # dense: the same model with nothing dropped.
 EVAL_PATHS = ("soft", "hard", "dense")
+
+
+def _logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits, labels.long()
+
+
+def _probabilities_and_int_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # probabilities, not logits: torchmetrics applies the sigmoid only when a value lies outside [0, 1]
+    return torch.sigmoid(logits), labels.long()
+
+
+class DocumentMetric(Metric):
+    """``metric`` over whole documents that were cut into sliding windows: the windows' logits are
+    pooled per ``doc_id`` (``pool``: ``mean`` for single-label, ``amax`` for multi-label, where a clause
+    anywhere in the document counts), their labels by max (a document has every label of any of its
+    windows), then ``metric`` scores one row per document. The states are concatenated across
+    processes, so windows of one document seen by different DDP ranks are pooled together."""
+
+    full_state_update = False
+
+    def __init__(self, metric: Metric, inputs: Callable, pool: str) -> None:
+        super().__init__()
+        self.metric, self.inputs, self.pool = metric, inputs, pool
+        for name in ("doc_ids", "logits", "labels"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, doc_ids: torch.Tensor) -> None:
+        self.doc_ids.append(doc_ids)
+        self.logits.append(logits.detach().float())
+        self.labels.append(labels.float().reshape(len(labels), -1))
+
+    @staticmethod
+    def _pool(values: torch.Tensor, groups: torch.Tensor, n: int, how: str) -> torch.Tensor:
+        index = groups.unsqueeze(-1).expand_as(values)
+        out = torch.zeros(n, values.shape[1], dtype=values.dtype, device=values.device)
+        return out.scatter_reduce(0, index, values, reduce=how, include_self=False)
+
+    def compute(self) -> torch.Tensor:
+        doc_ids, logits, labels = (dim_zero_cat(x) for x in (self.doc_ids, self.logits, self.labels))
+        docs, groups = torch.unique(doc_ids, return_inverse=True)
+        pooled = self._pool(logits, groups, len(docs), self.pool)
+        doc_labels = self._pool(labels, groups, len(docs), "amax")
+        if doc_labels.shape[1] == 1:
+            doc_labels = doc_labels.squeeze(1)
+        self.metric.reset()
+        self.metric.update(*self.inputs(pooled, doc_labels))
+        return self.metric.compute()
 
 
 class RetentionClassifier(RetentionSystem):
@@ -33,6 +86,10 @@ class RetentionClassifier(RetentionSystem):
             f"{stage}_{path}_{name}": metric
             for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
         })
+        self.doc_metrics = nn.ModuleDict({
+            f"{stage}_{path}_{name}": DocumentMetric(metric, self.metric_inputs, self.DOC_POOL)
+            for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
+        })
 
     def make_loss(self) -> nn.Module:
         return nn.CrossEntropyLoss()
@@ -41,8 +98,9 @@ class RetentionClassifier(RetentionSystem):
         """Metric name → a fresh metric; logged as ``{stage}/<name>_<path>``; ``METRIC`` is among them."""
         return {"acc": MulticlassAccuracy(num_classes=num_labels, average="micro")}
 
-    def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits, labels
+    # (logits, labels) → what the metrics take; a plain function, so metrics holding it pickle alone
+    metric_inputs = staticmethod(_logits_and_labels)
+    DOC_POOL = "mean"  # how DocumentMetric pools a document's window logits
 
     @classmethod
     def from_config(cls, cfg, dm) -> "RetentionClassifier":
@@ -79,9 +137,12 @@ class RetentionClassifier(RetentionSystem):
             logits, out = self(batch["input_ids"], batch["attention_mask"], mode=path)
             preds, target = self.metric_inputs(logits, batch["labels"])
             for name in self.metric_names:
-                metric = self.metrics[f"{stage}_{path}_{name}"]
-                metric(preds, target)
-                self.log(f"{stage}/{name}_{path}", metric, on_step=False, on_epoch=True, prog_bar=path == "hard" and name == self.METRIC)
+                key = f"{stage}_{path}_{name}"
+                self.metrics[key](preds, target)
+                self.log(f"{stage}/{name}_{path}", self.metrics[key], on_step=False, on_epoch=True, prog_bar=path == "hard" and name == self.METRIC)
+                if "doc_id" in batch:
+                    self.doc_metrics[key].update(logits, batch["labels"], batch["doc_id"])
+                    self.log(f"{stage}/{name}_{path}_doc", self.doc_metrics[key], on_step=False, on_epoch=True)
             if path == "hard":
                 self.log_retention(stage, out, on_step=False)
             if path == "soft":
@@ -110,6 +171,5 @@ class RetentionMultiLabelClassifier(RetentionClassifier):
         return {"f1_micro": MultilabelF1Score(num_labels, average="micro"),
                 "f1_macro": MultilabelF1Score(num_labels, average="macro")}
 
-    def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # probabilities, not logits: torchmetrics applies the sigmoid only when a value lies outside [0, 1]
-        return torch.sigmoid(logits), labels.long()
+    metric_inputs = staticmethod(_probabilities_and_int_labels)
+    DOC_POOL = "amax"
