@@ -22,12 +22,13 @@ class QAWindowError(ValueError):
     """A QA example whose answer offsets do not lie inside its context."""
 
 
-def check_answer(example: dict, split: str, index: int) -> None:
-    """The training answer must be a non-empty span of the context at ``answer_start``."""
+def check_answer(example: dict) -> None:
+    """The training answer must be a non-empty span of the context at ``answer_start`` (the caller
+    names the split and the example index)."""
     ctx, start, text = example["context"], example["answer_start"], example["answer_text"]
     if not text or start < 0 or start + len(text) > len(ctx) or ctx[start:start + len(text)] != text:
         raise QAWindowError(
-            f"split {split!r}, example {index} (id {example['id']!r}): answer offsets [{start}, {start + len(text)}) "
+            f"question id {example['id']!r}: answer offsets [{start}, {start + len(text)}) "
             f"are outside the context (length {len(ctx)}) or do not match the answer text {text!r}"
         )
 

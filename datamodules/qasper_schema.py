@@ -58,11 +58,9 @@ def _annotation_type(a: dict) -> str:
     return "free_form"
 
 
-def qasper_examples(paper: dict, split: str, index: int, counts: QasperCounts) -> list[dict]:
-    """The paper's extractive questions as QA examples (see the module docstring for the policy)."""
-    for key in ("id", "abstract", "full_text", "qas"):
-        if key not in paper:
-            raise QAWindowError(f"split {split!r}, example {index}: QASPER record has no field {key!r}")
+def qasper_examples(paper: dict, counts: QasperCounts) -> list[dict]:
+    """The paper's extractive questions as QA examples (see the module docstring for the policy).
+    Raises :class:`QAWindowError` (the caller names the split and the paper's index)."""
     counts.papers += 1
     context = qasper_context(paper)
     qas = paper["qas"]
@@ -89,8 +87,8 @@ def qasper_examples(paper: dict, split: str, index: int, counts: QasperCounts) -
                     golds.append((pos, span))
         if not golds:
             raise QAWindowError(
-                f"split {split!r}, example {index} (paper {paper['id']!r}, question {q}, id {qid!r}): "
-                f"no extractive answer span lies inside the context (answer offsets outside the context)"
+                f"question {q} (id {qid!r}) of paper {paper['id']!r}: none of its extractive answer spans "
+                f"{[a.get('extractive_spans') for a in annotations]} lies inside the context (answer offsets outside the context)"
             )
         counts.extractive += 1
         out.append({

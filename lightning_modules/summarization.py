@@ -63,7 +63,7 @@ class RetentionSummarizer(RetentionSystem):
         system = cls(
             model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
             vocab_size=getattr(dm, "vocab_size", None),
-            max_positions=cfg.data.seq_len,
+            max_positions=max(cfg.data.seq_len, dm.target_len + 2),  # random-init BART: source and target positions
             protected_token_ids=tuple(dm.special_token_ids),
             special_ids=dict(getattr(dm, "seq2seq_special_ids", {}) or {}),
             generation=dict(getattr(dm, "generation", {}) or {}) or None,
