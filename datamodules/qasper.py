@@ -13,6 +13,7 @@ import functools
 import logging
 from typing import Any, Iterator
 
+from .signature import extends_signature
 from .hf import DataError, HFDataModule
 from .qa_windows import QAWindowError, check_answer, collate_qa, tokenize_qa
 from .qasper_schema import QasperCounts, qasper_examples
@@ -24,13 +25,14 @@ log = logging.getLogger(__name__)
 _QA_POLICIES = {"head": "truncation", "sliding_window": "sliding_window"}
 
 
+@extends_signature
 class QasperDataModule(HFDataModule):
     task = "qa"
     DEFAULT_PATH = "allenai/qasper"
     MODEL_COLUMNS = ("input_ids", "protected", "context_mask", "offsets", "start_positions", "end_positions", "example_index")
 
     def __init__(self, *args: Any, max_answer_tokens: int = 30, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        HFDataModule.__init__(self, *args, **kwargs)  # not super(): see datamodules/signature.py
         if self.hparams.truncation not in _QA_POLICIES:
             raise ValueError(f"data.truncation={self.hparams.truncation!r} is not available for QA; "
                              f"allowed: {', '.join(_QA_POLICIES)}")

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from .signature import extends_signature
 from .hf import HFDataModule
 
 __all__ = ["SummarizationDataModule", "ArxivDataModule", "PubMedDataModule"]
 
 
+@extends_signature
 class SummarizationDataModule(HFDataModule):
     task = "summarization"
     TEXT_COLUMN = "article"
     LABEL_COLUMN = "abstract"
 
     def __init__(self, *args: Any, target_len: int = 256, num_beams: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        HFDataModule.__init__(self, *args, **kwargs)  # not super(): see datamodules/signature.py
         if self.hparams.truncation == "sliding_window":
             raise ValueError("data.truncation='sliding_window' is not available for summarization; allowed: head, tail")
         self.target_len = target_len
