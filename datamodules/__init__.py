@@ -7,6 +7,8 @@ import inspect
 from .hf import DataError, HFDataModule
 from .needle import NeedleDataModule, NeedleSpec, generate_needle
 from .text_classification import BYODataModule, IMDbDataModule, SST2DataModule
+from .qasper import QasperDataModule
+from .summarization import ArxivDataModule, PubMedDataModule
 
 DATAMODULES = {
     "needle": NeedleDataModule,
@@ -14,6 +16,9 @@ DATAMODULES = {
     "imdb": IMDbDataModule,
     "byo": BYODataModule,
 }
+DATAMODULES["qasper"] = QasperDataModule
+DATAMODULES["arxiv"] = ArxivDataModule
+DATAMODULES["pubmed"] = PubMedDataModule
 
 
 def _accepted(cls) -> set[str]:
@@ -53,4 +58,5 @@ def build_datamodule(cfg):
 __all__ = [
     "DATAMODULES", "DataError", "HFDataModule", "NeedleDataModule", "NeedleSpec", "generate_needle",
     "SST2DataModule", "IMDbDataModule", "BYODataModule", "build_datamodule", "check_data_config",
+    "QasperDataModule", "ArxivDataModule", "PubMedDataModule",
 ]
