@@ -122,22 +122,29 @@ class RetentionQA(RetentionSystem):
                 if ex not in best or sc > best[ex][0]:
                     best[ex] = (sc, cs, ce)
 
+    def squad_scores(self, key: str, examples: list[dict]) -> dict[str, torch.Tensor] | None:
+        """SQuAD exact match and F1 (0–100) of the best span per example collected under ``key``
+        (``<stage>_<path>``) since the last call; None when nothing was collected."""
+        best = self._candidates.pop(key, {})
+        if not best:
+            return None
+        preds, target = [], []
+        for ex, (_, cs, ce) in sorted(best.items()):
+            e = examples[ex]
+            preds.append({"prediction_text": e["context"][cs:ce], "id": e["id"]})
+            target.append({"answers": {"text": list(e["answers"]), "answer_start": [0] * len(e["answers"])}, "id": e["id"]})
+        metric = self.metrics[key]
+        result = metric(preds, target)
+        metric.reset()
+        return result
+
     def _epoch_end(self, stage: str) -> None:
         examples = self.trainer.datamodule.eval_examples(stage)
         for path in EVAL_PATHS:
-            best = self._candidates.pop(f"{stage}_{path}", {})
-            if not best:
-                continue
-            preds, target = [], []
-            for ex, (_, cs, ce) in sorted(best.items()):
-                e = examples[ex]
-                preds.append({"prediction_text": e["context"][cs:ce], "id": e["id"]})
-                target.append({"answers": {"text": list(e["answers"]), "answer_start": [0] * len(e["answers"])}, "id": e["id"]})
-            metric = self.metrics[f"{stage}_{path}"]
-            result = metric(preds, target)
-            metric.reset()
-            self.log(f"{stage}/f1_{path}", result["f1"] / 100.0, prog_bar=path == "hard")
-            self.log(f"{stage}/em_{path}", result["exact_match"] / 100.0)
+            result = self.squad_scores(f"{stage}_{path}", examples)
+            if result is not None:
+                self.log(f"{stage}/f1_{path}", result["f1"] / 100.0, prog_bar=path == "hard")
+                self.log(f"{stage}/em_{path}", result["exact_match"] / 100.0)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate("val", batch)

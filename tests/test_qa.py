@@ -114,3 +114,31 @@ def test_best_span_is_banded_and_inside_the_context():
     assert (int(i), int(j)) == (5, 5) and float(score) == 5.0  # 2..3 scores 3; [CLS] is not context
     score, i, j = best_spans(start, end, context, max_answer_tokens=1)
     assert (int(i), int(j)) == (5, 5)
+
+
+@pytest.mark.parametrize("path", ["soft", "hard", "dense"])
+def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path):
+    """Span logits peaked at the gold tokens → best window span → char offsets → EM = F1 = 100."""
+    examples, _ = fixture_examples()
+    batch = collate_qa(tokenize_qa(examples, tokenizer, 128, "sliding_window", 32), tokenizer.pad_token_id)
+    system = RetentionQA(MODEL, GATE, BUDGET, optim={}, vocab_size=len(tokenizer), max_positions=512,
+                         protected_token_ids=tuple(tokenizer.all_special_ids)).eval()
+    real_forward = system.forward
+
+    def gold_logits(ids, mask, prot, mode):
+        start, end, out = real_forward(ids, mask, prot, mode)
+        assert start.shape == ids.shape
+        hot = torch.full_like(start, -10.0)
+        rows = torch.arange(ids.shape[0])
+        has = batch["start_positions"] > 0  # windows holding the answer score 10 + 10, the rest stay low
+        s, e = hot.clone(), hot.clone()
+        s[rows[has], batch["start_positions"][has]] = 10.0
+        e[rows[has], batch["end_positions"][has]] = 10.0
+        return s, e, out
+
+    system.forward = gold_logits
+    with torch.no_grad():
+        system._evaluate("val", batch)
+    result = system.squad_scores(f"val_{path}", examples)
+    assert float(result["exact_match"]) == 100.0 and float(result["f1"]) == 100.0
+    assert system.squad_scores(f"val_{path}", examples) is None  # collected candidates are consumed

@@ -154,3 +154,31 @@ def test_encoder_only_task_rejects_seq2seq_backbone():
     with pytest.raises(ValueError, match="bart, t5"):
         build_seq2seq("random", arch="bert", vocab_size=60, hidden_size=32, num_layers=2, num_heads=4,
                       intermediate_size=64, max_positions=64)
+
+
+def test_rouge_of_generated_text_equal_to_reference_is_one():
+    """The evaluation plumbing: ids → text (special tokens and -100 padding removed) → ROUGE."""
+    from transformers import AutoTokenizer
+
+    from lightning_modules.summarization import RetentionSummarizer
+    from retention.backbones import resolve_backbone_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_backbone_path("minilm"))
+    model = dict(backbone="random", arch="bart", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                 max_positions=64, attn_implementation="sdpa", dropout=0.0)
+    gate = dict(layers=[0], beta=2 / 3, gamma=-0.1, zeta=1.1, protect_special_tokens=True, hidden=0,
+                context="mean", running_decay=0.9, init_log_alpha=2.0)
+    budget = dict(ratio=0.5, tokens=None, schedule="constant", dense_steps=0, warmup_steps=0)
+    system = RetentionSummarizer(model, gate, budget, optim={}, vocab_size=len(tok), max_positions=64,
+                                 protected_token_ids=(tok.cls_token_id, tok.sep_token_id),
+                                 special_ids={"pad": 0, "bos": tok.cls_token_id, "eos": tok.sep_token_id}).eval()
+    system.tokenizer = tok
+    src = tok(["a long article about gates", "another article"], padding=True, return_tensors="pt")
+    labels = tok(text_target=["gates keep tokens", "short summary here"], padding=True, return_tensors="pt")["input_ids"]
+    labels = labels.masked_fill(labels == tok.pad_token_id, -100)
+    system.generate = lambda ids, mask, mode: labels.masked_fill(labels < 0, tok.pad_token_id)
+    with torch.no_grad():
+        system._evaluate("val", {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels})
+    for path in ("soft", "hard", "dense"):
+        scores = system.metrics[f"val_{path}"].compute()
+        assert float(scores["rouge1_fmeasure"]) == 1.0 and float(scores["rougeL_fmeasure"]) == 1.0
