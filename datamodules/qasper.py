@@ -29,7 +29,7 @@ _QA_POLICIES = {"head": "truncation", "sliding_window": "sliding_window"}
 class QasperDataModule(HFDataModule):
     task = "qa"
     DEFAULT_PATH = "allenai/qasper"
-    MODEL_COLUMNS = ("input_ids", "protected", "context_mask", "offsets", "start_positions", "end_positions", "example_index")
+    WINDOW_COLUMNS = ("input_ids", "protected", "context_mask", "offsets", "start_positions", "end_positions", "example_index")
 
     def __init__(self, *args: Any, max_answer_tokens: int = 30, **kwargs: Any) -> None:
         HFDataModule.__init__(self, *args, **kwargs)  # not super(): see datamodules/signature.py
@@ -86,7 +86,7 @@ class QasperDataModule(HFDataModule):
         windows = tokenize_qa(examples, self.tokenizer, h.seq_len, _QA_POLICIES[h.truncation], h.stride)
         for w in windows:
             w["example_index"] = indices[w["example_index"]]
-        return {k: [w[k] for w in windows] for k in self.MODEL_COLUMNS}
+        return {k: [w[k] for w in windows] for k in self.WINDOW_COLUMNS}
 
     def eval_examples(self, stage: str) -> list[dict]:
         """The ``stage`` (val / test) split's examples, indexed by a batch's ``example_index``."""

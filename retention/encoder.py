@@ -168,7 +168,9 @@ class RetentionEncoder(nn.Module):
         self._state: _State | None = None
         # T5: block 0 computes a relative position bias from the (current) sequence length and
         # passes it to every later block; after a hard gate it must come from original positions.
-        self._t5_attention = layers[0].layer[0].SelfAttention if backbone.config.model_type == "t5" else None
+        # (In transformers 5.x the attention mask is passed to every block separately, not folded into
+        # the bias, so the soft path's key bias needs no T5-specific handling.)
+        self._t5 = backbone.config.model_type == "t5"
 
     @property
     def num_gates(self) -> int:
@@ -205,7 +207,7 @@ class RetentionEncoder(nn.Module):
             kwargs["attention_mask"] = state.mask
         else:
             args = (state.mask,) + args[1:]
-        if gate is not None and state.hard and self._t5_attention is not None:
+        if gate is not None and state.hard and self._t5:
             # T5Stack passes position_bias positionally after the mask (or by keyword).
             bias = self._t5_position_bias(state.positions)
             if "position_bias" in kwargs or len(args) < 2:
@@ -218,7 +220,7 @@ class RetentionEncoder(nn.Module):
         """T5's bidirectional relative position bias (B, H, M, M) for the retained tokens, from their
         *original* positions: bias[b, :, i, j] = table(bucket(pos[b, j] − pos[b, i])), the same values
         the stock block 0 computes for the full sequence, restricted to the kept rows and columns."""
-        attn = self._t5_attention
+        attn = transformer_layers(self.backbone)[0].layer[0].SelfAttention  # the block that owns the bias table
         relative = positions[:, None, :] - positions[:, :, None]  # (B, M, M): key − query
         bucket = attn._relative_position_bucket(
             relative, bidirectional=True, num_buckets=attn.relative_attention_num_buckets,
