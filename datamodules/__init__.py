@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+from .cuad import CUADDataModule
 from .hf import DataError, HFDataModule
 from .needle import NeedleDataModule, NeedleSpec, generate_needle
 from .text_classification import BYODataModule, IMDbDataModule, SST2DataModule
@@ -14,6 +15,7 @@ DATAMODULES = {
     "needle": NeedleDataModule,
     "sst2": SST2DataModule,
     "imdb": IMDbDataModule,
+    "cuad": CUADDataModule,
     "byo": BYODataModule,
 }
 DATAMODULES["qasper"] = QasperDataModule
@@ -57,6 +59,6 @@ def build_datamodule(cfg):
 
 __all__ = [
     "DATAMODULES", "DataError", "HFDataModule", "NeedleDataModule", "NeedleSpec", "generate_needle",
-    "SST2DataModule", "IMDbDataModule", "BYODataModule", "build_datamodule", "check_data_config",
+    "SST2DataModule", "IMDbDataModule", "CUADDataModule", "BYODataModule", "build_datamodule", "check_data_config",
     "QasperDataModule", "ArxivDataModule", "PubMedDataModule",
 ]

@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+
+from .loaders import SplitLoaders
 
 __all__ = ["HFDataModule", "DataError", "resolve_tokenizer_name", "TRUNCATION_POLICIES", "ON_INVALID"]
 
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 TRUNCATION_POLICIES = ("head", "tail", "sliding_window")
 ON_INVALID = ("error", "skip")
 UNLABELED = -1
-_EXTENSION_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_EXTENSION_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _CACHE_VERSION = 1  # bump when the processing changes in a way the key does not see
 _VALIDATE_BATCH = 1000
 _DEFAULT_SPLITS = {"val": "validation", "test": "test"}
@@ -89,15 +90,16 @@ def resolve_tokenizer_name(tokenizer: str | None, backbone: str) -> str:
     return resolve_backbone_path(name)
 
 
-def _builder_for(data_files: Any) -> str:
-    files: list[str] = []
+def _files_of(data_files: Any) -> list[str]:
     if isinstance(data_files, str):
-        files = [data_files]
-    elif isinstance(data_files, dict):
-        for v in data_files.values():
-            files.extend([v] if isinstance(v, str) else list(v))
-    else:
-        files = list(data_files)
+        return [data_files]
+    if isinstance(data_files, dict):
+        return [f for v in data_files.values() for f in ([v] if isinstance(v, str) else list(v))]
+    return list(data_files)
+
+
+def _builder_for(data_files: Any) -> str:
+    files = _files_of(data_files)
     exts = {Path(f).suffix.lower() for f in files}
     builders = {_EXTENSION_BUILDERS.get(e) for e in exts}
     if None in builders or len(builders) != 1:
@@ -108,7 +110,7 @@ def _builder_for(data_files: Any) -> str:
     return builders.pop()
 
 
-class HFDataModule(L.LightningDataModule):
+class HFDataModule(SplitLoaders, L.LightningDataModule):
     """Base of the text DataModules that read a Hugging Face dataset (see the module docstring)."""
 
     task = "classification"
@@ -160,6 +162,7 @@ class HFDataModule(L.LightningDataModule):
         self._tokenizer = None
         self._label_names: tuple[str, ...] | None = None
         self._label_values: dict[Any, int] | None = None
+        self._labels_fixed = False  # names given (config, dataset, ClassLabel): int labels index into them
         self._prepared = False
         self._logged = False
 
@@ -219,6 +222,7 @@ class HFDataModule(L.LightningDataModule):
         names = self.configured_labels or self.LABELS
         if names is None and getattr(feature, "names", None):
             names = tuple(feature.names)
+        self._labels_fixed = names is not None
         if names is not None:
             self._label_names = tuple(names)
             self._label_values = {**{n: i for i, n in enumerate(names)}, **{i: i for i in range(len(names))}}
@@ -236,8 +240,10 @@ class HFDataModule(L.LightningDataModule):
         return self._label_values.get(_norm(value))
 
     def label_expectation(self) -> str:
-        names = self._label_names or ()
-        return f"one of {list(names)} (or its index 0..{len(names) - 1})" if self.LABELS or self.configured_labels else f"one of the train labels {list(names)}"
+        names = list(self._label_names or ())
+        if self._labels_fixed:
+            return f"one of {names} (or its index 0..{len(names) - 1})"
+        return f"one of the labels of the train split {names}"
 
     # ------------------------------------------------------------------ hooks for subclasses
     def required_columns(self) -> tuple[str, ...]:
@@ -259,7 +265,8 @@ class HFDataModule(L.LightningDataModule):
                 yield start + j, self.label_column, f"a label {self.label_expectation()}, got {value!r}"
 
     def convert(self, ds, split: str):
-        """Reshape validated raw rows into the examples :meth:`encode_batch` reads (default: unchanged)."""
+        """Reshape validated raw rows into the examples :meth:`encode_batch` reads (default: unchanged).
+        Runs before val/test are carved from train, so a carved split holds whole converted examples."""
         return ds
 
     def cache_params(self) -> dict[str, Any]:
@@ -272,14 +279,15 @@ class HFDataModule(L.LightningDataModule):
             "label_values": sorted(((str(k), type(k).__name__, v) for k, v in (self._label_values or {}).items())),
         }
 
-    def tokenize(self, texts: list[str]) -> dict[str, list]:
+    def tokenize(self, texts: list[str], offsets: bool = False) -> dict[str, list]:
         """Token ids and masks under the truncation policy; with ``sliding_window`` also
-        ``overflow_to_sample_mapping`` (which input each window came from)."""
+        ``overflow_to_sample_mapping`` (which input each window came from); with ``offsets`` the
+        character span of every token (``offset_mapping``)."""
         h = self.hparams
         windows = h.truncation == "sliding_window"
         return self.tokenizer(
             texts, truncation=True, max_length=h.seq_len, return_token_type_ids=False,
-            return_overflowing_tokens=windows, stride=h.stride if windows else 0,
+            return_overflowing_tokens=windows, stride=h.stride if windows else 0, return_offsets_mapping=offsets,
         )
 
     def encode_batch(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -298,6 +306,9 @@ class HFDataModule(L.LightningDataModule):
         import datasets
 
         if self.data_files is not None:
+            missing = [f for f in _files_of(self.data_files) if not any(c in f for c in "*?[") and not Path(f).is_file()]
+            if missing:
+                raise DataError(f"data.data_files: no such file(s) {missing}")
             path = self.path if self.path in ("csv", "json", "parquet") else _builder_for(self.data_files)
             return datasets.load_dataset(path, data_files=self.data_files, cache_dir=self.hparams.cache_dir)
         if not self.path:
@@ -360,7 +371,7 @@ class HFDataModule(L.LightningDataModule):
         for name in dict.fromkeys(n for n in (h.train_split, val, test) if n):
             ds, skipped = self._validate(name, raw[name])
             self.skipped[name] = len(skipped)
-            checked[name] = (ds, Hasher.hash([raw[name]._fingerprint, skipped]))
+            checked[name] = (self.convert(ds, name), Hasher.hash([raw[name]._fingerprint, skipped]))
 
         train, train_id = checked[h.train_split]
         n_carve = round(h.val_fraction * len(train))  # of the whole train split, for val and for test alike
@@ -401,7 +412,6 @@ class HFDataModule(L.LightningDataModule):
         key = Hasher.hash([ident, self.cache_params()])
         path = self.cache_root() / f"{type(self).__name__.lower()}-{role}-{key}.arrow"
         path.parent.mkdir(parents=True, exist_ok=True)
-        ds = self.convert(ds, role)
         return ds.map(
             self.encode_batch, batched=True, with_indices=True, remove_columns=ds.column_names,
             cache_file_name=str(path), new_fingerprint=key, load_from_cache_file=True,
@@ -435,23 +445,8 @@ class HFDataModule(L.LightningDataModule):
             self._logged = True
 
     @property
-    def collate(self):
+    def collate_fn(self):
         """Pads each batch to its longest sequence (``DataCollatorWithPadding``)."""
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
-
-    def _loader(self, role: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[role], batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
-            num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from .loaders import SplitLoaders
 
 __all__ = ["NeedleSpec", "generate_needle", "NeedleDataModule", "PAD_ID", "CLS_ID", "SEP_ID"]
 
@@ -84,7 +86,7 @@ class _DictDataset(TensorDataset):
         return dict(zip(self.keys, super().__getitem__(index)))
 
 
-class NeedleDataModule(L.LightningDataModule):
+class NeedleDataModule(SplitLoaders, L.LightningDataModule):
     """Train / val / test splits generated from ``seed`` with a distinct stream per split."""
 
     special_token_ids = (CLS_ID, SEP_ID)
@@ -128,21 +130,3 @@ class NeedleDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 data = generate_needle(self.spec, size, self.split_seed(split))
                 self.datasets[split] = _DictDataset(data, ("input_ids", "attention_mask", "labels"))
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)

@@ -5,6 +5,10 @@ Each paper becomes its extractive questions (policy and counts: :mod:`datamodule
 each question becomes one window ``[CLS] question [SEP] context [SEP]`` (``data.truncation=head``) or
 overlapping windows (``sliding_window``, ``data.stride`` tokens of overlap) — :mod:`datamodules.qa_windows`.
 The answer-type counts per split are printed, logged and kept in ``answer_counts``.
+
+Every question gets an ``example_index`` key = (its raw split's number) · 2³² + (its row among that
+split's questions): stable under the tokenization cache and under carving a validation split out of
+train (conversion runs before carving), so a window always finds its question, context and golds.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ class QasperDataModule(HFDataModule):
                              f"allowed: {', '.join(_QA_POLICIES)}")
         self.max_answer_tokens = max_answer_tokens
         self.answer_counts: dict[str, dict[str, int]] = {}
-        self.examples: dict[str, list[dict]] = {}
+        self._questions: dict[int, dict] = {}  # example_index → {id, context, answers}
+        self._eval_examples: dict[str, dict[int, dict]] = {}
 
     # ------------------------------------------------------------------ schema and validation
     def required_columns(self) -> tuple[str, ...]:
@@ -70,7 +75,11 @@ class QasperDataModule(HFDataModule):
         examples = [e for paper in ds for e in qasper_examples(paper, counts)]
         if not examples:
             raise DataError(f"data split {split!r}: no extractive QASPER question (answer types: {counts.as_dict()})")
-        self.examples[split] = examples
+        h = self.hparams
+        base = [h.train_split, h.val_split, h.test_split].index(split) << 32
+        for j, e in enumerate(examples):
+            e["example_index"] = base + j
+            self._questions[base + j] = {k: e[k] for k in ("id", "context", "answers")}
         self.answer_counts[split] = counts.as_dict()
         msg = (f"data: qasper {split}: {counts.papers} papers, {counts.questions} questions; extractive {counts.extractive} "
                f"(used), left out: yes/no {counts.yes_no}, free-form {counts.free_form}, unanswerable "
@@ -85,12 +94,15 @@ class QasperDataModule(HFDataModule):
         examples = [{k: batch[k][j] for k in batch} for j in range(len(indices))]
         windows = tokenize_qa(examples, self.tokenizer, h.seq_len, _QA_POLICIES[h.truncation], h.stride)
         for w in windows:
-            w["example_index"] = indices[w["example_index"]]
+            w["example_index"] = examples[w["example_index"]]["example_index"]
         return {k: [w[k] for w in windows] for k in self.WINDOW_COLUMNS}
 
-    def eval_examples(self, stage: str) -> list[dict]:
-        """The ``stage`` (val / test) split's examples, indexed by a batch's ``example_index``."""
-        return self.examples[stage]
+    def eval_examples(self, stage: str) -> dict[int, dict]:
+        """The questions of the ``stage`` (train / val / test) split, by a batch's ``example_index``."""
+        if stage not in self._eval_examples:
+            keys = set(self.datasets[stage]["example_index"])
+            self._eval_examples[stage] = {k: self._questions[k] for k in sorted(keys)}
+        return self._eval_examples[stage]
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -101,5 +113,5 @@ class QasperDataModule(HFDataModule):
             self._counts_logged = True
 
     @property
-    def collate(self):
+    def collate_fn(self):
         return functools.partial(collate_qa, pad_token_id=self.pad_token_id)

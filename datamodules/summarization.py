@@ -68,7 +68,7 @@ class SummarizationDataModule(HFDataModule):
         return {"max_new_tokens": self.target_len, "num_beams": self.num_beams}
 
     @property
-    def collate(self):
+    def collate_fn(self):
         from transformers import DataCollatorForSeq2Seq
 
         return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100, return_tensors="pt")

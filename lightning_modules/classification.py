@@ -1,18 +1,76 @@
-"""Sequence classification with Adaptive Retention: the head reads [CLS] (position 0, protected)."""
+"""Sequence classification with Adaptive Retention: the head reads [CLS] (position 0, protected).
+
+Single-label (:class:`RetentionClassifier`: cross-entropy, accuracy) and multi-label
+(:class:`RetentionMultiLabelClassifier`: BCE with logits, micro and macro F1) share everything but
+the loss and the metrics (:meth:`make_loss`, :meth:`make_metrics`, :meth:`metric_inputs`).
+
+When a data module cuts long documents into sliding windows (batches then carry ``doc_id``), every
+metric is also logged per document as ``{stage}/<name>_<path>_doc`` (:class:`DocumentMetric`)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from .system import RetentionSystem
 
-__all__ = ["RetentionClassifier", "EVAL_PATHS"]
+__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "DocumentMetric", "EVAL_PATHS"]
 
 # soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
 # dense: the same model with nothing dropped.
 EVAL_PATHS = ("soft", "hard", "dense")
+
+
+def _logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits, labels.long()
+
+
+def _probabilities_and_int_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # probabilities, not logits: torchmetrics applies the sigmoid only when a value lies outside [0, 1]
+    return torch.sigmoid(logits), labels.long()
+
+
+class DocumentMetric(Metric):
+    """``metric`` over whole documents that were cut into sliding windows: the windows' logits are
+    pooled per ``doc_id`` (``pool``: ``mean`` for single-label, ``amax`` for multi-label, where a clause
+    anywhere in the document counts), their labels by max (a document has every label of any of its
+    windows), then ``metric`` scores one row per document. The states are concatenated across
+    processes, so windows of one document seen by different DDP ranks are pooled together."""
+
+    full_state_update = False
+
+    def __init__(self, metric: Metric, inputs: Callable, pool: str) -> None:
+        super().__init__()
+        self.metric, self.inputs, self.pool = metric, inputs, pool
+        for name in ("doc_ids", "logits", "labels"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, doc_ids: torch.Tensor) -> None:
+        self.doc_ids.append(doc_ids)
+        self.logits.append(logits.detach().float())
+        self.labels.append(labels.float().reshape(len(labels), -1))
+
+    @staticmethod
+    def _pool(values: torch.Tensor, groups: torch.Tensor, n: int, how: str) -> torch.Tensor:
+        index = groups.unsqueeze(-1).expand_as(values)
+        out = torch.zeros(n, values.shape[1], dtype=values.dtype, device=values.device)
+        return out.scatter_reduce(0, index, values, reduce=how, include_self=False)
+
+    def compute(self) -> torch.Tensor:
+        doc_ids, logits, labels = (dim_zero_cat(x) for x in (self.doc_ids, self.logits, self.labels))
+        docs, groups = torch.unique(doc_ids, return_inverse=True)
+        pooled = self._pool(logits, groups, len(docs), self.pool)
+        doc_labels = self._pool(labels, groups, len(docs), "amax")
+        if doc_labels.shape[1] == 1:
+            doc_labels = doc_labels.squeeze(1)
+        self.metric.reset()
+        self.metric.update(*self.inputs(pooled, doc_labels))
+        return self.metric.compute()
 
 
 class RetentionClassifier(RetentionSystem):
@@ -22,11 +80,27 @@ class RetentionClassifier(RetentionSystem):
         d = self.encoder.backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, d), nn.Tanh(),
                                   nn.Dropout(model["dropout"]), nn.Linear(d, num_labels))
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = self.make_loss()
+        self.metric_names = tuple(self.make_metrics(num_labels))
         self.metrics = nn.ModuleDict({
-            f"{stage}_{path}": MulticlassAccuracy(num_classes=num_labels, average="micro")
-            for stage in ("val", "test") for path in EVAL_PATHS
+            f"{stage}_{path}_{name}": metric
+            for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
         })
+        self.doc_metrics = nn.ModuleDict({
+            f"{stage}_{path}_{name}": DocumentMetric(metric, self.metric_inputs, self.DOC_POOL)
+            for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
+        })
+
+    def make_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def make_metrics(self, num_labels: int) -> dict[str, Metric]:
+        """Metric name → a fresh metric; logged as ``{stage}/<name>_<path>``; ``METRIC`` is among them."""
+        return {"acc": MulticlassAccuracy(num_classes=num_labels, average="micro")}
+
+    # (logits, labels) → what the metrics take; a plain function, so metrics holding it pickle alone
+    metric_inputs = staticmethod(_logits_and_labels)
+    DOC_POOL = "mean"  # how DocumentMetric pools a document's window logits
 
     @classmethod
     def from_config(cls, cfg, dm) -> "RetentionClassifier":
@@ -61,9 +135,14 @@ class RetentionClassifier(RetentionSystem):
     def _evaluate(self, stage: str, batch) -> None:
         for path in EVAL_PATHS:
             logits, out = self(batch["input_ids"], batch["attention_mask"], mode=path)
-            metric = self.metrics[f"{stage}_{path}"]
-            metric(logits, batch["labels"])
-            self.log(f"{stage}/acc_{path}", metric, on_step=False, on_epoch=True, prog_bar=path == "hard")
+            preds, target = self.metric_inputs(logits, batch["labels"])
+            for name in self.metric_names:
+                key = f"{stage}_{path}_{name}"
+                self.metrics[key](preds, target)
+                self.log(f"{stage}/{name}_{path}", self.metrics[key], on_step=False, on_epoch=True, prog_bar=path == "hard" and name == self.METRIC)
+                if "doc_id" in batch:
+                    self.doc_metrics[key].update(logits, batch["labels"], batch["doc_id"])
+                    self.log(f"{stage}/{name}_{path}_doc", self.doc_metrics[key], on_step=False, on_epoch=True)
             if path == "hard":
                 self.log_retention(stage, out, on_step=False)
             if path == "soft":
@@ -74,3 +153,23 @@ class RetentionClassifier(RetentionSystem):
 
     def test_step(self, batch, batch_idx):
         self._evaluate("test", batch)
+
+
+class RetentionMultiLabelClassifier(RetentionClassifier):
+    """Multi-label classification (e.g. CUAD clause types): one sigmoid per label, BCE with logits,
+    micro and macro F1 at threshold 0.5 (a label that no evaluated example has and that is never
+    predicted counts as F1 = 0 in the macro average: torchmetrics' ``zero_division=0``). Batches carry
+    multi-hot float ``labels``."""
+
+    METRIC = "f1_micro"
+    METRIC_LABEL = "micro F1"
+
+    def make_loss(self) -> nn.Module:
+        return nn.BCEWithLogitsLoss()
+
+    def make_metrics(self, num_labels: int) -> dict[str, Metric]:
+        return {"f1_micro": MultilabelF1Score(num_labels, average="micro"),
+                "f1_macro": MultilabelF1Score(num_labels, average="macro")}
+
+    metric_inputs = staticmethod(_probabilities_and_int_labels)
+    DOC_POOL = "amax"

@@ -98,11 +98,26 @@ def backbone_num_layers(cfg: DictConfig) -> int:
     if cfg.model.backbone == "random":
         return int(cfg.model.num_layers)
     from retention.backbones import backbone_config
+    from retention.encoder import SUPPORTED_MODEL_TYPES
 
     try:
-        return int(backbone_config(cfg.model.backbone).num_hidden_layers)
+        config = backbone_config(cfg.model.backbone)
     except OSError as err:
         raise ConfigError(f"model.backbone={cfg.model.backbone!r} cannot be loaded: {str(err).splitlines()[0]}") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"model.backbone={cfg.model.backbone!r} has model type {config.model_type!r}, which the retention "
+            f"wrapper does not support; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None:
+        limit -= 2 if config.model_type in ("roberta", "xlm-roberta") else 0  # RoBERTa's position offset
+        if cfg.data.seq_len > limit:
+            raise ConfigError(
+                f"data.seq_len={cfg.data.seq_len} is out of range; allowed: <= {limit} "
+                f"(the positions of model.backbone={cfg.model.backbone!r})"
+            )
+    return int(config.num_hidden_layers)
 
 
 def check_backbone_supported(cfg: DictConfig, task: str) -> None:

@@ -11,7 +11,7 @@ window's span. SQuAD exact match / F1 (torchmetrics) on the soft, hard and dense
 A batch carries ``input_ids``, ``attention_mask``, ``protected`` (B, T) bool, ``start_positions`` /
 ``end_positions`` (B,) (0 = [CLS] when the answer is not in this window), ``offsets`` (B, T, 2) char
 offsets into the example's context, ``context_mask`` (B, T) bool, ``example_index`` (B,). The data
-module answers ``eval_examples(stage)``: per example ``{"id", "context", "answers": [gold texts]}``.
+module answers ``eval_examples(stage)``: ``example_index`` → ``{"id", "context", "answers": [gold texts]}``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class RetentionQA(RetentionSystem):
                 if ex not in best or sc > best[ex][0]:
                     best[ex] = (sc, cs, ce)
 
-    def squad_scores(self, key: str, examples: list[dict]) -> dict[str, torch.Tensor] | None:
+    def squad_scores(self, key: str, examples) -> dict[str, torch.Tensor] | None:
         """SQuAD exact match and F1 (0–100) of the best span per example collected under ``key``
         (``<stage>_<path>``) since the last call; None when nothing was collected."""
         best = self._candidates.pop(key, {})

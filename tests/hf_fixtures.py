@@ -75,3 +75,39 @@ def byo_rows(n: int, string_labels: bool = True) -> list[list]:
     texts, labels = _texts(n)
     names = ["negative", "positive"]
     return [[t, names[y] if string_labels else y] for t, y in zip(texts, labels)]
+
+
+CUAD_QUESTION = 'Highlight the parts (if any) of this contract related to "{}" that should be reviewed by a lawyer. Details: {}'
+CUAD_CLAUSES = {
+    "Document Name": ("The name of the contract", "DISTRIBUTOR AGREEMENT"),
+    "Governing Law": ("Which state/country's law governs the interpretation of the contract?",
+                      "This Agreement shall be governed by the laws of the State of New York."),
+    "Non-Compete": ("Is there a restriction on the ability of a party to compete?",
+                    "Distributor shall not sell any competing products during the term."),
+    "Insurance": ("Is there a requirement for insurance?", "Each party shall maintain liability insurance."),
+}
+
+
+def cuad_records(n_contracts: int, filler_sentences: int = 3) -> tuple[list[dict], dict[str, set[str]]]:
+    """CUAD QA-style records (``theatticusproject/cuad-qa``): id, title, context, question,
+    answers {text: [str], answer_start: [int]}; one row per (contract, category). Contract k contains
+    the clauses of the categories with bit k % 2^j set (Document Name always). Returns the records and
+    each contract's expected label set."""
+    rows, expected = [], {}
+    cats = list(CUAD_CLAUSES)
+    for k in range(n_contracts):
+        title = f"ACME{k}CORP_01_01_2000-EX-10-DISTRIBUTOR AGREEMENT"
+        present = {c for j, c in enumerate(cats) if j == 0 or (k >> (j - 1)) & 1}
+        parts = []
+        for c in cats:
+            parts.append("The parties agree to the terms below." * filler_sentences)
+            if c in present:
+                parts.append(CUAD_CLAUSES[c][1])
+        context = " ".join(parts)
+        for q, c in enumerate(cats):
+            text = CUAD_CLAUSES[c][1]
+            answers = {"text": [text], "answer_start": [context.index(text)]} if c in present else {"text": [], "answer_start": []}
+            rows.append({"id": f"{title}__{c}_{q}", "title": title, "context": context,
+                         "question": CUAD_QUESTION.format(c, CUAD_CLAUSES[c][0]), "answers": answers})
+        expected[title] = present
+    return rows, expected

@@ -151,3 +151,13 @@ def test_config_builds_module_with_backbone_tokenizer_and_rejects_unused_keys(tm
     assert compose(["data=sst2"]).model.backbone == "distilbert-base-uncased"
     with pytest.raises(ConfigError, match="data.vocab_size=7 is not used by data module 'sst2'"):
         check_data_config(compose(["data=sst2", "data.vocab_size=7"]))
+
+
+def test_missing_or_unknown_data_files_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match=r"no such file\(s\) \['.*nope.csv'\]"):
+        BYODataModule(data_files=str(tmp_path / "nope.csv")).setup()
+    (tmp_path / "x.txt").write_text("hello\n")
+    with pytest.raises(DataError, match="cannot tell the file format"):
+        BYODataModule(data_files=str(tmp_path / "x.txt")).setup()
+    with pytest.raises(DataError, match="needs data.data_files"):
+        BYODataModule().setup()

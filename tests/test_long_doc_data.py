@@ -45,8 +45,25 @@ def test_qasper_batches_and_answer_counts(tmp_path, truncation):
         assert len(dm.datasets["train"]) > 9  # long papers give several windows per question
     else:
         assert len(dm.datasets["train"]) == 9
-    ex = dm.eval_examples("val")[0]
+    ex = next(iter(dm.eval_examples("val").values()))
     assert ex["answers"] == ["the NewsCorp-10 dataset", "NewsCorp-10"]
+    assert set(batch["example_index"].tolist()) <= set(dm.eval_examples("train"))
+
+
+def test_qasper_carved_splits_keep_their_questions(tmp_path):
+    """Only a train file: val and test are carved from the converted questions; every window still
+    finds its own question (context and golds) through its example_index."""
+    files = write_qasper(tmp_path, n_train=4)
+    dm = make_dm("qasper", {"train": files["train"]}, tmp_path, val_fraction=0.25)
+    dm.setup("fit")
+    keys = {role: set(dm.eval_examples(role)) for role in ("train", "val", "test")}
+    assert keys["val"] and keys["test"] and not (keys["val"] & keys["train"]) and not (keys["test"] & keys["train"])
+    for role in ("val", "test"):
+        for w in dm.datasets[role]:
+            ex = dm.eval_examples(role)[w["example_index"]]
+            s, e = w["start_positions"], w["end_positions"]
+            if s:
+                assert ex["context"][w["offsets"][s][0]:w["offsets"][e][1]] in ex["answers"]
 
 
 def test_qasper_span_outside_context_names_split_and_index(tmp_path):
