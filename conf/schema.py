@@ -158,7 +158,7 @@ _CHECKS: list[_Check] = [
     ("optim.scheduler", lambda v: v in ("linear", "cosine", "constant"), "one of linear, cosine, constant"),
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 disables)"),
-    ("model.arch", lambda v: v in ("bert", "distilbert", "roberta", "xlm-roberta"), "one of bert, distilbert, roberta, xlm-roberta (retention.encoder.SUPPORTED_MODEL_TYPES)"),
+    ("model.arch", lambda v: v in ("bert", "distilbert", "roberta", "xlm-roberta", "bart", "t5"), "one of bert, distilbert, roberta, xlm-roberta, bart, t5 (retention.encoder.SUPPORTED_MODEL_TYPES; bart and t5 for summarization)"),
     ("model.hidden_size", lambda v: v >= 1, ">= 1"),
     ("model.num_layers", lambda v: v >= 1, ">= 1"),
     ("model.num_heads", lambda v: v >= 1, ">= 1"),

@@ -141,4 +141,4 @@ def check_backbone_supported(cfg: DictConfig, task: str) -> None:
     if model_type not in allowed:
         value = cfg.model.arch if key == "model.arch" else cfg.model.backbone
         raise ConfigError(f"{key}={value!r} has model type {model_type!r}, which the retention wrapper does not "
-                          f"support for {task}; supported model types: {', '.join(allowed)}")
+                          f"support for {task}; supported: {', '.join(allowed)}")

@@ -115,9 +115,9 @@ def test_unsupported_backbone_for_qa_fails_before_work(tmp_path, capsys):
     files = write_qasper(tmp_path)
     code = cli.main(["train", "data=qasper", f"model.backbone={tmp_path / 'longformer'}", *files_overrides(files)])
     err = capsys.readouterr().err
-    assert code == 2 and "'longformer'" in err and "bert" in err and "bart" not in err.split("supported model types:")[1]
+    assert code == 2 and "'longformer'" in err and "bert" in err and "bart" not in err.split("supported:")[1]
     code = cli.main(["train", "data=arxiv", "model.backbone=random", "model.arch=bert"])
-    assert code == 2 and "supported model types: bart, t5" in capsys.readouterr().err
+    assert code == 2 and "supported: bart, t5" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- end to end
