@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     backbone: str = "random"  # "random", "minilm", or any HF BERT-family name / local path
-    arch: str = "bert"  # for backbone=random: bert | roberta | distilbert | xlm-roberta
+    arch: str = "bert"  # for backbone=random: bert | roberta | distilbert | xlm-roberta; bart | t5 (summarization)
     hidden_size: int = 64
     num_layers: int = 4
     num_heads: int = 2
@@ -94,6 +94,9 @@ class DataConfig:
     stride: int = 128  # sliding_window: tokens shared by consecutive windows
     val_fraction: float = 0.1
     on_invalid: str = "error"  # error | skip (skips bad examples and reports the count)
+    max_answer_tokens: int = 30  # extractive QA: longest predicted answer span, in tokens
+    target_len: int = 256  # summarization: target summary tokens (also the generation length)
+    num_beams: int = 1  # summarization: beam search width (1: greedy)
 
 @dataclass
 class TrainerConfig:
@@ -155,7 +158,7 @@ _CHECKS: list[_Check] = [
     ("optim.scheduler", lambda v: v in ("linear", "cosine", "constant"), "one of linear, cosine, constant"),
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 disables)"),
-    ("model.arch", lambda v: v in ("bert", "distilbert", "roberta", "xlm-roberta"), "one of bert, distilbert, roberta, xlm-roberta (retention.encoder.SUPPORTED_MODEL_TYPES)"),
+    ("model.arch", lambda v: v in ("bert", "distilbert", "roberta", "xlm-roberta", "bart", "t5"), "one of bert, distilbert, roberta, xlm-roberta, bart, t5 (retention.encoder.SUPPORTED_MODEL_TYPES; bart and t5 for summarization)"),
     ("model.hidden_size", lambda v: v >= 1, ">= 1"),
     ("model.num_layers", lambda v: v >= 1, ">= 1"),
     ("model.num_heads", lambda v: v >= 1, ">= 1"),
@@ -179,6 +182,9 @@ _CHECKS: list[_Check] = [
     ("data.stride", lambda v: v >= 0, ">= 0"),
     ("data.val_fraction", lambda v: 0.0 < v < 1.0, "(0, 1)"),
     ("data.on_invalid", lambda v: v in ("error", "skip"), "one of error, skip"),
+    ("data.max_answer_tokens", lambda v: v >= 1, ">= 1"),
+    ("data.target_len", lambda v: v >= 1, ">= 1"),
+    ("data.num_beams", lambda v: v >= 1, ">= 1"),
     ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1)"),
     ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),

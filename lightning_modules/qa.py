@@ -1,0 +1,159 @@
+"""Extractive QA with Adaptive Retention and drop-and-restore (BRIEF §2, "Dropped tokens and heads").
+
+The question (and [CLS]/[SEP]) are *protected*: never dropped, counted toward M. On the hard path the
+context tokens dropped at any gated layer keep their last hidden state and are scattered back to their
+positions before the span head (``RetentionEncoder.forward(restore=True)``), so start/end logits exist
+at every one of the T positions. A window's best span (start ≤ end < start + ``max_answer_tokens``,
+both in the context) is decoded to character offsets of the original context through the tokenizer's
+offset mapping; an example split into several windows (sliding-window policy) takes the best-scoring
+window's span. SQuAD exact match / F1 (torchmetrics) on the soft, hard and dense paths.
+
+A batch carries ``input_ids``, ``attention_mask``, ``protected`` (B, T) bool, ``start_positions`` /
+``end_positions`` (B,) (0 = [CLS] when the answer is not in this window), ``offsets`` (B, T, 2) char
+offsets into the example's context, ``context_mask`` (B, T) bool, ``example_index`` (B,). The data
+module answers ``eval_examples(stage)``: ``example_index`` → ``{"id", "context", "answers": [gold texts]}``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.text import SQuAD
+
+from .classification import EVAL_PATHS
+from .system import RetentionSystem
+
+__all__ = ["RetentionQA", "best_spans"]
+
+
+def best_spans(start: torch.Tensor, end: torch.Tensor, context: torch.Tensor, max_answer_tokens: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Highest start[i] + end[j] over context positions with i ≤ j < i + ``max_answer_tokens``.
+
+    Banded, O(T·L) memory instead of the T×T score matrix. Returns (score, i, j), each (B,);
+    score is −inf for a window without context tokens."""
+    b, t = start.shape
+    neg = torch.finfo(start.dtype).min
+    s = start.masked_fill(~context, neg)
+    e = end.masked_fill(~context, neg)
+    best = torch.full((b,), float("-inf"), dtype=start.dtype, device=start.device)
+    bi = torch.zeros(b, dtype=torch.long, device=start.device)
+    bj = torch.zeros_like(bi)
+    for k in range(min(max_answer_tokens, t)):
+        both = context[:, : t - k] & context[:, k:]
+        score = (s[:, : t - k] + e[:, k:]).masked_fill(~both, float("-inf"))
+        val, i = score.max(1)
+        better = val > best
+        best = torch.where(better, val, best)
+        bi = torch.where(better, i, bi)
+        bj = torch.where(better, i + k, bj)
+    return best, bi, bj
+
+
+class RetentionQA(RetentionSystem):
+    METRIC = "f1"
+    METRIC_LABEL = "SQuAD F1"
+
+    def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
+                 max_positions: int, protected_token_ids: tuple[int, ...] = (), max_answer_tokens: int = 30) -> None:
+        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids)
+        d = self.encoder.backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, 2))
+        self.max_answer_tokens = max_answer_tokens
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.metrics = nn.ModuleDict({f"{stage}_{path}": SQuAD() for stage in ("val", "test") for path in EVAL_PATHS})
+        self._candidates: dict[str, dict[int, tuple[float, int, int]]] = {}
+
+    @classmethod
+    def from_config(cls, cfg, dm) -> "RetentionQA":
+        from omegaconf import OmegaConf
+
+        c = OmegaConf.to_container(cfg, resolve=True)
+        return cls(
+            model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
+            vocab_size=getattr(dm, "vocab_size", None),
+            max_positions=cfg.data.seq_len,
+            protected_token_ids=tuple(dm.special_token_ids),
+            max_answer_tokens=getattr(dm, "max_answer_tokens", 30),
+        )
+
+    def forward(self, input_ids, attention_mask=None, protected=None, mode: str = "auto"):
+        """(start_logits, end_logits), each (B, T) — every position, on every path — and the encoder output."""
+        if mode == "auto":
+            mode = "soft" if self.training else "hard"
+        out = self.encoder(input_ids, attention_mask, protected=protected, mode=mode, restore=mode == "hard")
+        hidden = out.restored_hidden_state if mode == "hard" else out.last_hidden_state
+        start, end = self.head(hidden).unbind(-1)
+        if attention_mask is not None:
+            pad = ~attention_mask.bool()
+            start = start.masked_fill(pad, torch.finfo(start.dtype).min)
+            end = end.masked_fill(pad, torch.finfo(end.dtype).min)
+        return start, end, out
+
+    def span_loss(self, start, end, batch) -> torch.Tensor:
+        return 0.5 * (self.loss_fn(start, batch["start_positions"]) + self.loss_fn(end, batch["end_positions"]))
+
+    def training_step(self, batch, batch_idx):
+        gating = self.gating
+        start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode="soft" if gating else "dense")
+        task = self.span_loss(start, end, batch)
+        self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
+        if not gating:
+            return task + self.unused_in_graph()
+        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
+        self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
+        self.log_retention("train", out, on_step=True, targets=targets)
+        return task + lag
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, stage: str, batch) -> None:
+        for path in EVAL_PATHS:
+            start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path)
+            if path == "hard":
+                self.log_retention(stage, out, on_step=False)
+            if path == "soft":
+                self.log(f"{stage}/loss_soft", self.span_loss(start, end, batch), on_step=False, on_epoch=True)
+            score, i, j = best_spans(start.float(), end.float(), batch["context_mask"].bool(), self.max_answer_tokens)
+            rows = torch.arange(i.shape[0], device=i.device)
+            char_start = batch["offsets"][rows, i, 0]
+            char_end = batch["offsets"][rows, j, 1]
+            best = self._candidates.setdefault(f"{stage}_{path}", {})
+            for ex, sc, cs, ce in zip(batch["example_index"].tolist(), score.tolist(), char_start.tolist(), char_end.tolist()):
+                if ex not in best or sc > best[ex][0]:
+                    best[ex] = (sc, cs, ce)
+
+    def squad_scores(self, key: str, examples) -> dict[str, torch.Tensor] | None:
+        """SQuAD exact match and F1 (0–100) of the best span per example collected under ``key``
+        (``<stage>_<path>``) since the last call; None when nothing was collected."""
+        best = self._candidates.pop(key, {})
+        if not best:
+            return None
+        preds, target = [], []
+        for ex, (_, cs, ce) in sorted(best.items()):
+            e = examples[ex]
+            preds.append({"prediction_text": e["context"][cs:ce], "id": e["id"]})
+            target.append({"answers": {"text": list(e["answers"]), "answer_start": [0] * len(e["answers"])}, "id": e["id"]})
+        metric = self.metrics[key]
+        result = metric(preds, target)
+        metric.reset()
+        return result
+
+    def _epoch_end(self, stage: str) -> None:
+        examples = self.trainer.datamodule.eval_examples(stage)
+        for path in EVAL_PATHS:
+            result = self.squad_scores(f"{stage}_{path}", examples)
+            if result is not None:
+                self.log(f"{stage}/f1_{path}", result["f1"] / 100.0, prog_bar=path == "hard")
+                self.log(f"{stage}/em_{path}", result["exact_match"] / 100.0)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")

@@ -1,0 +1,143 @@
+"""Encoder–decoder summarization with Adaptive Retention (BART and T5 families).
+
+The gates sit in the encoder: :class:`retention.RetentionEncoder` wraps the stock model's encoder stack
+(``model.get_encoder()``) with the same hooks as an encoder-only backbone. The decoder then
+cross-attends to what the encoder kept:
+
+* hard path (inference): the encoder output is the physically shorter (B, M_max, d) tensor of retained
+  states, and the cross-attention mask is its ``valid`` mask — the decoder's keys/values (and its
+  cross-attention KV cache during generation) have M_max entries, not T. That is where the memory goes.
+* soft path (training): the length stays T; the encoder output is scaled by the cumulative gate z̃ and
+  tokens whose gate is exactly 0 are masked out of cross-attention, so a closed gate removes a token from
+  the decoder as it does on the hard path, while open gates pass their gradient through the scaling.
+* dense: the same weights, nothing dropped.
+
+Generation (greedy or beam, ``num_beams``) runs ``model.generate(encoder_outputs=..., attention_mask=...)``
+on the path's encoder output; ROUGE-1/2/L F-measures (torchmetrics ``ROUGEScore``) on the three paths.
+A batch carries ``input_ids``, ``attention_mask`` and ``labels`` (target ids, −100 at padding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.text.rouge import ROUGEScore
+from transformers.modeling_outputs import BaseModelOutput
+
+from retention.backbones import build_seq2seq
+
+from .classification import EVAL_PATHS
+from .system import RetentionSystem
+
+__all__ = ["RetentionSummarizer"]
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+class RetentionSummarizer(RetentionSystem):
+    METRIC = "rouge1"
+    METRIC_LABEL = "ROUGE-1 F"
+
+    def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
+                 max_positions: int, protected_token_ids: tuple[int, ...] = (), special_ids: dict | None = None,
+                 generation: dict | None = None) -> None:
+        seq2seq = build_seq2seq(
+            model["backbone"], attn_implementation=model["attn_implementation"], arch=model["arch"],
+            vocab_size=vocab_size, hidden_size=model["hidden_size"], num_layers=model["num_layers"],
+            num_heads=model["num_heads"], intermediate_size=model["intermediate_size"],
+            max_positions=model["max_positions"] or max_positions, special_ids=special_ids or {},
+        )
+        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids,
+                         backbone=seq2seq.get_encoder())
+        self.seq2seq = seq2seq
+        self.generation = dict(generation or {"max_new_tokens": 64, "num_beams": 1})
+        self.metrics = nn.ModuleDict({f"{stage}_{path}": ROUGEScore(rouge_keys=ROUGE_KEYS)
+                                      for stage in ("val", "test") for path in EVAL_PATHS})
+        self.tokenizer = None  # set by from_config; decodes generated ids for ROUGE
+
+    @classmethod
+    def from_config(cls, cfg, dm) -> "RetentionSummarizer":
+        from omegaconf import OmegaConf
+
+        c = OmegaConf.to_container(cfg, resolve=True)
+        system = cls(
+            model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
+            vocab_size=getattr(dm, "vocab_size", None),
+            max_positions=max(cfg.data.seq_len, dm.target_len + 2),  # random-init BART: source and target positions
+            protected_token_ids=tuple(dm.special_token_ids),
+            special_ids=dict(getattr(dm, "seq2seq_special_ids", {}) or {}),
+            generation=dict(getattr(dm, "generation", {}) or {}) or None,
+        )
+        system.tokenizer = dm.tokenizer
+        return system
+
+    # ------------------------------------------------------------------ encoder paths
+    def encode(self, input_ids, attention_mask, mode: str):
+        """(encoder_outputs, cross-attention mask, retention output) for one path (see module docstring)."""
+        if mode == "auto":
+            mode = "soft" if self.training else "hard"
+        out = self.encoder(input_ids, attention_mask, mode=mode)
+        hidden = out.last_hidden_state
+        cross_mask = out.valid
+        if mode == "soft":
+            z = out.gate_values
+            hidden = hidden * z.unsqueeze(-1).to(hidden.dtype)
+            cross_mask = out.valid & (z > 0)
+        return BaseModelOutput(last_hidden_state=hidden), cross_mask.long(), out
+
+    def forward(self, input_ids, attention_mask, labels, mode: str = "auto"):
+        enc, cross_mask, out = self.encode(input_ids, attention_mask, mode)
+        result = self.seq2seq(encoder_outputs=enc, attention_mask=cross_mask, labels=labels)
+        return result.loss, out
+
+    def generate(self, input_ids, attention_mask, mode: str = "hard", **overrides) -> torch.Tensor:
+        enc, cross_mask, _ = self.encode(input_ids, attention_mask, mode)
+        kwargs = {**self.generation, **overrides}
+        return self.seq2seq.generate(encoder_outputs=enc, attention_mask=cross_mask, **kwargs)
+
+    def training_step(self, batch, batch_idx):
+        gating = self.gating
+        task, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode="soft" if gating else "dense")
+        self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
+        if not gating:
+            return task + self.unused_in_graph()
+        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
+        self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
+        self.log_retention("train", out, on_step=True, targets=targets)
+        return task + lag
+
+    # ------------------------------------------------------------------ evaluation
+    def _texts(self, ids: torch.Tensor) -> list[str]:
+        ids = ids.masked_fill(ids < 0, self.tokenizer.pad_token_id or 0)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def _evaluate(self, stage: str, batch) -> None:
+        references = self._texts(batch["labels"])
+        for path in EVAL_PATHS:
+            loss, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path)
+            self.log(f"{stage}/loss_{path}", loss, on_step=False, on_epoch=True)
+            if path == "hard":
+                self.log_retention(stage, out, on_step=False)
+            generated = self.generate(batch["input_ids"], batch["attention_mask"], mode=path)
+            metric = self.metrics[f"{stage}_{path}"]
+            metric.update(self._texts(generated), references)
+
+    def _epoch_end(self, stage: str) -> None:
+        for path in EVAL_PATHS:
+            metric = self.metrics[f"{stage}_{path}"]
+            scores = metric.compute()
+            metric.reset()
+            for key in ROUGE_KEYS:
+                self.log(f"{stage}/{key}_{path}", scores[f"{key}_fmeasure"], prog_bar=key == "rouge1" and path == "hard")
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
