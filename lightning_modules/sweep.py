@@ -111,7 +111,10 @@ def build_distributions(scfg) -> dict[str, Any]:
             if spec.type == "categorical":
                 if not spec.choices or spec.low is not None or spec.high is not None:
                     raise ValueError("a categorical entry needs a non-empty `choices` list and no low/high")
-                out[key] = CategoricalDistribution(list(spec.choices))
+                choices = list(spec.choices)
+                if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+                    raise ValueError(f"choices must be null, bool, int, float or str (Optuna stores them), got {choices}")
+                out[key] = CategoricalDistribution(choices)
                 continue
             if spec.type not in ("float", "int"):
                 raise ValueError(f"type={spec.type!r}; allowed: float, int, categorical")
@@ -642,20 +645,20 @@ def run(args: argparse.Namespace) -> int:
           f"MLflow parent run {parent} ({tracking_uri})", flush=True)
     container = OmegaConf.to_container(scfg, resolve=True)
     status = 0
-    if s.workers == 1:
-        run_worker(container, 0, s.n_trials, s.timeout, None)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // s.workers)
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=run_worker, args=(container, i, n, s.timeout, threads), name=f"sweep-worker-{i}")
-                 for i, n in enumerate(_split(s.n_trials, s.workers))]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-            if p.exitcode != 0:
-                status = 1
-                print(f"[sweep] worker process {p.pid} exited with code {p.exitcode}", file=sys.stderr)
+    # This process is worker 0; workers 1..N-1 are spawned processes (each imports torch afresh).
+    counts = _split(s.n_trials, s.workers)
+    threads = max(1, (os.cpu_count() or 1) // s.workers) if s.workers > 1 else None
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=run_worker, args=(container, i, n, s.timeout, threads), name=f"sweep-worker-{i}")
+             for i, n in enumerate(counts) if i > 0]
+    for p in procs:
+        p.start()
+    run_worker(container, 0, counts[0], s.timeout, threads)
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            status = 1
+            print(f"[sweep] worker process {p.pid} exited with code {p.exitcode}", file=sys.stderr)
     if local_reaper:
         reap_dead_local_trials(study, handler)
     print(summarize(study, scfg, client, parent), flush=True)
