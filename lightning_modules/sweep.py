@@ -650,7 +650,7 @@ def run(args: argparse.Namespace) -> int:
     threads = max(1, (os.cpu_count() or 1) // s.workers) if s.workers > 1 else None
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=run_worker, args=(container, i, n, s.timeout, threads), name=f"sweep-worker-{i}")
-             for i, n in enumerate(counts) if i > 0]
+             for i, n in enumerate(counts) if i > 0 and n != 0]
     for p in procs:
         p.start()
     run_worker(container, 0, counts[0], s.timeout, threads)

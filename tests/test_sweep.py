@@ -374,6 +374,7 @@ def test_sweep_logs_to_tracking_server_and_compare_reads_it(workdir, mlflow_serv
     assert sorted(table["trial"]) == [1, 2] and list(table["budget.ratio"]) == sorted(table["budget.ratio"])
 
 
+@pytest.mark.slow
 def test_compare_rejects_unknown_sources_and_columns(workdir, uri, capsys):
     assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "nope"]) == 2
     assert "no experiment named 'nope'" in capsys.readouterr().err
