@@ -5,6 +5,7 @@ Every failure is a :class:`conf.schema.ConfigError` whose one-line message names
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +19,13 @@ __all__ = ["compose", "config_groups", "backbone_num_layers"]
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Group name → available option names (``conf/<group>/<option>.yaml``)."""
+    """Group name → available option names (``conf/<group>/<option>.yaml``). Only folders named
+    after a section of :class:`Config` are groups (``conf/sweep/`` holds sweep configs, not a section)."""
+    sections = {f.name for f in fields(Config)}
     return {
         d.name: sorted(p.stem for p in d.glob("*.yaml"))
         for d in sorted(CONF_DIR.iterdir())
-        if d.is_dir() and not d.name.startswith(("_", "."))
+        if d.is_dir() and d.name in sections
     }
 
 

@@ -1,0 +1,403 @@
+"""`retention sweep` and `retention compare`: every trial a nested MLflow run, failures recorded, resume,
+pruning, killed workers, a real PostgreSQL storage and a real MLflow tracking server.
+
+Trials train the tiny config (seconds each). Spawned workers and subprocesses run one torch thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from lightning_modules import cli, sweep
+from lightning_modules.compare import pareto_front
+
+from .helpers import TINY
+
+SPACE = {  # the default search space, narrowed so tiny trials stay tiny
+    "gate.beta": {"type": "float", "low": 0.3, "high": 1.0, "log": True},
+    "budget.ratio": {"type": "float", "low": 0.2, "high": 0.6},
+    "optim.dual_lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """cwd = a fresh folder (journal + MLflow SQLite land there); one torch thread, also for subprocesses."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def write_sweep(path: Path, study: dict, space: dict = SPACE, base: list[str] = ()) -> str:
+    path.write_text(json.dumps({"study": study, "base": {"overrides": [*TINY, *base]}, "search_space": space}))
+    return str(path)  # JSON is YAML
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow SQLite store (creating one takes seconds; tests copy it)."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.tracking.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def uri(workdir, mlflow_db_template) -> str:
+    shutil.copy(mlflow_db_template, workdir / "mlflow.db")
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def load(name: str, storage=None):
+    return optuna.load_study(study_name=name, storage=storage or optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(Path.cwd() / sweep.DEFAULT_JOURNAL))))
+
+
+def trial_runs(uri: str, parent: str):
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.tracking.MlflowClient().get_run(parent).info.experiment_id
+    return mlflow.search_runs(experiment_ids=[exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def assert_trials_tracked(study, uri: str, states=("COMPLETE",)) -> None:
+    """Every trial is a nested run of the study's parent with its params, number and final state."""
+    parent = study.user_attrs[sweep.PARENT_ATTR]
+    runs = trial_runs(uri, parent).set_index("tags.optuna.trial_number")
+    assert sorted(runs.index) == sorted(str(t.number) for t in study.trials)
+    for t in study.trials:
+        run = runs.loc[str(t.number)]
+        assert run["run_id"] == t.user_attrs["mlflow_run_id"]
+        assert run["tags.optuna.trial_state"] == t.state.name and t.state.name in states
+        for key, value in t.params.items():
+            assert float(run[f"params.{key}"]) == pytest.approx(value, rel=1e-12), key
+        if t.state == TrialState.COMPLETE:
+            assert run["status"] == "FINISHED"
+            assert run["metrics.objective/metric"] == pytest.approx(t.values[0])
+            assert run["metrics.val/acc_hard"] >= 0 and not run[["metrics.train/task_loss_step", "metrics.test/acc_hard"]].isna().any()
+
+
+# --------------------------------------------------------------------------- before any trial
+BAD_SPACE = [
+    ("search_space={gate.temprature: {low: 0.1, high: 1.0}}", "search_space.gate.temprature", "temprature"),
+    ("search_space={gate.beta: {low: 2.0, high: 1.0}}", "search_space.gate.beta", "invalid distribution"),
+    ("search_space={optim.dual_lr: {low: 0.0, high: 0.1, log: true}}", "search_space.optim.dual_lr", "invalid distribution"),
+    ("search_space={gate.beta: {type: gaussian, low: 0.1, high: 1.0}}", "search_space.gate.beta", "gaussian"),
+    ("search_space={data.num_needles: {type: categorical}}", "search_space.data.num_needles", "choices"),
+    ("search_space={budget.ratio: {low: 0.1, high: 1.5}}", "search_space.budget.ratio", "(0, 1]"),
+    ("search_space={model.num_layers: {type: categorical, choices: [2, 1]}}", "search_space.model.num_layers", "0..0"),
+    ("search_space={gate.layers: {type: categorical, choices: [[1], [0, 1]]}}", "search_space.gate.layers", "choices must be"),
+    ("search_space={gate.beta: {lo: 0.1}}", "search_space.gate.beta.lo", "low"),
+    ("search_space={model: {type: categorical, choices: [tiny, huge]}}", "search_space.model", "huge"),
+    ("study.objectives=[metric,retention]", "study.pruner", "single-objective"),
+    ("study.pruner_args={n_startup: 3}", "study.pruner_args", "n_startup"),
+    ("study.enqueue=[{gate.betaa: 0.5}]", "study.enqueue[0]", "gate.betaa"),
+    ("study.enqueue=[{budget.ratio: 0.9}]", "study.enqueue[0]", "outside"),
+    ("gate.temprature=0.5", "temprature", "GateConfig"),
+]
+
+
+@pytest.mark.parametrize("override,entry,detail", BAD_SPACE)
+def test_bad_sweep_config_fails_before_any_trial(override, entry, detail, workdir, capsys, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the study was opened before the sweep config was validated")
+
+    monkeypatch.setattr(sweep, "_study_handles", boom)
+    monkeypatch.setattr(sweep, "run_worker", boom)
+    assert cli.main(["sweep", *TINY, override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and entry in err and detail in err, err
+    assert not list(workdir.iterdir())  # no journal, no MLflow store
+
+
+def test_config_groups_are_schema_sections_only():
+    from lightning_modules.config import config_groups
+
+    assert "sweep" not in config_groups() and {"model", "data"} <= set(config_groups())
+
+
+def test_packaged_sweep_configs_resolve(capsys):
+    for name in ("default", "pareto"):
+        scfg = sweep.compose_sweep(name, ["study.n_trials=3", "trainer.max_epochs=1"])
+        assert scfg.base.overrides[-1] == "trainer.max_epochs=1" and scfg.study.n_trials == 3
+        assert set(sweep.check_sweep(scfg)) == {"gate.beta", "budget.ratio", "optim.dual_lr"}
+    assert sweep.compose_sweep("pareto").study.objectives == ["metric", "retention"]
+
+
+def test_pareto_front():
+    retention = [0.3, 0.3, 0.5, 0.2, 0.6, float("nan")]
+    metric = [0.8, 0.9, 0.85, 0.5, 0.95, 1.0]
+    assert sorted(pareto_front(retention, metric)) == [1, 3, 4]
+
+
+# --------------------------------------------------------------------------- journal storage
+@pytest.mark.slow
+def test_two_worker_processes_share_one_journal_study(workdir, uri):
+    cfg = write_sweep(workdir / "s.yaml", {"name": "two", "seed": 0, "pruner": "none"})
+    assert cli.main(["sweep", "--config", cfg, "--workers", "2", "--n-trials", "4", f"logging.tracking_uri={uri}"]) == 0
+    study = load("two")
+    assert len(study.trials) == 4
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two processes ran them
+    assert_trials_tracked(study, uri)
+    client = mlflow.tracking.MlflowClient(uri)
+    parent = client.get_run(study.user_attrs[sweep.PARENT_ATTR])
+    assert parent.data.tags["sweep.role"] == "parent" and parent.info.status == "FINISHED"
+    assert parent.data.tags["best_trial_number"] == str(study.best_trial.number)
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_trial.json", "trials.csv", "optimization_history.png", "param_importances.png"} <= artifacts
+
+
+@pytest.mark.slow
+def test_failed_and_nan_trials_recorded_others_complete_and_resume_adds(workdir, uri):
+    space = {**SPACE, "data.num_needles": {"type": "categorical", "choices": [1, 40]},
+             "optim.lr": {"type": "categorical", "choices": [0.002, 1.0e30]}}
+    enqueue = [{"data.num_needles": 40, "optim.lr": 0.002},  # 40 needles do not fit in 32 tokens: raises
+               {"data.num_needles": 1, "optim.lr": 1.0e30},  # diverges: NaN loss
+               {"data.num_needles": 1, "optim.lr": 0.002}]
+    cfg = write_sweep(workdir / "s.yaml", {"name": "fail", "seed": 0, "pruner": "none", "enqueue": enqueue}, space)
+    args = ["sweep", "--config", cfg, f"logging.tracking_uri={uri}"]
+    assert cli.main([*args, "--n-trials", "3"]) == 0
+    study = load("fail")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert "num_needles=40" in study.trials[0].user_attrs["fail_reason"]
+    assert "training loss is nan" in study.trials[1].user_attrs["fail_reason"]
+    runs = trial_runs(uri, study.user_attrs[sweep.PARENT_ATTR]).set_index("tags.optuna.trial_number")
+    assert runs.loc["0", "status"] == "FAILED" and "num_needles=40" in runs.loc["0", "tags.optuna.fail_reason"]
+    assert runs.loc["1", "status"] == "FAILED" and "nan" in runs.loc["1", "tags.optuna.fail_reason"]
+    assert runs.loc["2", "status"] == "FINISHED"
+    parent = study.user_attrs[sweep.PARENT_ATTR]
+
+    assert cli.main([*args[:3], "--n-trials", "2", *args[3:]]) == 0  # the same sweep again: two more trials
+    study = load("fail")
+    assert len(study.trials) == 5 and [t.state for t in study.trials[:3]] == states  # added, nothing lost
+    assert study.user_attrs[sweep.PARENT_ATTR] == parent
+    assert_trials_tracked(study, uri, states=("COMPLETE", "FAIL"))
+
+
+@pytest.mark.slow
+def test_pruning_prunes_a_trial_that_cannot_learn(workdir, uri):
+    space = {"optim.lr": {"type": "categorical", "choices": [0.005, 0.0]}}
+    easy = ["data.seq_len=16", "data.train_size=512", "data.val_size=64", "model.hidden_size=32",
+            "optim.scheduler=constant", "trainer.max_epochs=3", "optim.gate_lr=0.0"]
+    cfg = write_sweep(workdir / "s.yaml", {"name": "prune", "pruner": "median",
+                                           "pruner_args": {"n_startup_trials": 1, "n_warmup_steps": 0},
+                                           "enqueue": [{"optim.lr": 0.005}, {"optim.lr": 0.0}]}, space, easy)
+    assert cli.main(["sweep", "--config", cfg, "--n-trials", "2", f"logging.tracking_uri={uri}"]) == 0
+    study = load("prune")
+    good, bad = study.trials
+    assert good.state == TrialState.COMPLETE and good.value > 0.5  # the needle task is learned
+    assert bad.state == TrialState.PRUNED and max(bad.intermediate_values.values()) < good.value
+    assert_trials_tracked(study, uri, states=("COMPLETE", "PRUNED"))
+    run = trial_runs(uri, study.user_attrs[sweep.PARENT_ATTR]).set_index("tags.optuna.trial_number").loc["1"]
+    assert run["status"] == "KILLED" and "pruned" in run["tags.optuna.prune_reason"]
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_failed_and_retried_completed_trial_kept(workdir, uri):
+    cfg = write_sweep(workdir / "s.yaml", {"name": "kill", "seed": 0, "pruner": "none"})
+    args = ["sweep", "--config", cfg, "--n-trials", "1", f"logging.tracking_uri={uri}"]
+    assert cli.main(args) == 0  # trial 0 completes
+    # A worker running a long trial (500 epochs) is killed with SIGKILL mid-trial.
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", *args, "trainer.max_epochs=500"],
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            trials = load("kill").trials
+            if len(trials) == 2 and trials[1].state == TrialState.RUNNING and "mlflow_run_id" in trials[1].user_attrs:
+                break
+            assert proc.poll() is None, "the worker ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("the second trial never started")
+        time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = load("kill").trials[1]
+    assert killed.state == TrialState.RUNNING  # nothing else can know yet
+    assert cli.main(args) == 0  # the next sweep on this machine fails it and runs the retry
+    study = load("kill")
+    t0, t1, t2 = study.trials
+    assert t0.state == TrialState.COMPLETE
+    assert t1.state == TrialState.FAIL and f":{proc.pid} died" in t1.user_attrs["fail_reason"]
+    assert t2.state == TrialState.COMPLETE and t2.params == t1.params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t2) == 1
+    runs = trial_runs(uri, study.user_attrs[sweep.PARENT_ATTR]).set_index("tags.optuna.trial_number")
+    assert runs.loc["1", "status"] == "FAILED" and "died" in runs.loc["1", "tags.optuna.fail_reason"]
+    assert runs.loc["2", "tags.optuna.retry_of"] == "1" and runs.loc["2", "status"] == "FINISHED"
+
+
+@pytest.mark.slow
+def test_rdb_heartbeat_fails_stale_trial_marks_run_and_requeues(workdir, uri):
+    """Optuna's own heartbeat machinery on an RDB storage calls our handler for a silent trial."""
+    scfg = sweep.compose_sweep(write_sweep(workdir / "s.yaml", {
+        "name": "hb", "storage": f"sqlite:///{workdir / 'optuna.db'}", "heartbeat_interval": 1, "grace_period": 2}),
+        [f"logging.tracking_uri={uri}"])
+    sweep.check_sweep(scfg)
+    study, handler, tracking_uri, exp_id = sweep._study_handles(scfg)
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    run_id = client.create_run(exp_id).info.run_id
+    trial = study.ask({k: d for k, d in sweep.build_distributions(scfg).items()})
+    trial.set_user_attr("mlflow_run_id", run_id)
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)
+    optuna.storages.fail_stale_trials(study)
+    t0, retry = study.trials
+    assert t0.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.params == t0.params
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "no heartbeat" in run.data.tags["optuna.fail_reason"]
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1, run as an unprivileged user."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl and shutil.which("postgres")):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, postgres) are not on PATH")
+    root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        nobody = pwd.getpwnam("nobody")
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        as_user = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    port = _free_port()
+    env = {**os.environ, "LC_ALL": "C"}
+    subprocess.run([*as_user, initdb, "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                    "--locale=C"], check=True, capture_output=True, env=env)
+    subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-t", "60", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, env=env)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-m", "immediate", "-w", "stop"], capture_output=True, env=env)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(workdir, uri, postgres_url):
+    cfg = write_sweep(workdir / "s.yaml", {"name": "pg", "seed": 0, "pruner": "none"})
+    assert cli.main(["sweep", "--config", cfg, "--storage", postgres_url, "--workers", "2", "--n-trials", "2",
+                     f"logging.tracking_uri={uri}"]) == 0
+    study = optuna.load_study(study_name="pg", storage=sweep._rdb_url(postgres_url))
+    assert len(study.trials) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert_trials_tracked(study, uri)
+    assert not (workdir / sweep.DEFAULT_JOURNAL).exists()
+
+
+# --------------------------------------------------------------------------- MLflow server + compare
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).read().strip() == b"OK":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "the MLflow server did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # a throw-away server: no graceful shutdown needed
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_sweep_logs_to_tracking_server_and_compare_reads_it(workdir, mlflow_server, capsys):
+    cfg = write_sweep(workdir / "s.yaml", {"name": "http", "seed": 1, "pruner": "none"})
+    assert cli.main(["sweep", "--config", cfg, "--n-trials", "2", f"logging.tracking_uri={mlflow_server}"]) == 0
+    study = load("http")
+    assert_trials_tracked(study, mlflow_server)
+    parent = study.user_attrs[sweep.PARENT_ATTR]
+    assert "optimization_history.png" in {a.path for a in mlflow.tracking.MlflowClient(mlflow_server).list_artifacts(parent)}
+    capsys.readouterr()
+    out = workdir / "cmp"
+    assert cli.main(["compare", "--tracking-uri", mlflow_server, "--parent", parent, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    import pandas as pd
+
+    table = pd.read_csv(out / "runs.csv")
+    assert sorted(table["trial"]) == [0, 1] and set(table["run_id"]) == {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    for t in study.trials:
+        row = table[table["trial"] == t.number].iloc[0]
+        assert row["gate.beta"] == pytest.approx(t.params["gate.beta"]) and row["state"] == "COMPLETE"
+        assert row["test/acc_hard"] == pytest.approx(t.user_attrs["test_acc_hard"])
+        assert row["retention"] == pytest.approx(t.user_attrs["retention"], abs=0.05)
+    assert list(table["test/acc_hard"]) == sorted(table["test/acc_hard"], reverse=True)
+    assert table["pareto"].any()
+    for f in ("runs.md", "metric_vs_retention.png", "metric_vs_gate.beta.png", "metric_vs_budget.ratio.png", "metric_vs_optim.dual_lr.png"):
+        assert (out / f).stat().st_size > 0, f
+    assert parent not in printed and all(t.user_attrs["mlflow_run_id"] in printed for t in study.trials)
+
+    # filter and sort, on the same server
+    assert cli.main(["compare", "--tracking-uri", mlflow_server, "--experiment", "adaptive-retention",
+                     "--filter", "tags.`optuna.trial_number` != '0'", "--sort", "budget.ratio", "--ascending",
+                     "--params", "budget.ratio", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "runs.csv")
+    assert list(table["trial"]) == [1] and list(table.columns[:4]) == ["run_id", "run_name", "trial", "state"]
+    assert "budget.ratio" in table and "gate.beta" not in table
+
+
+@pytest.mark.slow
+def test_compare_rejects_unknown_sources_and_columns(workdir, uri, capsys):
+    assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "nope"]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.create_experiment("e")
+    for ratio, acc in ((0.3, 0.8), (0.5, 0.9), (0.5, 0.7)):
+        run = client.create_run(exp).info.run_id
+        client.log_param(run, "budget.ratio", ratio)
+        client.log_metric(run, "test/acc_hard", acc)
+        client.log_metric(run, "test/kept_fraction_l1", ratio)
+        client.set_terminated(run)
+    assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "e", "--sort", "nope"]) == 2
+    assert "--sort 'nope' is not a column" in capsys.readouterr().err
+    assert cli.main(["compare", "--tracking-uri", uri, "--runs", "0" * 32]) == 2
+    assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "e", "--out", "c"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(workdir / "c" / "runs.csv")
+    assert list(table["test/acc_hard"]) == [0.9, 0.8, 0.7] and list(table["pareto"]) == [True, True, False]
+    assert list(table["budget.ratio"]) == [0.5, 0.3, 0.5]
+    assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "e", "--sort", "retention", "--ascending",
+                     "--filter", "metrics.`test/acc_hard` > 0.75", "--out", "c"]) == 0
+    table = pd.read_csv(workdir / "c" / "runs.csv")
+    assert list(table["retention"]) == [0.3, 0.5] and list(table["test/acc_hard"]) == [0.8, 0.9]
+    assert (workdir / "c" / "metric_vs_retention.png").stat().st_size and (workdir / "c" / "metric_vs_budget.ratio.png").stat().st_size
