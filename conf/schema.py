@@ -41,6 +41,7 @@ class GateConfig:
     zeta: float = 1.1
     init_log_alpha: float = 2.0
     protect_special_tokens: bool = True
+    relaxation: str = "hard_concrete"  # hard_concrete | sigmoid (ablation: no relaxation) | straight_through
 
 @dataclass
 class BudgetConfig:
@@ -49,6 +50,8 @@ class BudgetConfig:
     schedule: str = "constant"  # constant | linear
     dense_steps: int = 0  # first train the task densely (gates open, λ term × 0) for these steps
     warmup_steps: int = 0  # then anneal the training target from 1 to rho over these steps
+    inference: str = "top_m"  # top_m (exact M) | threshold (ablation: keep P(kept) >= 1/2)
+    init_lambda: float = 0.0  # λ's initial value (with optim.dual_lr=0: the fixed-λ penalty ablation)
 
 @dataclass
 class OptimConfig:
@@ -107,6 +110,9 @@ class LoggingConfig:
 @dataclass
 class Config:
     seed: int = 0
+    # Token selection at inference: gate (the learned scorer) or a baseline from
+    # retention.baselines.SELECTORS; a baseline trains the backbone densely and selects with it.
+    method: str = "gate"
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -114,6 +120,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+# Kept in step with retention.baselines.SELECTORS (a test checks it); the schema imports no torch.
+METHODS = ("gate", "random", "first", "l2", "attention")
 
 _Check = tuple[str, Callable[[Any], bool], str]
 
@@ -130,6 +139,10 @@ _CHECKS: list[_Check] = [
     ("gate.context", lambda v: v in ("mean", "running", "none"), "one of mean, running, none"),
     ("gate.running_decay", lambda v: 0.0 <= v < 1.0, "[0, 1)"),
     ("gate.layers", lambda v: len(v) > 0, "a non-empty list of layer indices"),
+    ("gate.relaxation", lambda v: v in ("hard_concrete", "sigmoid", "straight_through"), "one of hard_concrete, sigmoid, straight_through"),
+    ("budget.inference", lambda v: v in ("top_m", "threshold"), "one of top_m, threshold"),
+    ("budget.init_lambda", lambda v: v >= 0, ">= 0"),
+    ("method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
     ("optim.lr", lambda v: v >= 0, ">= 0"),
     ("optim.gate_lr", lambda v: v >= 0, ">= 0"),
     ("optim.dual_lr", lambda v: v >= 0, ">= 0"),

@@ -17,8 +17,9 @@ EVAL_PATHS = ("soft", "hard", "dense")
 
 class RetentionClassifier(RetentionSystem):
     def __init__(self, num_labels: int, model: dict, gate: dict, budget: dict, optim: dict,
-                 vocab_size: int | None, max_positions: int, protected_token_ids: tuple[int, ...] = ()) -> None:
-        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids)
+                 vocab_size: int | None, max_positions: int, protected_token_ids: tuple[int, ...] = (),
+                 method: str = "gate") -> None:
+        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids, method)
         d = self.encoder.backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, d), nn.Tanh(),
                                   nn.Dropout(model["dropout"]), nn.Linear(d, num_labels))
@@ -39,6 +40,7 @@ class RetentionClassifier(RetentionSystem):
             vocab_size=getattr(dm, "vocab_size", None),
             max_positions=cfg.data.seq_len,
             protected_token_ids=tuple(dm.special_token_ids),
+            method=cfg.method,
         )
 
     def forward(self, input_ids, attention_mask=None, mode: str = "auto"):

@@ -4,6 +4,7 @@ Every failure is a :class:`conf.schema.ConfigError` whose one-line message names
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +14,11 @@ from omegaconf.errors import OmegaConfBaseException
 from conf import CONF_DIR
 from conf.schema import Config, ConfigError, validate
 
-__all__ = ["compose", "config_groups", "backbone_num_layers"]
+__all__ = ["compose", "config_groups", "backbone_num_layers", "SECTIONS"]
+
+# Config sections (model, data, ...): a group of that name replaces the section; any other group
+# (ablation) is a preset merged over the whole tree.
+SECTIONS = tuple(f.name for f in fields(Config))
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -47,8 +52,11 @@ def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None
         if key in groups:
             if value not in groups[key]:
                 raise ConfigError(f"{key}={value!r} is not a known {key} config; allowed: {', '.join(groups[key])}")
-            section = OmegaConf.merge(OmegaConf.structured(Config)[key], OmegaConf.load(CONF_DIR / key / f"{value}.yaml"))
-            cfg[key] = section
+            option = OmegaConf.load(CONF_DIR / key / f"{value}.yaml")
+            if key in SECTIONS:  # model=minilm: the option replaces that section
+                cfg[key] = OmegaConf.merge(OmegaConf.structured(Config)[key], option)
+            else:  # a preset (ablation=fixed_lambda): merged over the whole tree
+                cfg = _merge(cfg, option, f"conf/{key}/{value}.yaml")
         else:
             dotlist.append(item)
     if config_file is not None:
