@@ -41,6 +41,7 @@ class GateConfig:
     zeta: float = 1.1
     init_log_alpha: float = 2.0
     protect_special_tokens: bool = True
+    ltp_temperature: float = 0.1  # method=ltp: log α = (s·N − θ)/τ on relative attention received
     relaxation: str = "hard_concrete"  # hard_concrete | sigmoid (ablation: no relaxation) | straight_through
 
 @dataclass
@@ -121,8 +122,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-# Kept in step with retention.baselines.SELECTORS (a test checks it); the schema imports no torch.
-METHODS = ("gate", "random", "first", "l2", "attention")
+# retention.baselines.SELECTORS + TRAINED_METHODS (a test checks it); the schema imports no torch.
+METHODS = ("gate", "random", "first", "l2", "attention", "ltp")
 
 _Check = tuple[str, Callable[[Any], bool], str]
 
@@ -142,6 +143,7 @@ _CHECKS: list[_Check] = [
     ("gate.relaxation", lambda v: v in ("hard_concrete", "sigmoid", "straight_through"), "one of hard_concrete, sigmoid, straight_through"),
     ("budget.inference", lambda v: v in ("top_m", "threshold"), "one of top_m, threshold"),
     ("budget.init_lambda", lambda v: v >= 0, ">= 0"),
+    ("gate.ltp_temperature", lambda v: v > 0, "> 0"),
     ("method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
     ("optim.lr", lambda v: v >= 0, ">= 0"),
     ("optim.gate_lr", lambda v: v >= 0, ">= 0"),

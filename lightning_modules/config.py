@@ -18,7 +18,7 @@ __all__ = ["compose", "config_groups", "backbone_num_layers", "SECTIONS"]
 
 # Config sections (model, data, ...): a group of that name replaces the section; any other group
 # (ablation) is a preset merged over the whole tree.
-SECTIONS = tuple(f.name for f in fields(Config))
+SECTIONS = tuple(f.name for f in fields(Config) if f.name not in ("seed", "method"))
 
 
 def config_groups() -> dict[str, list[str]]:

@@ -144,6 +144,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     import torch
 
     from retention import Budget
+    from retention.baselines import SELECTORS
 
     from .cli import build_datamodule, build_system
 
@@ -157,7 +158,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     rows = []
     for method in methods:
         for rho in budgets:
-            system.method = method
+            system.selector = method
             system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
             trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False, accelerator="cpu", limit_test_batches=limit_test_batches)
@@ -174,7 +175,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
                 row[f"retention_l{layer}"] = m[f"test/kept_fraction_l{layer}"]
             row["throughput_ratio"] = thr
             rows.append(row)
-    system.method = cfg.method
+    system.selector = "gate" if cfg.method not in SELECTORS else cfg.method
     system.encoder.budget = trained_budget
     return rows
 

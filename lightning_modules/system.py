@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from retention import Budget, RetentionEncoder, annealed_targets, lagrangian_term
-from retention.baselines import use_selector
+from retention.baselines import SELECTORS, install_ltp, use_selector
 from retention.hard_concrete import make_relaxation
 from retention.backbones import build_backbone
 
@@ -30,8 +30,9 @@ DUAL_GROUP = 2
 
 
 def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: int | None,
-                            max_positions: int, protected_token_ids: tuple[int, ...]) -> RetentionEncoder:
-    """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections."""
+                            max_positions: int, protected_token_ids: tuple[int, ...], method: str = "gate") -> RetentionEncoder:
+    """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections; with
+    ``method="ltp"`` its scorers are LTP's learned thresholds on attention received."""
     backbone = build_backbone(
         model["backbone"],
         attn_implementation=model["attn_implementation"],
@@ -44,7 +45,7 @@ def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: i
         max_positions=model["max_positions"] or max_positions,
     )
     layers = list(gate["layers"])
-    return RetentionEncoder(
+    encoder = RetentionEncoder(
         backbone,
         gate_layers=layers,
         budget=Budget(ratio=budget["ratio"], tokens=budget["tokens"], schedule=budget["schedule"], num_layers=len(layers)),
@@ -56,6 +57,9 @@ def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: i
         init_log_alpha=gate["init_log_alpha"],
         inference=budget["inference"],
     )
+    if method == "ltp":
+        encoder._ltp_hooks = install_ltp(encoder, temperature=gate["ltp_temperature"])
+    return encoder
 
 
 class RetentionSystem(L.LightningModule):
@@ -74,9 +78,11 @@ class RetentionSystem(L.LightningModule):
                  max_positions: int, protected_token_ids: tuple[int, ...] = (), method: str = "gate") -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.method = method
+        self.method = method  # gate | a baseline selector | a trained baseline (ltp)
+        # How the hard path selects: the trained scorer (ours or LTP's) or a heuristic baseline.
+        self.selector = method if method in SELECTORS else "gate"
         self._selector: contextlib.ExitStack | None = None
-        self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids))
+        self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids), method)
         self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(budget["init_lambda"])))
         self.optim_cfg = optim
         self.budget_cfg = budget
@@ -85,9 +91,10 @@ class RetentionSystem(L.LightningModule):
     @property
     def gating(self) -> bool:
         """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
-        always for a baseline ``method`` (the backbone is trained densely; the baseline selects at
-        evaluation)."""
-        return self.method == "gate" and self.global_step >= self.budget_cfg["dense_steps"]
+        always for a heuristic baseline ``method`` (the backbone is trained densely; the baseline
+        selects at evaluation)."""
+        trains_scorer = self.selector == "gate"
+        return trains_scorer and self.global_step >= self.budget_cfg["dense_steps"]
 
     # ------------------------------------------------------------------ baselines at evaluation
     def _selector_for(self, method: str):
@@ -96,7 +103,7 @@ class RetentionSystem(L.LightningModule):
 
     def _enter_selector(self) -> None:
         self._selector = contextlib.ExitStack()
-        self._selector.enter_context(self._selector_for(self.method))
+        self._selector.enter_context(self._selector_for(self.selector))
 
     def _exit_selector(self) -> None:
         if self._selector is not None:

@@ -11,9 +11,12 @@ Methods (``SELECTORS``):
   ``random``     uniform random scores;
   ``first``      first-M truncation: score = −position;
   ``l2``         ‖h_t‖₂ of the hidden state entering the gated layer;
-  ``attention``  attention *received* (PoWER-BERT / H2O): Σ over heads and queries of the softmax
-                 attention paid to token t, accumulated over the layers since the previous gate
-                 (needs attention probabilities, so the backbone runs eager attention inside the block).
+  ``attention``  attention *received* (PoWER-BERT / H2O): the softmax attention paid to token t,
+                 averaged over heads, valid queries and the layers since the previous gate (needs
+                 attention probabilities, so the backbone runs eager attention inside the block).
+
+Trained baseline (``TRAINED_METHODS``): ``ltp`` — :class:`LTPScorer`, learned thresholds on the
+attention-received score with a fixed λ penalty (``install_ltp``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["SELECTORS", "RandomScorer", "FirstMScorer", "L2NormScorer", "AttentionReceivedScorer", "use_selector"]
+__all__ = ["SELECTORS", "TRAINED_METHODS", "RandomScorer", "FirstMScorer", "L2NormScorer", "AttentionReceivedScorer",
+           "LTPScorer", "attention_feed", "install_ltp", "use_selector"]
 
 
 class RandomScorer(nn.Module):
@@ -54,26 +58,59 @@ class L2NormScorer(nn.Module):
 
 
 class AttentionReceivedScorer(nn.Module):
-    """score_t = Σ_layers Σ_heads Σ_queries A[q → t]: the attention token t received in the layers
-    run since the previous gate (reset at every gate). Filled by forward hooks that
-    :func:`use_selector` puts on the attention modules; a gate at layer 0 has no attention before it."""
+    """The attention token t received from the valid queries, averaged over heads, queries and the
+    layers run since the previous gate (PoWER-BERT's significance score, LTP's importance score):
+
+        s_t = 1/(L·H·N) Σ_layers Σ_h Σ_{q valid} A_h[q → t]        (N valid queries)
+
+    Filled by forward hooks on the attention modules (:func:`attention_feed`); reset at every gate.
+    A gate at layer 0 has no attention before it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.received: torch.Tensor | None = None
+        self.received: torch.Tensor | None = None  # (B, T_q, T_k), summed over heads and layers
+        self.layers = 0
 
     def accumulate(self, probs: torch.Tensor) -> None:
-        r = probs.float().sum(dim=(1, 2))  # (B, T_keys)
-        self.received = r if self.received is None or self.received.shape != r.shape else self.received + r
+        r = probs.float().mean(dim=1)
+        fresh = self.received is None or self.received.shape != r.shape
+        self.received = r if fresh else self.received + r
+        self.layers = 1 if fresh else self.layers + 1
 
-    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def importance(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.received is None:
             raise ValueError("the attention-received baseline needs attention from a layer before the gate; "
                              "gate layer 0 has none (use gate.layers >= 1)")
-        if self.received.shape != h.shape[:2]:
-            raise RuntimeError(f"attention scores for {tuple(self.received.shape)} tokens, hidden states {tuple(h.shape[:2])}")
-        scores, self.received = self.received, None
+        if self.received.shape[-1] != h.shape[1]:
+            raise RuntimeError(f"attention scores for {self.received.shape[-1]} tokens, hidden states {tuple(h.shape[:2])}")
+        q = (weight > 0).to(self.received.dtype)
+        scores = torch.einsum("bqk,bq->bk", self.received, q) / (q.sum(1, keepdim=True).clamp_min(1) * self.layers)
+        self.received, self.layers = None, 0
         return scores
+
+    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.importance(h, weight)
+
+
+class LTPScorer(AttentionReceivedScorer):
+    """LTP (Kim et al. 2022, Learned Token Pruning): a learned threshold θ_ℓ per gated layer on the
+    attention-received importance s_t; the soft mask σ((s_t − θ_ℓ)/τ) is trained with a fixed
+    λ penalty on the mean mask (our fixed-λ term with ``optim.dual_lr = 0``), not a constraint.
+
+        log α_t = (N·s_t − θ_ℓ) / τ      (N·s_t: importance relative to the mean, 1 on average)
+
+    At inference our encoder keeps the top-M by log α — the same exact budget as every method."""
+
+    def __init__(self, temperature: float = 0.1, init_threshold: float = 0.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))
+
+    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """log α = (s·N − θ)/τ: importance relative to the mean (N valid keys), so θ and τ do not
+        depend on the sequence length."""
+        n = (weight > 0).sum(1, keepdim=True).to(h.dtype)
+        return (self.importance(h, weight) * n - self.threshold) / self.temperature
 
 
 SELECTORS: dict[str, type[nn.Module] | None] = {
@@ -83,6 +120,8 @@ SELECTORS: dict[str, type[nn.Module] | None] = {
     "l2": L2NormScorer,
     "attention": AttentionReceivedScorer,
 }
+# Methods that train their own scorer (selected at inference like the learned gate: method "gate").
+TRAINED_METHODS = ("ltp",)
 
 
 def _attention_probs(output) -> torch.Tensor | None:
@@ -90,6 +129,32 @@ def _attention_probs(output) -> torch.Tensor | None:
     if isinstance(output, tuple) and len(output) > 1 and isinstance(output[1], torch.Tensor) and output[1].dim() == 4:
         return output[1]
     return None
+
+
+def attention_feed(encoder, scorers) -> list:
+    """Forward hooks that hand every layer's attention probabilities to the scorer of the next gate
+    at or after it (``scorers[k]`` belongs to ``encoder.gate_layers[k]``). Returns the hook handles.
+    The backbone must run eager attention (SDPA returns no probabilities)."""
+    from .encoder import transformer_layers
+
+    if getattr(encoder.backbone.config, "_attn_implementation", None) != "eager":
+        raise ValueError("attention-based scores need eager attention (model.attn_implementation=eager)")
+    layers = transformer_layers(encoder.backbone)
+    handles = []
+    for i, layer in enumerate(layers):
+        nxt = next((k for k, g in enumerate(encoder.gate_layers) if g > i), None)
+        if nxt is None:
+            continue
+        attn = next(m for m in layer.modules() if m is not layer and type(m).__name__.endswith("Attention"))
+
+        def hook(module, args, output, _k=nxt):
+            probs = _attention_probs(output)
+            if probs is None:
+                raise RuntimeError("attention module returned no probabilities; eager attention is required")
+            scorers[_k].accumulate(probs)
+
+        handles.append(attn.register_forward_hook(hook))
+    return handles
 
 
 @contextlib.contextmanager
@@ -101,8 +166,6 @@ def use_selector(encoder, method: str, seed: int = 0) -> Iterator[None]:
     if method == "gate":
         yield
         return
-    from .encoder import transformer_layers
-
     cls = SELECTORS[method]
     g = torch.Generator().manual_seed(seed)
     scorers = [cls(g) if cls is RandomScorer else cls() for _ in encoder.gate_layers]
@@ -115,26 +178,20 @@ def use_selector(encoder, method: str, seed: int = 0) -> Iterator[None]:
         if method == "attention":
             if attn_before != "eager":
                 backbone.set_attn_implementation("eager")
-            layers = transformer_layers(backbone)
-            gate_of = {layer: k for k, layer in enumerate(encoder.gate_layers)}
-            # Layer i's attention feeds the next gate at or after i + 1.
-            for i, layer in enumerate(layers):
-                nxt = next((gate_of[j] for j in sorted(gate_of) if j > i), None)
-                if nxt is None:
-                    continue
-                attn = next(m for m in layer.modules() if m is not layer and type(m).__name__.endswith(("SelfAttention", "Attention")))
-
-                def hook(module, args, output, _k=nxt):
-                    probs = _attention_probs(output)
-                    if probs is None:
-                        raise RuntimeError("attention module returned no probabilities; eager attention is required")
-                    scorers[_k].accumulate(probs)
-
-                handles.append(attn.register_forward_hook(hook))
+            handles = attention_feed(encoder, scorers)
         yield
     finally:
         for h in handles:
             h.remove()
         encoder.gates = saved
-        if method == "attention" and attn_before and attn_before != "eager":
+        if attn_before and getattr(backbone.config, "_attn_implementation", None) != attn_before:
             backbone.set_attn_implementation(attn_before)
+
+
+def install_ltp(encoder, temperature: float = 0.1) -> list:
+    """Replace ``encoder``'s gates by :class:`LTPScorer` modules, permanently, and feed them
+    attention probabilities (eager attention is switched on). Returns the hook handles."""
+    if getattr(encoder.backbone.config, "_attn_implementation", None) != "eager":
+        encoder.backbone.set_attn_implementation("eager")
+    encoder.gates = nn.ModuleList(LTPScorer(temperature) for _ in encoder.gate_layers)
+    return attention_feed(encoder, list(encoder.gates))

@@ -87,3 +87,23 @@ def test_attention_selector_switches_to_eager_and_back_and_rejects_layer_0():
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError, match="random, first"), use_selector(_encoder("bert"), "magic"):
         pass
+
+
+def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m():
+    from retention.baselines import LTPScorer, install_ltp
+    from retention.hard_concrete import SigmoidGate
+
+    enc = _encoder("bert", gate_layers=(1,))
+    enc.hc = SigmoidGate()
+    install_ltp(enc, temperature=0.1)
+    assert enc.backbone.config._attn_implementation == "eager" and isinstance(enc.gates[0], LTPScorer)
+    ids, mask, lengths = _batch()
+    enc.train()
+    out = enc(ids, mask, mode="soft")
+    (out.last_hidden_state.sum() + out.expected_retention.sum()).backward()
+    assert enc.gates[0].threshold.grad is not None and enc.gates[0].threshold.grad != 0
+    enc.eval()
+    with torch.no_grad():
+        out = enc(ids, mask, mode="hard")
+    m = torch.ceil(0.5 * lengths - 1e-6).long()
+    assert torch.equal(out.kept_counts[0], m)

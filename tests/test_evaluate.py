@@ -8,7 +8,7 @@ import pytest
 
 from conf.schema import METHODS
 from lightning_modules import cli
-from retention.baselines import SELECTORS
+from retention.baselines import SELECTORS, TRAINED_METHODS
 
 from .helpers import TINY
 
@@ -22,7 +22,7 @@ def _train(tmp_path, *extra, experiment="ev") -> str:
 
 
 def test_schema_methods_match_the_selectors():
-    assert tuple(SELECTORS) == METHODS
+    assert (*SELECTORS, *TRAINED_METHODS) == METHODS
 
 
 @pytest.mark.slow
@@ -49,7 +49,7 @@ def test_evaluate_writes_table_plots_and_mlflow_artifacts(tmp_path, monkeypatch,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
-    ["method=random"], ["method=first"], ["method=l2"], ["method=attention"],
+    ["method=random"], ["method=first"], ["method=l2"], ["method=attention"], ["method=ltp"],
     ["ablation=no_relaxation"], ["ablation=straight_through"], ["ablation=fixed_lambda"],
     ["ablation=threshold_inference"], ["ablation=no_context"],
 ], ids=lambda e: e[0])
@@ -59,6 +59,7 @@ def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatc
     ckpt = next((tmp_path / "checkpoints" / run_id).glob("best.ckpt"))
     out = tmp_path / "ev"
     method = extra[0].split("=")[1] if extra[0].startswith("method=") else "gate"
+    method = "gate" if method == "ltp" else method  # a trained scorer is selected like the gate
     assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--budgets", "0.3", "--methods", method,
                      "--out", str(out), "--throughput-batches", "0"]) == 0
     row = pd.read_csv(out / "evaluation.csv").iloc[0]
