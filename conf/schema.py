@@ -81,6 +81,23 @@ class DataConfig:
     eval_batch_size: int = 64
     num_workers: int = 0
     seed: int = 0
+    # Hugging Face datasets (datamodules/hf.py). None: the data module's own default (its public
+    # dataset name, its column names, the backbone's tokenizer). seq_len is the maximum length.
+    path: Optional[str] = None  # load_dataset(path, subset); e.g. glue
+    subset: Optional[str] = None  # the dataset's config name; e.g. sst2
+    data_files: Any = None  # local CSV/JSON/JSONL/Parquet: a file, a list, or {split: file(s)}
+    cache_dir: Optional[str] = None  # None: $HF_DATASETS_CACHE (tokenized splits under <dir>/retention)
+    train_split: str = "train"
+    val_split: Optional[str] = "validation"  # missing: carved from train (val_fraction, seed)
+    test_split: Optional[str] = "test"  # missing or unlabeled: validation becomes test
+    text_column: Optional[str] = None
+    label_column: Optional[str] = None
+    labels: Optional[list[str]] = None  # the label set; None: fixed by the dataset, else from train
+    tokenizer: Optional[str] = None  # None: the backbone's; for backbone=random the packaged MiniLM's
+    truncation: str = "head"  # head | tail | sliding_window
+    stride: int = 128  # sliding_window: tokens shared by consecutive windows
+    val_fraction: float = 0.1
+    on_invalid: str = "error"  # error | skip (skips bad examples and reports the count)
 
 @dataclass
 class TrainerConfig:
@@ -153,6 +170,7 @@ _CHECKS: list[_Check] = [
     ("optim.scheduler", lambda v: v in ("linear", "cosine", "constant"), "one of linear, cosine, constant"),
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 disables)"),
+    ("model.arch", lambda v: v in ("bert", "distilbert", "roberta", "xlm-roberta"), "one of bert, distilbert, roberta, xlm-roberta (retention.encoder.SUPPORTED_MODEL_TYPES)"),
     ("model.hidden_size", lambda v: v >= 1, ">= 1"),
     ("model.num_layers", lambda v: v >= 1, ">= 1"),
     ("model.num_heads", lambda v: v >= 1, ">= 1"),
@@ -172,6 +190,10 @@ _CHECKS: list[_Check] = [
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
     ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("data.truncation", lambda v: v in ("head", "tail", "sliding_window"), "one of head, tail, sliding_window"),
+    ("data.stride", lambda v: v >= 0, ">= 0"),
+    ("data.val_fraction", lambda v: 0.0 < v < 1.0, "(0, 1)"),
+    ("data.on_invalid", lambda v: v in ("error", "skip"), "one of error, skip"),
     ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1)"),
     ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),
@@ -195,6 +217,8 @@ def validate(cfg: DictConfig, num_backbone_layers: int | None = None) -> None:
         )
     if cfg.data.min_seq_len > cfg.data.seq_len:
         raise ConfigError(f"data.min_seq_len={cfg.data.min_seq_len} is out of range; allowed: <= data.seq_len ({cfg.data.seq_len})")
+    if cfg.data.truncation == "sliding_window" and not cfg.data.stride < cfg.data.seq_len // 2:
+        raise ConfigError(f"data.stride={cfg.data.stride} is out of range; allowed: < data.seq_len // 2 ({cfg.data.seq_len // 2}) with sliding_window")
     if num_backbone_layers is not None:
         for i in cfg.gate.layers:
             if not 0 <= i < num_backbone_layers:

@@ -1,14 +1,19 @@
-"""Sequence classification with Adaptive Retention: the head reads [CLS] (position 0, protected)."""
+"""Sequence classification with Adaptive Retention: the head reads [CLS] (position 0, protected).
+
+Single-label (:class:`RetentionClassifier`: cross-entropy, accuracy) and multi-label
+(:class:`RetentionMultiLabelClassifier`: BCE with logits, micro and macro F1) share everything but
+the loss and the metrics (:meth:`make_loss`, :meth:`make_metrics`, :meth:`metric_inputs`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from .system import RetentionSystem
 
-__all__ = ["RetentionClassifier", "EVAL_PATHS"]
+__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "EVAL_PATHS"]
 
 # soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
 # dense: the same model with nothing dropped.
@@ -23,11 +28,22 @@ class RetentionClassifier(RetentionSystem):
         d = self.encoder.backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, d), nn.Tanh(),
                                   nn.Dropout(model["dropout"]), nn.Linear(d, num_labels))
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = self.make_loss()
+        self.metric_names = tuple(self.make_metrics(num_labels))
         self.metrics = nn.ModuleDict({
-            f"{stage}_{path}": MulticlassAccuracy(num_classes=num_labels, average="micro")
-            for stage in ("val", "test") for path in EVAL_PATHS
+            f"{stage}_{path}_{name}": metric
+            for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
         })
+
+    def make_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def make_metrics(self, num_labels: int) -> dict[str, Metric]:
+        """Metric name → a fresh metric; logged as ``{stage}/<name>_<path>``; ``METRIC`` is among them."""
+        return {"acc": MulticlassAccuracy(num_classes=num_labels, average="micro")}
+
+    def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits, labels
 
     @classmethod
     def from_config(cls, cfg, dm) -> "RetentionClassifier":
@@ -63,9 +79,11 @@ class RetentionClassifier(RetentionSystem):
     def _evaluate(self, stage: str, batch) -> None:
         for path in EVAL_PATHS:
             logits, out = self(batch["input_ids"], batch["attention_mask"], mode=path)
-            metric = self.metrics[f"{stage}_{path}"]
-            metric(logits, batch["labels"])
-            self.log(f"{stage}/acc_{path}", metric, on_step=False, on_epoch=True, prog_bar=path == "hard")
+            preds, target = self.metric_inputs(logits, batch["labels"])
+            for name in self.metric_names:
+                metric = self.metrics[f"{stage}_{path}_{name}"]
+                metric(preds, target)
+                self.log(f"{stage}/{name}_{path}", metric, on_step=False, on_epoch=True, prog_bar=path == "hard" and name == self.METRIC)
             if path == "hard":
                 self.log_retention(stage, out, on_step=False)
             if path == "soft":
@@ -76,3 +94,23 @@ class RetentionClassifier(RetentionSystem):
 
     def test_step(self, batch, batch_idx):
         self._evaluate("test", batch)
+
+
+class RetentionMultiLabelClassifier(RetentionClassifier):
+    """Multi-label classification (e.g. CUAD clause types): one sigmoid per label, BCE with logits,
+    micro and macro F1 at threshold 0.5 (labels a batch's examples never have count as F1 = 0 in the
+    macro average, torchmetrics' ``zero_division=0``). Batches carry multi-hot float ``labels``."""
+
+    METRIC = "f1_micro"
+    METRIC_LABEL = "micro F1"
+
+    def make_loss(self) -> nn.Module:
+        return nn.BCEWithLogitsLoss()
+
+    def make_metrics(self, num_labels: int) -> dict[str, Metric]:
+        return {"f1_micro": MultilabelF1Score(num_labels, average="micro"),
+                "f1_macro": MultilabelF1Score(num_labels, average="macro")}
+
+    def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # probabilities, not logits: torchmetrics applies the sigmoid only when a value lies outside [0, 1]
+        return torch.sigmoid(logits), labels.long()

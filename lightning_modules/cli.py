@@ -54,24 +54,21 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _check_backbone(cfg) -> None:
-    from datamodules import DATAMODULES
+    from datamodules import DATAMODULES, check_data_config
     from conf.schema import validate
 
     from .config import backbone_num_layers
 
     if cfg.data.name not in DATAMODULES:
         raise ConfigError(f"data.name={cfg.data.name!r} is not a known data module; allowed: {', '.join(sorted(DATAMODULES))}")
+    check_data_config(cfg)
     validate(cfg, backbone_num_layers(cfg))
 
 
 def build_datamodule(cfg):
-    from omegaconf import OmegaConf
+    from datamodules import build_datamodule as build
 
-    from datamodules import DATAMODULES
-
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    name = data.pop("name")
-    return DATAMODULES[name](**data)
+    return build(cfg)
 
 
 def build_system(cfg, dm):

