@@ -98,6 +98,12 @@ class DataConfig:
     stride: int = 128  # sliding_window: tokens shared by consecutive windows
     val_fraction: float = 0.1
     on_invalid: str = "error"  # error | skip (skips bad examples and reports the count)
+    # Synthetic suite (datamodules/synthetic.py): key-value retrieval, associative recall, ListOps.
+    num_keys: int = 32  # kv_retrieval, mqar: distinct key tokens
+    num_pairs: int = 4  # kv_retrieval, mqar: key-value pairs hidden in each sequence
+    num_queries: int = 4  # mqar: queries before [SEP]
+    max_depth: int = 10  # listops: nesting depth (LRA: 10)
+    max_args: int = 10  # listops: arguments per operator (LRA: 10)
 
 @dataclass
 class TrainerConfig:
@@ -194,6 +200,11 @@ _CHECKS: list[_Check] = [
     ("data.stride", lambda v: v >= 0, ">= 0"),
     ("data.val_fraction", lambda v: 0.0 < v < 1.0, "(0, 1)"),
     ("data.on_invalid", lambda v: v in ("error", "skip"), "one of error, skip"),
+    ("data.num_keys", lambda v: v >= 1, ">= 1"),
+    ("data.num_pairs", lambda v: v >= 1, ">= 1"),
+    ("data.num_queries", lambda v: v >= 1, ">= 1"),
+    ("data.max_depth", lambda v: v >= 1, ">= 1"),
+    ("data.max_args", lambda v: v >= 2, ">= 2"),
     ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1)"),
     ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),

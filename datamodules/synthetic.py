@@ -333,6 +333,7 @@ def generate_mqar(spec: MQARSpec, size: int, seed: int) -> dict[str, torch.Tenso
 
 
 class MQARDataModule(SyntheticDataModule):
+    task = "multiquery"
     keys = ("input_ids", "attention_mask", "labels", "query_positions")
 
     def __init__(self, seq_len: int = 1024, min_seq_len: int = 0, vocab_size: int = 256, num_keys: int = 32,

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from .system import RetentionSystem
 
-__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "EVAL_PATHS"]
+__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "EVAL_PATHS"]
 
 # soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
 # dense: the same model with nothing dropped.
@@ -63,9 +63,13 @@ class RetentionClassifier(RetentionSystem):
         out = self.encoder(input_ids, attention_mask, mode=mode)
         return self.head(out.last_hidden_state[:, 0]), out
 
+    def classify(self, batch: dict, mode: str):
+        """(logits, encoder output) for a batch on one path; subclasses read other positions."""
+        return self(batch["input_ids"], batch["attention_mask"], mode=mode)
+
     def training_step(self, batch, batch_idx):
         gating = self.gating
-        logits, out = self(batch["input_ids"], batch["attention_mask"], mode="soft" if gating else "dense")
+        logits, out = self.classify(batch, "soft" if gating else "dense")
         task = self.loss_fn(logits, batch["labels"])
         self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
         if not gating:
@@ -78,7 +82,7 @@ class RetentionClassifier(RetentionSystem):
 
     def _evaluate(self, stage: str, batch) -> None:
         for path in EVAL_PATHS:
-            logits, out = self(batch["input_ids"], batch["attention_mask"], mode=path)
+            logits, out = self.classify(batch, path)
             preds, target = self.metric_inputs(logits, batch["labels"])
             for name in self.metric_names:
                 metric = self.metrics[f"{stage}_{path}_{name}"]
@@ -114,3 +118,19 @@ class RetentionMultiLabelClassifier(RetentionClassifier):
     def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # probabilities, not logits: torchmetrics applies the sigmoid only when a value lies outside [0, 1]
         return torch.sigmoid(logits), labels.long()
+
+
+class RetentionMultiQueryClassifier(RetentionClassifier):
+    """One prediction per query token (multi-query associative recall): batches carry
+    ``query_positions`` (B, Q) and ``labels`` (B, Q). The queries are protected, so they survive
+    every gate; the head reads each query's hidden state wherever it ended up in the (possibly
+    shortened) sequence. Logits are (B, C, Q), the layout cross-entropy and torchmetrics take."""
+
+    def classify(self, batch: dict, mode: str):
+        ids, qpos = batch["input_ids"], batch["query_positions"]
+        protected = self.encoder.protected_mask(ids).scatter(1, qpos, True)
+        out = self.encoder(ids, batch["attention_mask"], protected=protected, mode=mode)
+        found = (out.positions.unsqueeze(1) == qpos.unsqueeze(2)) & out.valid.unsqueeze(1)  # (B, Q, T_out)
+        rows = found.to(torch.int8).argmax(-1, keepdim=True)
+        h = out.last_hidden_state.gather(1, rows.expand(-1, -1, out.last_hidden_state.shape[-1]))
+        return self.head(h).transpose(1, 2), out
