@@ -137,6 +137,9 @@ class Config:
     # Token selection at inference: gate (the learned scorer) or a baseline from
     # retention.baselines.SELECTORS; a baseline trains the backbone densely and selects with it.
     method: str = "gate"
+    # Which ablation of our method this run is (set by the conf/ablation/<name>.yaml presets, which
+    # also set the switches it stands for); "none" for the method as designed.
+    ablation: str = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -147,6 +150,7 @@ class Config:
 
 # retention.baselines.SELECTORS + TRAINED_METHODS (a test checks it); the schema imports no torch.
 METHODS = ("gate", "random", "first", "l2", "attention", "ltp")
+ABLATIONS = ("none", "no_relaxation", "straight_through", "fixed_lambda", "threshold_inference", "no_context")
 
 _Check = tuple[str, Callable[[Any], bool], str]
 
@@ -168,6 +172,7 @@ _CHECKS: list[_Check] = [
     ("budget.init_lambda", lambda v: v >= 0, ">= 0"),
     ("gate.ltp_temperature", lambda v: v > 0, "> 0"),
     ("method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
+    ("ablation", lambda v: v in ABLATIONS, "one of " + ", ".join(ABLATIONS)),
     ("optim.lr", lambda v: v >= 0, ">= 0"),
     ("optim.gate_lr", lambda v: v >= 0, ">= 0"),
     ("optim.dual_lr", lambda v: v >= 0, ">= 0"),

@@ -1,6 +1,6 @@
 """``retention evaluate``: one or more trained runs × selection methods × budgets on the test split.
 
-    retention evaluate --run-id ID [ID ...] | --checkpoint PATH [PATH ...]
+    retention evaluate --run-id ID [ID ...] | --checkpoint PATH [PATH ...] | --experiment NAME
                        [--budgets 0.1 0.3 0.5] [--methods gate random first l2 attention]
                        [--out DIR] [--tracking-uri URI] [--throughput-batches N]
 
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-id", nargs="+", help="MLflow run id(s) of `retention train` runs")
     src.add_argument("--checkpoint", nargs="+", help="checkpoint file(s); the run's config.yaml must sit beside each")
+    src.add_argument("--experiment", help="every finished run of this MLflow experiment that has a checkpoint")
     p.add_argument("--budgets", nargs="+", type=float, default=[0.1, 0.3, 0.5], help="retention ratios rho in (0, 1]")
     p.add_argument("--methods", nargs="+", default=None,
                    help="selection methods (default: all of retention.baselines.SELECTORS)")
@@ -64,18 +65,13 @@ def _check_args(args) -> None:
 
 
 def _label(cfg) -> str:
-    """What distinguishes a run in the table: a trained baseline, the ablation switches that differ
-    from the default config (conf/config.yaml), and the seed."""
-    from omegaconf import OmegaConf
-
-    from .config import compose
-
-    base = compose([])
-    parts = [] if cfg.method == "gate" else [f"trained:{cfg.method}"]
-    for key in ("gate.relaxation", "gate.context", "budget.inference", "optim.dual_lr"):
-        if OmegaConf.select(cfg, key) != OmegaConf.select(base, key):
-            parts.append(f"{key.split('.')[-1]}={OmegaConf.select(cfg, key)}")
-    return " ".join(parts or ["adaptive-retention"]) + f" seed={cfg.seed}"
+    """What distinguishes a run in the table: a trained baseline or an ablation, and the seed."""
+    name = "adaptive-retention"
+    if cfg.method != "gate":
+        name = f"trained:{cfg.method}"
+    elif cfg.ablation != "none":
+        name = f"ablation:{cfg.ablation}"
+    return f"{name} seed={cfg.seed}"
 
 
 def _sources(args) -> list[Source]:
@@ -98,7 +94,16 @@ def _sources(args) -> list[Source]:
     import mlflow
 
     client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
-    for run_id in args.run_id:
+    run_ids = args.run_id
+    if args.experiment:
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            raise ValueError(f"--experiment {args.experiment!r}: no such experiment")
+        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
+        run_ids = [r.info.run_id for r in runs if "checkpoint_path" in r.data.tags]
+        if not run_ids:
+            raise ValueError(f"--experiment {args.experiment!r}: no finished run with a checkpoint")
+    for run_id in run_ids:
         try:
             run = client.get_run(run_id)
         except Exception as err:  # mlflow raises its own exception types per store
@@ -139,6 +144,18 @@ def _throughput_ratio(system, dm, n_batches: int) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+def applicable_methods(cfg, requested: list[str]) -> list[str]:
+    """The baseline selectors are swapped into runs of our method with its default settings; a run
+    trained as a baseline or an ablation is evaluated with its own selection only (a heuristic
+    baseline's selector, or the trained scorer: ``gate``)."""
+    from retention.baselines import SELECTORS
+
+    if cfg.method == "gate" and cfg.ablation == "none":
+        return requested
+    own = cfg.method if cfg.method in SELECTORS else "gate"
+    return [own] if own in requested else []
+
+
 def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limit_test_batches) -> list[dict]:
     import lightning as L
     import torch
@@ -156,7 +173,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     metric = system.METRIC
     trained_budget = system.encoder.budget
     rows = []
-    for method in methods:
+    for method in applicable_methods(cfg, methods):
         for rho in budgets:
             system.selector = method
             system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
@@ -252,7 +269,7 @@ def run(args) -> int:
 
     print(to_markdown(pd.DataFrame(rows)))
     print("wrote " + ", ".join(str(f) for f in files))
-    run_ids = [s.run_id for s in sources if s.run_id and args.run_id]
+    run_ids = [s.run_id for s in sources if s.run_id and not args.checkpoint]
     if run_ids:
         import mlflow
 

@@ -79,3 +79,13 @@ def test_unknown_method_or_bad_source_fails_clearly(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "x.ckpt"), "--budgets", "1.5"]) == 2
     assert "(0, 1]" in capsys.readouterr().err
+
+
+def test_ablation_presets_name_themselves_and_exist_for_every_ablation():
+    from conf import CONF_DIR
+    from conf.schema import ABLATIONS
+    from lightning_modules.config import compose
+
+    assert sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml")) == sorted(a for a in ABLATIONS if a != "none")
+    for name in ABLATIONS[1:]:
+        assert compose([f"ablation={name}"]).ablation == name
