@@ -148,8 +148,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-# retention.baselines.SELECTORS + TRAINED_METHODS (a test checks it); the schema imports no torch.
-METHODS = ("gate", "random", "first", "l2", "attention", "ltp")
+# retention.baselines.SELECTORS + TRAINED_METHODS + retention.sparse.SPARSE_METHODS (a test checks it); the schema imports no torch.
+METHODS = ("gate", "random", "first", "l2", "attention", "ltp", "longformer", "bigbird")
 ABLATIONS = ("none", "no_relaxation", "straight_through", "fixed_lambda", "threshold_inference", "no_context")
 
 _Check = tuple[str, Callable[[Any], bool], str]

@@ -162,6 +162,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
 
     from retention import Budget
     from retention.baselines import SELECTORS
+    from retention.sparse import SPARSE_METHODS
 
     from .cli import build_datamodule, build_system
 
@@ -173,10 +174,13 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     metric = system.METRIC
     trained_budget = system.encoder.budget
     rows = []
+    sparse = cfg.method in SPARSE_METHODS
     for method in applicable_methods(cfg, methods):
-        for rho in budgets:
+        # A sparse-attention comparator keeps every token at the attention budget it was built with.
+        for rho in [system.encoder.fraction] if sparse else budgets:
             system.selector = method
-            system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
+            if not sparse:
+                system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
             trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False, accelerator="cpu", limit_test_batches=limit_test_batches)
             trainer.test(system, datamodule=dm, verbose=False)

@@ -21,6 +21,7 @@ from torch import nn
 from retention import Budget, RetentionEncoder, annealed_targets, lagrangian_term
 from retention.baselines import SELECTORS, install_ltp, use_selector
 from retention.hard_concrete import make_relaxation
+from retention.sparse import SPARSE_METHODS, build_sparse_encoder
 from retention.backbones import build_backbone
 
 __all__ = ["RetentionSystem", "build_retention_encoder", "PRIMAL_GROUPS", "DUAL_GROUP"]
@@ -32,7 +33,15 @@ DUAL_GROUP = 2
 def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: int | None,
                             max_positions: int, protected_token_ids: tuple[int, ...], method: str = "gate") -> RetentionEncoder:
     """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections; with
-    ``method="ltp"`` its scorers are LTP's learned thresholds on attention received."""
+    ``method="ltp"`` its scorers are LTP's learned thresholds on attention received; with
+    ``method="longformer"``/``"bigbird"`` it is that sparse-attention model at attention budget ρ."""
+    if method in SPARSE_METHODS:
+        return build_sparse_encoder(
+            SPARSE_METHODS[method], ratio=budget["ratio"] or 0.3, seq_len=model["max_positions"] or max_positions,
+            vocab_size=vocab_size, hidden_size=model["hidden_size"], num_layers=model["num_layers"],
+            num_heads=model["num_heads"], intermediate_size=model["intermediate_size"],
+            gate_layers=list(gate["layers"]), protected_token_ids=protected_token_ids,
+        )
     backbone = build_backbone(
         model["backbone"],
         attn_implementation=model["attn_implementation"],
@@ -92,8 +101,8 @@ class RetentionSystem(L.LightningModule):
     def gating(self) -> bool:
         """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
         always for a heuristic baseline ``method`` (the backbone is trained densely; the baseline
-        selects at evaluation)."""
-        trains_scorer = self.selector == "gate"
+        selects at evaluation) and for the sparse-attention comparators (no gates)."""
+        trains_scorer = self.method in ("gate", "ltp")
         return trains_scorer and self.global_step >= self.budget_cfg["dense_steps"]
 
     # ------------------------------------------------------------------ baselines at evaluation

@@ -107,3 +107,23 @@ def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m()
         out = enc(ids, mask, mode="hard")
     m = torch.ceil(0.5 * lengths - 1e-6).long()
     assert torch.equal(out.kept_counts[0], m)
+
+
+@pytest.mark.parametrize("arch,ratio,t", [("longformer", 0.3, 1024), ("longformer", 0.1, 2048), ("big_bird", 0.3, 1024), ("big_bird", 0.5, 4096)])
+def test_sparse_comparators_attend_about_rho_t_keys(arch, ratio, t):
+    from retention.sparse import attention_fraction, sparse_attention_config
+
+    cfg = sparse_attention_config(arch, ratio, t, vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    frac = attention_fraction(arch, ratio, t)
+    if arch == "longformer":
+        assert (cfg.attention_window[0] + 1) / t == pytest.approx(frac)
+    else:
+        assert cfg.attention_type == "block_sparse" and (5 + cfg.num_random_blocks) * cfg.block_size / t == pytest.approx(frac)
+    assert frac == pytest.approx(ratio, rel=0.34)  # powers-of-two blocks: within a third of rho
+
+
+def test_bigbird_refuses_to_fall_back_to_full_attention():
+    from retention.sparse import sparse_attention_config
+
+    with pytest.raises(ValueError, match="fall back to full attention"):
+        sparse_attention_config("big_bird", 0.3, 128, vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)

@@ -9,6 +9,7 @@ import pytest
 from conf.schema import METHODS
 from lightning_modules import cli
 from retention.baselines import SELECTORS, TRAINED_METHODS
+from retention.sparse import SPARSE_METHODS
 
 from .helpers import TINY
 
@@ -22,7 +23,7 @@ def _train(tmp_path, *extra, experiment="ev") -> str:
 
 
 def test_schema_methods_match_the_selectors():
-    assert (*SELECTORS, *TRAINED_METHODS) == METHODS
+    assert (*SELECTORS, *TRAINED_METHODS, *SPARSE_METHODS) == METHODS
 
 
 @pytest.mark.slow
@@ -50,6 +51,7 @@ def test_evaluate_writes_table_plots_and_mlflow_artifacts(tmp_path, monkeypatch,
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["method=random"], ["method=first"], ["method=l2"], ["method=attention"], ["method=ltp"],
+    ["method=longformer", "data.seq_len=64"], ["method=bigbird", "data.seq_len=512"],
     ["ablation=no_relaxation"], ["ablation=straight_through"], ["ablation=fixed_lambda"],
     ["ablation=threshold_inference"], ["ablation=no_context"],
 ], ids=lambda e: e[0])
@@ -59,12 +61,14 @@ def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatc
     ckpt = next((tmp_path / "checkpoints" / run_id).glob("best.ckpt"))
     out = tmp_path / "ev"
     method = extra[0].split("=")[1] if extra[0].startswith("method=") else "gate"
-    method = "gate" if method == "ltp" else method  # a trained scorer is selected like the gate
+    method = "gate" if method in ("ltp", *SPARSE_METHODS) else method  # selected like the gate
     assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--budgets", "0.3", "--methods", method,
                      "--out", str(out), "--throughput-batches", "0"]) == 0
     row = pd.read_csv(out / "evaluation.csv").iloc[0]
     if extra == ["ablation=threshold_inference"]:
         assert 0 < row.retention_l1 <= 1  # no exact budget: whatever passes P(kept) >= 1/2
+    elif extra[0] in ("method=longformer", "method=bigbird"):  # every token kept, ~0.3·T keys per query
+        assert row.retention_l1 == pytest.approx(0.3, abs=0.06) and row.budget == row.retention_l1
     else:
         assert row.retention_l1 == pytest.approx(10 / 32)  # ⌈0.3·32⌉
     if extra == ["ablation=fixed_lambda"]:
