@@ -41,6 +41,8 @@ class GateConfig:
     zeta: float = 1.1
     init_log_alpha: float = 2.0
     protect_special_tokens: bool = True
+    ltp_temperature: float = 0.1  # method=ltp: log α = (s·N − θ)/τ on relative attention received
+    relaxation: str = "hard_concrete"  # hard_concrete | sigmoid (ablation: no relaxation) | straight_through
 
 @dataclass
 class BudgetConfig:
@@ -49,6 +51,8 @@ class BudgetConfig:
     schedule: str = "constant"  # constant | linear
     dense_steps: int = 0  # first train the task densely (gates open, λ term × 0) for these steps
     warmup_steps: int = 0  # then anneal the training target from 1 to rho over these steps
+    inference: str = "top_m"  # top_m (exact M) | threshold (ablation: keep P(kept) >= 1/2)
+    init_lambda: float = 0.0  # λ's initial value (with optim.dual_lr=0: the fixed-λ penalty ablation)
 
 @dataclass
 class OptimConfig:
@@ -97,6 +101,12 @@ class DataConfig:
     max_answer_tokens: int = 30  # extractive QA: longest predicted answer span, in tokens
     target_len: int = 256  # summarization: target summary tokens (also the generation length)
     num_beams: int = 1  # summarization: beam search width (1: greedy)
+    # Synthetic suite (datamodules/synthetic.py): key-value retrieval, associative recall, ListOps.
+    num_keys: int = 32  # kv_retrieval, mqar: distinct key tokens
+    num_pairs: int = 4  # kv_retrieval, mqar: key-value pairs hidden in each sequence
+    num_queries: int = 4  # mqar: queries before [SEP]
+    max_depth: int = 10  # listops: nesting depth (LRA: 10)
+    max_args: int = 10  # listops: arguments per operator (LRA: 10)
 
 @dataclass
 class TrainerConfig:
@@ -127,6 +137,12 @@ class LoggingConfig:
 @dataclass
 class Config:
     seed: int = 0
+    # Token selection at inference: gate (the learned scorer) or a baseline from
+    # retention.baselines.SELECTORS; a baseline trains the backbone densely and selects with it.
+    method: str = "gate"
+    # Which ablation of our method this run is (set by the conf/ablation/<name>.yaml presets, which
+    # also set the switches it stands for); "none" for the method as designed.
+    ablation: str = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -134,6 +150,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+# retention.baselines.SELECTORS + TRAINED_METHODS + retention.sparse.SPARSE_METHODS (a test checks it); the schema imports no torch.
+METHODS = ("gate", "random", "first", "l2", "attention", "ltp", "longformer", "bigbird")
+ABLATIONS = ("none", "no_relaxation", "straight_through", "fixed_lambda", "threshold_inference", "no_context")
 
 _Check = tuple[str, Callable[[Any], bool], str]
 
@@ -150,6 +170,12 @@ _CHECKS: list[_Check] = [
     ("gate.context", lambda v: v in ("mean", "running", "none"), "one of mean, running, none"),
     ("gate.running_decay", lambda v: 0.0 <= v < 1.0, "[0, 1)"),
     ("gate.layers", lambda v: len(v) > 0, "a non-empty list of layer indices"),
+    ("gate.relaxation", lambda v: v in ("hard_concrete", "sigmoid", "straight_through"), "one of hard_concrete, sigmoid, straight_through"),
+    ("budget.inference", lambda v: v in ("top_m", "threshold"), "one of top_m, threshold"),
+    ("budget.init_lambda", lambda v: v >= 0, ">= 0"),
+    ("gate.ltp_temperature", lambda v: v > 0, "> 0"),
+    ("method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
+    ("ablation", lambda v: v in ABLATIONS, "one of " + ", ".join(ABLATIONS)),
     ("optim.lr", lambda v: v >= 0, ">= 0"),
     ("optim.gate_lr", lambda v: v >= 0, ">= 0"),
     ("optim.dual_lr", lambda v: v >= 0, ">= 0"),
@@ -185,6 +211,11 @@ _CHECKS: list[_Check] = [
     ("data.max_answer_tokens", lambda v: v >= 1, ">= 1"),
     ("data.target_len", lambda v: v >= 1, ">= 1"),
     ("data.num_beams", lambda v: v >= 1, ">= 1"),
+    ("data.num_keys", lambda v: v >= 1, ">= 1"),
+    ("data.num_pairs", lambda v: v >= 1, ">= 1"),
+    ("data.num_queries", lambda v: v >= 1, ">= 1"),
+    ("data.max_depth", lambda v: v >= 1, ">= 1"),
+    ("data.max_args", lambda v: v >= 2, ">= 2"),
     ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1)"),
     ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),

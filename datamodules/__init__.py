@@ -7,12 +7,16 @@ import inspect
 from .cuad import CUADDataModule
 from .hf import DataError, HFDataModule
 from .needle import NeedleDataModule, NeedleSpec, generate_needle
+from .synthetic import KVRetrievalDataModule, ListOpsDataModule, MQARDataModule
 from .text_classification import BYODataModule, IMDbDataModule, SST2DataModule
 from .qasper import QasperDataModule
 from .summarization import ArxivDataModule, PubMedDataModule
 
 DATAMODULES = {
     "needle": NeedleDataModule,
+    "kv_retrieval": KVRetrievalDataModule,
+    "mqar": MQARDataModule,
+    "listops": ListOpsDataModule,
     "sst2": SST2DataModule,
     "imdb": IMDbDataModule,
     "cuad": CUADDataModule,
@@ -60,5 +64,5 @@ def build_datamodule(cfg):
 __all__ = [
     "DATAMODULES", "DataError", "HFDataModule", "NeedleDataModule", "NeedleSpec", "generate_needle",
     "SST2DataModule", "IMDbDataModule", "CUADDataModule", "BYODataModule", "build_datamodule", "check_data_config",
-    "QasperDataModule", "ArxivDataModule", "PubMedDataModule",
+    "QasperDataModule", "ArxivDataModule", "PubMedDataModule", "KVRetrievalDataModule", "MQARDataModule", "ListOpsDataModule",
 ]

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightning as L
 import torch
-from torch.utils.data import TensorDataset
 
-from .loaders import SplitLoaders
+from .synthetic import CLS_ID, FIRST_TASK_TOKEN, PAD_ID, SEP_ID, SyntheticDataModule
 
 __all__ = ["NeedleSpec", "generate_needle", "NeedleDataModule", "PAD_ID", "CLS_ID", "SEP_ID"]
 
-PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
-_FIRST_NEEDLE = 3
-_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+_FIRST_NEEDLE = FIRST_TASK_TOKEN
 
 
 @dataclass(frozen=True)
@@ -77,20 +73,8 @@ def generate_needle(spec: NeedleSpec, size: int, seed: int) -> dict[str, torch.T
     return {"input_ids": ids, "attention_mask": attention_mask, "labels": labels, "needle_positions": needle_pos}
 
 
-class _DictDataset(TensorDataset):
-    def __init__(self, data: dict[str, torch.Tensor], keys: tuple[str, ...]) -> None:
-        super().__init__(*(data[k] for k in keys))
-        self.keys = keys
-
-    def __getitem__(self, index):
-        return dict(zip(self.keys, super().__getitem__(index)))
-
-
-class NeedleDataModule(SplitLoaders, L.LightningDataModule):
+class NeedleDataModule(SyntheticDataModule):
     """Train / val / test splits generated from ``seed`` with a distinct stream per split."""
-
-    special_token_ids = (CLS_ID, SEP_ID)
-    pad_token_id = PAD_ID
 
     def __init__(
         self,
@@ -108,25 +92,8 @@ class NeedleDataModule(SplitLoaders, L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.spec = NeedleSpec(seq_len, min_seq_len, vocab_size, num_classes, num_needles, tokens_per_class)
-        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        self.datasets: dict[str, _DictDataset] = {}
+        spec = NeedleSpec(seq_len, min_seq_len, vocab_size, num_classes, num_needles, tokens_per_class)
+        super().__init__(spec, train_size, val_size, test_size, batch_size, eval_batch_size, num_workers, seed)
 
-    @property
-    def num_labels(self) -> int:
-        return self.spec.num_classes
-
-    @property
-    def vocab_size(self) -> int:
-        return self.spec.vocab_size
-
-    def split_seed(self, split: str) -> int:
-        return self.hparams.seed * 1000 + _SPLIT_OFFSET[split]
-
-    def setup(self, stage: str | None = None) -> None:
-        for split, size in self.sizes.items():
-            if split not in self.datasets:
-                data = generate_needle(self.spec, size, self.split_seed(split))
-                self.datasets[split] = _DictDataset(data, ("input_ids", "attention_mask", "labels"))
+    def generate(self, size: int, seed: int) -> dict[str, torch.Tensor]:
+        return generate_needle(self.spec, size, seed)

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from .system import RetentionSystem
 
-__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "DocumentMetric", "EVAL_PATHS"]
+__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS"]
 
 # soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
 # dense: the same model with nothing dropped.
@@ -75,8 +75,9 @@ class DocumentMetric(Metric):
 
 class RetentionClassifier(RetentionSystem):
     def __init__(self, num_labels: int, model: dict, gate: dict, budget: dict, optim: dict,
-                 vocab_size: int | None, max_positions: int, protected_token_ids: tuple[int, ...] = ()) -> None:
-        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids)
+                 vocab_size: int | None, max_positions: int, protected_token_ids: tuple[int, ...] = (),
+                 method: str = "gate") -> None:
+        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids, method)
         d = self.encoder.backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, d), nn.Tanh(),
                                   nn.Dropout(model["dropout"]), nn.Linear(d, num_labels))
@@ -113,15 +114,20 @@ class RetentionClassifier(RetentionSystem):
             vocab_size=getattr(dm, "vocab_size", None),
             max_positions=cfg.data.seq_len,
             protected_token_ids=tuple(dm.special_token_ids),
+            method=cfg.method,
         )
 
     def forward(self, input_ids, attention_mask=None, mode: str = "auto"):
         out = self.encoder(input_ids, attention_mask, mode=mode)
         return self.head(out.last_hidden_state[:, 0]), out
 
+    def classify(self, batch: dict, mode: str):
+        """(logits, encoder output) for a batch on one path; subclasses read other positions."""
+        return self(batch["input_ids"], batch["attention_mask"], mode=mode)
+
     def training_step(self, batch, batch_idx):
         gating = self.gating
-        logits, out = self(batch["input_ids"], batch["attention_mask"], mode="soft" if gating else "dense")
+        logits, out = self.classify(batch, "soft" if gating else "dense")
         task = self.loss_fn(logits, batch["labels"])
         self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
         if not gating:
@@ -134,7 +140,7 @@ class RetentionClassifier(RetentionSystem):
 
     def _evaluate(self, stage: str, batch) -> None:
         for path in EVAL_PATHS:
-            logits, out = self(batch["input_ids"], batch["attention_mask"], mode=path)
+            logits, out = self.classify(batch, path)
             preds, target = self.metric_inputs(logits, batch["labels"])
             for name in self.metric_names:
                 key = f"{stage}_{path}_{name}"
@@ -173,3 +179,19 @@ class RetentionMultiLabelClassifier(RetentionClassifier):
 
     metric_inputs = staticmethod(_probabilities_and_int_labels)
     DOC_POOL = "amax"
+
+
+class RetentionMultiQueryClassifier(RetentionClassifier):
+    """One prediction per query token (multi-query associative recall): batches carry
+    ``query_positions`` (B, Q) and ``labels`` (B, Q). The queries are protected, so they survive
+    every gate; the head reads each query's hidden state wherever it ended up in the (possibly
+    shortened) sequence. Logits are (B, C, Q), the layout cross-entropy and torchmetrics take."""
+
+    def classify(self, batch: dict, mode: str):
+        ids, qpos = batch["input_ids"], batch["query_positions"]
+        protected = self.encoder.protected_mask(ids).scatter(1, qpos, True)
+        out = self.encoder(ids, batch["attention_mask"], protected=protected, mode=mode)
+        found = (out.positions.unsqueeze(1) == qpos.unsqueeze(2)) & out.valid.unsqueeze(1)  # (B, Q, T_out)
+        rows = found.to(torch.int8).argmax(-1, keepdim=True)
+        h = out.last_hidden_state.gather(1, rows.expand(-1, -1, out.last_hidden_state.shape[-1]))
+        return self.head(h).transpose(1, 2), out

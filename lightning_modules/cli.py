@@ -26,11 +26,13 @@ from conf.schema import ConfigError
 __all__ = ["main", "train", "default_tracking_uri"]
 
 EXIT_CONFIG_ERROR = 2
+CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
 
 # Subcommands other than ``train``, one module each (see the module docstring).
 COMMAND_MODULES: list[str] = [
     "lightning_modules.sweep",
     "lightning_modules.compare",
+    "lightning_modules.evaluate",
 ]
 
 
@@ -124,9 +126,12 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     all_callbacks = [LearningRateMonitor(logging_interval="step"), *callbacks]
     ckpt = None
     if cfg.logging.save_checkpoint and not cfg.trainer.fast_dev_run:
-        ckpt = ModelCheckpoint(dirpath=str(Path(cfg.logging.checkpoint_dir) / run_id), filename="best",
+        ckpt_dir = Path(cfg.logging.checkpoint_dir) / run_id
+        ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best",
                                monitor=f"val/{metric}_hard", mode="max", save_top_k=1)
         all_callbacks.append(ckpt)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, ckpt_dir / CONFIG_NEXT_TO_CHECKPOINT, resolve=True)  # `retention evaluate --checkpoint`
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = L.Trainer(
         logger=logger,

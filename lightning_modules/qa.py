@@ -55,8 +55,9 @@ class RetentionQA(RetentionSystem):
     METRIC_LABEL = "SQuAD F1"
 
     def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
-                 max_positions: int, protected_token_ids: tuple[int, ...] = (), max_answer_tokens: int = 30) -> None:
-        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids)
+                 max_positions: int, protected_token_ids: tuple[int, ...] = (), max_answer_tokens: int = 30,
+                 method: str = "gate") -> None:
+        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids, method)
         d = self.encoder.backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, 2))
         self.max_answer_tokens = max_answer_tokens
@@ -75,6 +76,7 @@ class RetentionQA(RetentionSystem):
             max_positions=cfg.data.seq_len,
             protected_token_ids=tuple(dm.special_token_ids),
             max_answer_tokens=getattr(dm, "max_answer_tokens", 30),
+            method=cfg.method,
         )
 
     def forward(self, input_ids, attention_mask=None, protected=None, mode: str = "auto"):

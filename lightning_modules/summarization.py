@@ -40,14 +40,14 @@ class RetentionSummarizer(RetentionSystem):
 
     def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
                  max_positions: int, protected_token_ids: tuple[int, ...] = (), special_ids: dict | None = None,
-                 generation: dict | None = None) -> None:
+                 generation: dict | None = None, method: str = "gate") -> None:
         seq2seq = build_seq2seq(
             model["backbone"], attn_implementation=model["attn_implementation"], arch=model["arch"],
             vocab_size=vocab_size, hidden_size=model["hidden_size"], num_layers=model["num_layers"],
             num_heads=model["num_heads"], intermediate_size=model["intermediate_size"],
             max_positions=model["max_positions"] or max_positions, special_ids=special_ids or {},
         )
-        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids,
+        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids, method,
                          backbone=seq2seq.get_encoder())
         self.seq2seq = seq2seq
         self.generation = dict(generation or {"max_new_tokens": 64, "num_beams": 1})
@@ -67,6 +67,7 @@ class RetentionSummarizer(RetentionSystem):
             protected_token_ids=tuple(dm.special_token_ids),
             special_ids=dict(getattr(dm, "seq2seq_special_ids", {}) or {}),
             generation=dict(getattr(dm, "generation", {}) or {}) or None,
+            method=cfg.method,
         )
         system.tokenizer = dm.tokenizer
         return system

@@ -10,6 +10,7 @@ After every optimizer step λ is projected onto λ ≥ 0; gradient clipping touc
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -17,7 +18,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from retention import Budget, HardConcrete, RetentionEncoder, annealed_targets, lagrangian_term
+from retention import Budget, RetentionEncoder, annealed_targets, lagrangian_term
+from retention.baselines import SELECTORS, install_ltp, use_selector
+from retention.hard_concrete import make_relaxation
+from retention.sparse import SPARSE_METHODS, build_sparse_encoder
 from retention.backbones import build_backbone
 
 __all__ = ["RetentionSystem", "build_retention_encoder", "PRIMAL_GROUPS", "DUAL_GROUP"]
@@ -27,10 +31,21 @@ DUAL_GROUP = 2
 
 
 def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: int | None,
-                            max_positions: int, protected_token_ids: tuple[int, ...],
+                            max_positions: int, protected_token_ids: tuple[int, ...], method: str = "gate",
                             backbone: nn.Module | None = None) -> RetentionEncoder:
     """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections (or the given
-    ``backbone``, e.g. the encoder stack of an encoder–decoder)."""
+    ``backbone``, e.g. the encoder stack of an encoder–decoder); with ``method="ltp"`` its scorers are
+    LTP's learned thresholds on attention received; with ``method="longformer"``/``"bigbird"`` it is
+    that sparse-attention model at attention budget ρ."""
+    if method in SPARSE_METHODS:
+        if backbone is not None:
+            raise ValueError(f"method={method!r} is an encoder-only comparator; it cannot replace the encoder of {type(backbone).__name__}")
+        return build_sparse_encoder(
+            SPARSE_METHODS[method], ratio=budget["ratio"] or 0.3, seq_len=model["max_positions"] or max_positions,
+            vocab_size=vocab_size, hidden_size=model["hidden_size"], num_layers=model["num_layers"],
+            num_heads=model["num_heads"], intermediate_size=model["intermediate_size"],
+            gate_layers=list(gate["layers"]), protected_token_ids=protected_token_ids,
+        )
     backbone = backbone if backbone is not None else build_backbone(
         model["backbone"],
         attn_implementation=model["attn_implementation"],
@@ -43,17 +58,21 @@ def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: i
         max_positions=model["max_positions"] or max_positions,
     )
     layers = list(gate["layers"])
-    return RetentionEncoder(
+    encoder = RetentionEncoder(
         backbone,
         gate_layers=layers,
         budget=Budget(ratio=budget["ratio"], tokens=budget["tokens"], schedule=budget["schedule"], num_layers=len(layers)),
-        hard_concrete=HardConcrete(beta=gate["beta"], gamma=gate["gamma"], zeta=gate["zeta"]),
+        hard_concrete=make_relaxation(gate["relaxation"], beta=gate["beta"], gamma=gate["gamma"], zeta=gate["zeta"]),
         protected_token_ids=protected_token_ids if gate["protect_special_tokens"] else (),
         scorer_hidden=gate["hidden"] or None,
         context=gate["context"],
         running_decay=gate["running_decay"],
         init_log_alpha=gate["init_log_alpha"],
+        inference=budget["inference"],
     )
+    if method == "ltp":
+        encoder._ltp_hooks = install_ltp(encoder, temperature=gate["ltp_temperature"])
+    return encoder
 
 
 class RetentionSystem(L.LightningModule):
@@ -69,20 +88,45 @@ class RetentionSystem(L.LightningModule):
     METRIC_LABEL = "accuracy"
 
     def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
-                 max_positions: int, protected_token_ids: tuple[int, ...] = (), backbone: nn.Module | None = None) -> None:
+                 max_positions: int, protected_token_ids: tuple[int, ...] = (), method: str = "gate",
+                 backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        self.method = method  # gate | a baseline selector | a trained baseline (ltp) | a sparse comparator
+        # How the hard path selects: the trained scorer (ours or LTP's) or a heuristic baseline.
+        self.selector = method if method in SELECTORS else "gate"
+        self._selector: contextlib.ExitStack | None = None
         self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids),
-                                               backbone=backbone)
-        self.lam = nn.Parameter(torch.zeros(self.encoder.num_gates))
+                                               method, backbone=backbone)
+        self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(budget["init_lambda"])))
         self.optim_cfg = optim
         self.budget_cfg = budget
 
     # ------------------------------------------------------------------ the Lagrangian
     @property
     def gating(self) -> bool:
-        """False during the first ``budget.dense_steps`` steps, when the task is trained densely."""
-        return self.global_step >= self.budget_cfg["dense_steps"]
+        """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
+        always for a heuristic baseline ``method`` (the backbone is trained densely; the baseline
+        selects at evaluation) and for the sparse-attention comparators (no gates)."""
+        trains_scorer = self.method in ("gate", "ltp")
+        return trains_scorer and self.global_step >= self.budget_cfg["dense_steps"]
+
+    # ------------------------------------------------------------------ baselines at evaluation
+    def _selector_for(self, method: str):
+        """Context manager: the encoder selects tokens with ``method`` (the learned gate, or a baseline)."""
+        return use_selector(self.encoder, method, seed=0)
+
+    def _enter_selector(self) -> None:
+        self._selector = contextlib.ExitStack()
+        self._selector.enter_context(self._selector_for(self.selector))
+
+    def _exit_selector(self) -> None:
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+
+    on_validation_epoch_start = on_test_epoch_start = _enter_selector
+    on_validation_epoch_end = on_test_epoch_end = _exit_selector
 
     def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.lagrangian_term`) against the warmed-up targets

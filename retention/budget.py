@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Budget", "SCHEDULES", "annealed_targets", "expected_retention", "lagrangian_term", "keep_counts"]
+__all__ = ["Budget", "SCHEDULES", "annealed_targets", "expected_retention", "lagrangian_term", "keep_counts", "threshold_counts"]
 
 SCHEDULES = ("constant", "linear")
 
@@ -24,6 +24,15 @@ def keep_counts(ratio: torch.Tensor | float, n_valid: torch.Tensor, n_protected:
     """
     m = torch.ceil(n_valid.to(torch.float64) * ratio - _CEIL_TOLERANCE).to(torch.long)
     return torch.maximum(torch.minimum(m, n_valid), n_protected)
+
+
+def threshold_counts(p_keep: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
+    """Ablation "threshold inference": keep every valid token whose gate is more likely open than
+    closed, plus the protected ones — no exact budget:
+
+        M = |{t valid : protected_t or P(z̃_t > 0) ≥ ½}|
+    """
+    return (valid & (protected | (p_keep >= 0.5))).sum(1)
 
 
 def expected_retention(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

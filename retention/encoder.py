@@ -29,7 +29,7 @@ from typing import Iterator, Literal, Sequence
 import torch
 from torch import nn
 
-from .budget import Budget, expected_retention, keep_counts
+from .budget import Budget, expected_retention, keep_counts, threshold_counts
 from .gate import ContextScorer
 from .hard_concrete import HardConcrete
 from .selection import gather_tokens, scatter_tokens, select_top_m
@@ -37,6 +37,8 @@ from .selection import gather_tokens, scatter_tokens, select_top_m
 __all__ = ["RetentionEncoder", "RetentionOutput", "SEQ2SEQ_MODEL_TYPES", "SUPPORTED_MODEL_TYPES", "transformer_layers"]
 
 Mode = Literal["auto", "soft", "hard", "dense"]
+# Hard-path rule: exactly M = ⌈ρ·T_valid⌉ (ours) or every token with P(kept) ≥ ½ (ablation).
+INFERENCE_RULES = ("top_m", "threshold")
 
 # model_type -> attribute path of the nn.ModuleList of transformer layers. Every layer here is
 # called as layer(hidden_states, attention_mask, ...) by its stock encoder loop.
@@ -141,8 +143,12 @@ class RetentionEncoder(nn.Module):
         running_decay: float = 0.9,
         init_log_alpha: float = 2.0,
         bias_eps: float = 1e-6,
+        inference: str = "top_m",
     ) -> None:
         super().__init__()
+        if inference not in INFERENCE_RULES:
+            raise ValueError(f"inference must be one of {', '.join(INFERENCE_RULES)}, got {inference!r}")
+        self.inference = inference
         layers = transformer_layers(backbone)
         attn = getattr(backbone.config, "_attn_implementation", None) or "eager"
         if attn not in _SUPPORTED_ATTENTION:
@@ -258,7 +264,10 @@ class RetentionEncoder(nn.Module):
 
     def _hard_gate(self, k: int, h: torch.Tensor, log_alpha: torch.Tensor, st: _State) -> torch.Tensor:
         ratio = self.budget.layer_ratio(k, st.n_valid)
-        counts = keep_counts(ratio, st.n_valid, st.n_protected)
+        if self.inference == "threshold":  # ablation: no exact budget
+            counts = threshold_counts(self.hc.prob_nonzero(log_alpha), st.valid, st.protected)
+        else:
+            counts = keep_counts(ratio, st.n_valid, st.n_protected)
         counts = torch.minimum(counts, st.valid.sum(1))  # cumulative: never more than survived
         sel = select_top_m(log_alpha, st.valid, st.protected, counts)
         if st.restore:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["HardConcrete"]
+__all__ = ["HardConcrete", "SigmoidGate", "StraightThroughGate", "RELAXATIONS", "make_relaxation"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,48 @@ class HardConcrete:
         Hard inference does not use this value: it ranks tokens by log α and keeps exactly top-M.
         """
         return (torch.sigmoid(log_alpha) * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------- ablations
+@dataclass(frozen=True)
+class SigmoidGate:
+    """Ablation "no relaxation": a plain sigmoid gate, no noise and no stretch.
+
+        z = σ(log α),  P(kept) = σ(log α)
+
+    Same interface as :class:`HardConcrete`; a token is never switched fully off in training.
+    """
+
+    def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_alpha)
+
+    def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_alpha)
+
+    def deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_alpha)
+
+
+@dataclass(frozen=True)
+class StraightThroughGate(SigmoidGate):
+    """Ablation "straight-through estimator": a binary gate in the forward pass, the sigmoid's
+    gradient in the backward pass.
+
+        z = 1[σ(log α) > ½] + σ(log α) − stopgrad(σ(log α)),  P(kept) = σ(log α)
+    """
+
+    def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        soft = torch.sigmoid(log_alpha)
+        return (soft > 0.5).to(soft.dtype) + soft - soft.detach()
+
+    deterministic = sample
+
+
+RELAXATIONS = {"hard_concrete": HardConcrete, "sigmoid": SigmoidGate, "straight_through": StraightThroughGate}
+
+
+def make_relaxation(name: str, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1):
+    """The gate distribution by config name (``gate.relaxation``)."""
+    if name not in RELAXATIONS:
+        raise ValueError(f"unknown relaxation {name!r}; valid: {', '.join(RELAXATIONS)}")
+    return HardConcrete(beta, gamma, zeta) if name == "hard_concrete" else RELAXATIONS[name]()

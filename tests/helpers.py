@@ -21,3 +21,13 @@ TINY = [
     "trainer.accelerator=cpu",
     "trainer.log_every_n_steps=1",
 ]
+
+
+def section(name: str, **overrides) -> dict:
+    """A config section as a plain dict: the schema's defaults with ``overrides`` (for tests that
+    build a system directly, so a new schema field never breaks them)."""
+    from omegaconf import OmegaConf
+
+    from conf.schema import Config
+
+    return {**OmegaConf.to_container(OmegaConf.structured(Config)[name]), **overrides}

@@ -11,13 +11,13 @@ from datamodules.qasper_schema import QasperCounts, qasper_examples
 from lightning_modules.qa import RetentionQA, best_spans
 from retention.backbones import resolve_backbone_path
 
+from .helpers import section
 from .long_doc_fixtures import qasper_paper
 
 MODEL = dict(backbone="random", arch="bert", hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
              max_positions=512, attn_implementation="sdpa", dropout=0.0)
-GATE = dict(layers=[1], beta=2 / 3, gamma=-0.1, zeta=1.1, protect_special_tokens=True, hidden=0,
-            context="mean", running_decay=0.9, init_log_alpha=2.0)
-BUDGET = dict(ratio=0.3, tokens=None, schedule="constant", dense_steps=0, warmup_steps=0)
+GATE = section("gate", layers=[1])
+BUDGET = section("budget", ratio=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import torch
 from retention import Budget, RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone, build_seq2seq
 
+from .helpers import section
+
 ARCHS = ["bart", "t5"]
 BOS, EOS = 1, 2
 SPECIAL = {"pad": 0, "bos": BOS, "eos": EOS, "decoder_start": BOS}
@@ -120,9 +122,8 @@ def test_decoder_cross_attends_only_to_retained_states(arch):
 
     model = dict(backbone="random", arch=arch, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                  max_positions=64, attn_implementation="sdpa", dropout=0.0)
-    gate = dict(layers=[1], beta=2 / 3, gamma=-0.1, zeta=1.1, protect_special_tokens=True, hidden=0,
-                context="mean", running_decay=0.9, init_log_alpha=2.0)
-    budget = dict(ratio=0.3, tokens=None, schedule="constant", dense_steps=0, warmup_steps=0)
+    gate = section("gate", layers=[1])
+    budget = section("budget", ratio=0.3)
     system = RetentionSummarizer(model, gate, budget, optim={}, vocab_size=60, max_positions=64,
                                  protected_token_ids=(BOS, EOS), special_ids=SPECIAL,
                                  generation={"max_new_tokens": 5, "num_beams": 2}).eval()
@@ -166,9 +167,8 @@ def test_rouge_of_generated_text_equal_to_reference_is_one():
     tok = AutoTokenizer.from_pretrained(resolve_backbone_path("minilm"))
     model = dict(backbone="random", arch="bart", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
                  max_positions=64, attn_implementation="sdpa", dropout=0.0)
-    gate = dict(layers=[0], beta=2 / 3, gamma=-0.1, zeta=1.1, protect_special_tokens=True, hidden=0,
-                context="mean", running_decay=0.9, init_log_alpha=2.0)
-    budget = dict(ratio=0.5, tokens=None, schedule="constant", dense_steps=0, warmup_steps=0)
+    gate = section("gate", layers=[0])
+    budget = section("budget", ratio=0.5)
     system = RetentionSummarizer(model, gate, budget, optim={}, vocab_size=len(tok), max_positions=64,
                                  protected_token_ids=(tok.cls_token_id, tok.sep_token_id),
                                  special_ids={"pad": 0, "bos": tok.cls_token_id, "eos": tok.sep_token_id}).eval()

@@ -1,0 +1,287 @@
+"""``retention evaluate``: one or more trained runs × selection methods × budgets on the test split.
+
+    retention evaluate --run-id ID [ID ...] | --checkpoint PATH [PATH ...] | --experiment NAME
+                       [--budgets 0.1 0.3 0.5] [--methods gate random first l2 attention]
+                       [--out DIR] [--tracking-uri URI] [--throughput-batches N]
+
+For each run, each method (the learned gate or a baseline of :mod:`retention.baselines`, swapped
+into the same trained encoder) and each budget ρ, the run's own test loop (``Trainer.test``) gives
+the task metric on the hard top-M path, the dense metric of the same weights, and the achieved
+retention per gated layer; the throughput ratio is the retained forward's throughput over the
+dense forward's, timed interleaved in this process. Writes ``evaluation.csv``, ``evaluation.md``,
+``pareto.png`` (metric vs retention, one line per method) and ``layer_retention.png``, and logs
+them as artifacts of every evaluated MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+NAME = "evaluate"
+HELP = "evaluate trained runs: methods x budgets on the test split; table, CSV/Markdown, plots, MLflow artifacts"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-id", nargs="+", help="MLflow run id(s) of `retention train` runs")
+    src.add_argument("--checkpoint", nargs="+", help="checkpoint file(s); the run's config.yaml must sit beside each")
+    src.add_argument("--experiment", help="every finished run of this MLflow experiment that has a checkpoint")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.1, 0.3, 0.5], help="retention ratios rho in (0, 1]")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="selection methods (default: all of retention.baselines.SELECTORS)")
+    p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--throughput-batches", type=int, default=3,
+                   help="test batches timed (dense vs retained, interleaved) per row; 0 skips timing")
+    p.add_argument("--limit-test-batches", type=float, default=None, help="evaluate on part of the test split")
+
+
+@dataclass
+class Source:
+    label: str
+    config: object  # DictConfig
+    checkpoint: Path
+    run_id: str | None
+
+
+def _check_args(args) -> None:
+    from retention.baselines import SELECTORS
+
+    bad = [b for b in args.budgets if not 0.0 < b <= 1.0]
+    if bad:
+        raise ValueError(f"--budgets: {bad} outside (0, 1]")
+    methods = args.methods or list(SELECTORS)
+    unknown = [m for m in methods if m not in SELECTORS]
+    if unknown:
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join(SELECTORS)}")
+    if args.throughput_batches < 0:
+        raise ValueError(f"--throughput-batches={args.throughput_batches}: must be >= 0")
+    args.methods = methods
+
+
+def _label(cfg) -> str:
+    """What distinguishes a run in the table: a trained baseline or an ablation, and the seed."""
+    name = "adaptive-retention"
+    if cfg.method != "gate":
+        name = f"trained:{cfg.method}"
+    elif cfg.ablation != "none":
+        name = f"ablation:{cfg.ablation}"
+    return f"{name} seed={cfg.seed}"
+
+
+def _sources(args) -> list[Source]:
+    from omegaconf import OmegaConf
+
+    from .cli import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
+
+    out = []
+    if args.checkpoint:
+        for ck in args.checkpoint:
+            path = Path(ck)
+            cfg_path = path.parent / CONFIG_NEXT_TO_CHECKPOINT
+            if not path.is_file():
+                raise ValueError(f"--checkpoint {ck}: no such file")
+            if not cfg_path.is_file():
+                raise ValueError(f"--checkpoint {ck}: no {CONFIG_NEXT_TO_CHECKPOINT} beside it (written by `retention train`)")
+            cfg = OmegaConf.load(cfg_path)
+            out.append(Source(_label(cfg), cfg, path, path.parent.name))
+        return out
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
+    run_ids = args.run_id
+    if args.experiment:
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            raise ValueError(f"--experiment {args.experiment!r}: no such experiment")
+        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
+        run_ids = [r.info.run_id for r in runs if "checkpoint_path" in r.data.tags]
+        if not run_ids:
+            raise ValueError(f"--experiment {args.experiment!r}: no finished run with a checkpoint")
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id)
+        except Exception as err:  # mlflow raises its own exception types per store
+            raise ValueError(f"--run-id {run_id}: {str(err).splitlines()[0]}") from None
+        ck = run.data.tags.get("checkpoint_path")
+        if not ck or not Path(ck).is_file():
+            raise ValueError(f"--run-id {run_id}: the run has no checkpoint on this machine (tag checkpoint_path={ck!r})")
+        cfg = OmegaConf.load(Path(ck).parent / CONFIG_NEXT_TO_CHECKPOINT)
+        out.append(Source(_label(cfg), cfg, Path(ck), run_id))
+    return out
+
+
+def _throughput_ratio(system, dm, n_batches: int) -> float | None:
+    """thr_retained / thr_dense over the first ``n_batches`` test batches, each timed dense then hard
+    three times (interleaved, after one warm-up of each); the median of the per-batch ratios. A rough figure on
+    a shared machine: ``retention bench`` measures speed properly."""
+    import torch
+
+    if n_batches == 0:
+        return None
+    ratios = []
+    system.eval()
+    with torch.no_grad():
+        for i, batch in enumerate(dm.test_dataloader()):
+            if i == n_batches:
+                break
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            if i == 0:  # warm-up
+                system.encoder(ids, mask, mode="dense")
+                system.encoder(ids, mask, mode="hard")
+            for _ in range(3):
+                times = {}
+                for mode in ("dense", "hard"):
+                    t0 = time.perf_counter()
+                    system.encoder(ids, mask, mode=mode)
+                    times[mode] = time.perf_counter() - t0
+                ratios.append(times["dense"] / times["hard"])
+    return statistics.median(ratios) if ratios else None
+
+
+def applicable_methods(cfg, requested: list[str]) -> list[str]:
+    """The baseline selectors are swapped into runs of our method with its default settings; a run
+    trained as a baseline or an ablation is evaluated with its own selection only (a heuristic
+    baseline's selector, or the trained scorer: ``gate``)."""
+    from retention.baselines import SELECTORS
+
+    if cfg.method == "gate" and cfg.ablation == "none":
+        return requested
+    own = cfg.method if cfg.method in SELECTORS else "gate"
+    return [own] if own in requested else []
+
+
+def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limit_test_batches) -> list[dict]:
+    import lightning as L
+    import torch
+
+    from retention import Budget
+    from retention.baselines import SELECTORS
+    from retention.sparse import SPARSE_METHODS
+
+    from .cli import build_datamodule, build_system
+
+    cfg = src.config
+    dm = build_datamodule(cfg)
+    system = build_system(cfg, dm)
+    state = torch.load(src.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    system.load_state_dict(state)
+    metric = system.METRIC
+    trained_budget = system.encoder.budget
+    rows = []
+    sparse = cfg.method in SPARSE_METHODS
+    for method in applicable_methods(cfg, methods):
+        # A sparse-attention comparator keeps every token at the attention budget it was built with.
+        for rho in [system.encoder.fraction] if sparse else budgets:
+            system.selector = method
+            if not sparse:
+                system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
+            trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, accelerator="cpu", limit_test_batches=limit_test_batches)
+            trainer.test(system, datamodule=dm, verbose=False)
+            m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            with system._selector_for(method):
+                thr = _throughput_ratio(system, dm, throughput_batches)
+            row = {
+                "run": src.label, "run_id": src.run_id, "method": method, "budget": rho,
+                "metric": metric, "value": m[f"test/{metric}_hard"], "dense": m[f"test/{metric}_dense"],
+            }
+            row["pct_of_dense"] = 100.0 * row["value"] / row["dense"] if row["dense"] else float("nan")
+            for layer in system.encoder.gate_layers:
+                row[f"retention_l{layer}"] = m[f"test/kept_fraction_l{layer}"]
+            row["throughput_ratio"] = thr
+            rows.append(row)
+    system.selector = "gate" if cfg.method not in SELECTORS else cfg.method
+    system.encoder.budget = trained_budget
+    return rows
+
+
+def write_outputs(rows: list[dict], out: Path) -> list[Path]:
+    """CSV, Markdown, the Pareto plot and the per-layer retention plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    csv, md = out / "evaluation.csv", out / "evaluation.md"
+    df.to_csv(csv, index=False)
+    md.write_text(to_markdown(df) + "\n")
+    layer_cols = [c for c in df.columns if c.startswith("retention_l")]
+    df["retention"] = df[layer_cols].mean(axis=1)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (run, method), g in df.groupby(["run", "method"], sort=False):
+        g = g.sort_values("retention")
+        ax.plot(g["retention"], g["value"], marker="o", label=f"{method} ({run})")
+    ax.set_xlabel("achieved retention (mean over gated layers)")
+    ax.set_ylabel(f"test {df['metric'].iloc[0]} (hard top-M path)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    pareto = out / "pareto.png"
+    fig.tight_layout()
+    fig.savefig(pareto, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = [f"{r.method} ({r.run}) ρ={r.budget}" for r in df.itertuples()]
+    width = 0.8 / max(1, len(layer_cols))
+    for j, col in enumerate(layer_cols):
+        ax.bar([i + j * width for i in range(len(df))], df[col], width=width, label=col.replace("retention_l", "layer "))
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(df))])
+    ax.set_xticklabels(labels, rotation=75, fontsize=6)
+    ax.set_ylabel("achieved retention")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    per_layer = out / "layer_retention.png"
+    fig.savefig(per_layer, dpi=120)
+    plt.close(fig)
+    return [csv, md, pareto, per_layer]
+
+
+def to_markdown(df) -> str:
+    """A pipe table without the optional `tabulate` dependency."""
+    cols = [c for c in df.columns if c not in ("run_id", "metric")]
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one Trainer per row: no banners
+    try:
+        _check_args(args)
+        sources = _sources(args)
+    except ValueError as err:
+        print(f"retention evaluate: {err}", file=sys.stderr)
+        return 2
+    rows = []
+    for src in sources:
+        rows += evaluate_source(src, args.budgets, args.methods, args.throughput_batches, args.limit_test_batches)
+    files = write_outputs(rows, Path(args.out))
+    import pandas as pd
+
+    print(to_markdown(pd.DataFrame(rows)))
+    print("wrote " + ", ".join(str(f) for f in files))
+    run_ids = [s.run_id for s in sources if s.run_id and not args.checkpoint]
+    if run_ids:
+        import mlflow
+
+        from .cli import default_tracking_uri
+
+        client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
+        for run_id in run_ids:
+            for f in files:
+                client.log_artifact(run_id, str(f), artifact_path="evaluation")
+        print(f"logged as artifacts (evaluation/) of run(s) {', '.join(run_ids)}")
+    return 0

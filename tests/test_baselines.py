@@ -1,0 +1,129 @@
+"""Baselines behind the budget interface: each keeps exactly M tokens per sequence, physically."""
+
+import pytest
+import torch
+
+from retention import Budget, RetentionEncoder
+from retention.baselines import SELECTORS, use_selector
+from retention.backbones import build_backbone
+
+CLS, SEP = 1, 2
+
+
+def _encoder(arch: str, gate_layers=(1, 2), attn="sdpa") -> RetentionEncoder:
+    torch.manual_seed(0)
+    bb = build_backbone("random", attn_implementation=attn, arch=arch, vocab_size=60, hidden_size=32,
+                        num_layers=3, num_heads=4, intermediate_size=64, max_positions=64)
+    enc = RetentionEncoder(bb, gate_layers=list(gate_layers),
+                           budget=Budget(ratio=0.5, num_layers=len(gate_layers), schedule="linear"),
+                           protected_token_ids=(CLS, SEP))
+    return enc.eval()
+
+
+def _batch(b=4, t=40):
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 60, (b, t), generator=g)
+    lengths = torch.tensor([40, 33, 25, 40])
+    mask = (torch.arange(t) < lengths[:, None]).long()
+    ids[:, 0] = CLS
+    ids[torch.arange(b), lengths - 1] = SEP
+    return ids.masked_fill(mask == 0, 0), mask, lengths
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+@pytest.mark.parametrize("method", list(SELECTORS))
+def test_every_selector_keeps_exactly_m(method, arch):
+    enc = _encoder(arch)
+    ids, mask, lengths = _batch()
+    with torch.no_grad(), use_selector(enc, method):
+        out = enc(ids, mask, mode="hard")
+    for k, layer_counts in enumerate(out.kept_counts):
+        expected = enc.budget.targets(lengths)[k]  # per-layer ratio
+        m = torch.ceil(expected * lengths - 1e-6).long()
+        assert torch.equal(layer_counts, torch.maximum(m, torch.full_like(m, 2)))
+    assert out.last_hidden_state.shape[1] == int(out.kept_counts[-1].max())  # physically removed
+    assert torch.equal(out.valid.sum(1), out.kept_counts[-1])
+    # protected tokens survive every method
+    assert ((out.positions == 0) & out.valid).sum(1).eq(1).all()
+    assert ((out.positions == (lengths - 1)[:, None]) & out.valid).sum(1).eq(1).all()
+    # the learned gates are back after the block
+    assert type(enc.gates[0]).__name__ == "ContextScorer"
+
+
+def test_first_keeps_a_prefix_and_l2_keeps_the_largest_norms():
+    enc = _encoder("bert", gate_layers=(1,))
+    ids, mask, lengths = _batch()
+    with torch.no_grad(), use_selector(enc, "first"):
+        out = enc(ids, mask, mode="hard")
+    for row, n, pos, valid in zip(range(4), lengths, out.positions, out.valid):
+        kept = sorted(set(pos[valid].tolist()) - {0, int(n) - 1})
+        assert kept == list(range(1, len(kept) + 1))
+    with torch.no_grad(), use_selector(enc, "l2"):
+        out = enc(ids, mask, mode="hard")
+        h1 = {}
+        layer0 = enc.backbone.encoder.layer[0]
+        handle = layer0.register_forward_hook(lambda m, a, o: h1.setdefault("h", o[0] if isinstance(o, tuple) else o))
+        enc(ids, mask, mode="dense")
+        handle.remove()
+    norms = h1["h"].norm(dim=-1)
+    n0 = int(lengths[0])
+    kept = set(out.positions[0][out.valid[0]].tolist()) - {0, n0 - 1}
+    dropped = set(range(1, n0 - 1)) - kept
+    assert min(norms[0, list(kept)]) >= max(norms[0, list(dropped)])
+
+
+def test_attention_selector_switches_to_eager_and_back_and_rejects_layer_0():
+    enc = _encoder("bert", gate_layers=(1,))
+    ids, mask, _ = _batch()
+    with torch.no_grad(), use_selector(enc, "attention"):
+        assert enc.backbone.config._attn_implementation == "eager"
+        enc(ids, mask, mode="hard")
+    assert enc.backbone.config._attn_implementation == "sdpa"
+    enc0 = _encoder("bert", gate_layers=(0,))
+    with pytest.raises(ValueError, match="gate layer 0"), torch.no_grad(), use_selector(enc0, "attention"):
+        enc0(ids, mask, mode="hard")
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match="random, first"), use_selector(_encoder("bert"), "magic"):
+        pass
+
+
+def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m():
+    from retention.baselines import LTPScorer, install_ltp
+    from retention.hard_concrete import SigmoidGate
+
+    enc = _encoder("bert", gate_layers=(1,))
+    enc.hc = SigmoidGate()
+    install_ltp(enc, temperature=0.1)
+    assert enc.backbone.config._attn_implementation == "eager" and isinstance(enc.gates[0], LTPScorer)
+    ids, mask, lengths = _batch()
+    enc.train()
+    out = enc(ids, mask, mode="soft")
+    (out.last_hidden_state.sum() + out.expected_retention.sum()).backward()
+    assert enc.gates[0].threshold.grad is not None and enc.gates[0].threshold.grad != 0
+    enc.eval()
+    with torch.no_grad():
+        out = enc(ids, mask, mode="hard")
+    m = torch.ceil(0.5 * lengths - 1e-6).long()
+    assert torch.equal(out.kept_counts[0], m)
+
+
+@pytest.mark.parametrize("arch,ratio,t", [("longformer", 0.3, 1024), ("longformer", 0.1, 2048), ("big_bird", 0.3, 1024), ("big_bird", 0.5, 4096)])
+def test_sparse_comparators_attend_about_rho_t_keys(arch, ratio, t):
+    from retention.sparse import attention_fraction, sparse_attention_config
+
+    cfg = sparse_attention_config(arch, ratio, t, vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    frac = attention_fraction(arch, ratio, t)
+    if arch == "longformer":
+        assert (cfg.attention_window[0] + 1) / t == pytest.approx(frac)
+    else:
+        assert cfg.attention_type == "block_sparse" and (5 + cfg.num_random_blocks) * cfg.block_size / t == pytest.approx(frac)
+    assert frac == pytest.approx(ratio, rel=0.34)  # powers-of-two blocks: within a third of rho
+
+
+def test_bigbird_refuses_to_fall_back_to_full_attention():
+    from retention.sparse import sparse_attention_config
+
+    with pytest.raises(ValueError, match="fall back to full attention"):
+        sparse_attention_config("big_bird", 0.3, 128, vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)

@@ -1,0 +1,95 @@
+"""`retention evaluate` and the baselines/ablations through train → evaluate on tiny configs."""
+
+import math
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conf.schema import METHODS
+from lightning_modules import cli
+from retention.baselines import SELECTORS, TRAINED_METHODS
+from retention.sparse import SPARSE_METHODS
+
+from .helpers import TINY
+
+
+def _train(tmp_path, *extra, experiment="ev") -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cli.main(["train", *TINY, f"logging.tracking_uri={uri}", f"logging.experiment={experiment}", *extra]) == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["start_time DESC"])
+    return runs.iloc[0]["run_id"]
+
+
+def test_schema_methods_match_the_selectors():
+    assert (*SELECTORS, *TRAINED_METHODS, *SPARSE_METHODS) == METHODS
+
+
+@pytest.mark.slow
+def test_evaluate_writes_table_plots_and_mlflow_artifacts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_id = _train(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "ev"
+    assert cli.main(["evaluate", "--run-id", run_id, "--budgets", "0.1", "0.5", "--out", str(out),
+                     "--tracking-uri", uri, "--throughput-batches", "1"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("evaluation.csv", "evaluation.md", "pareto.png", "layer_retention.png"):
+        assert (out / name).stat().st_size > 0, name
+    df = pd.read_csv(out / "evaluation.csv")
+    assert len(df) == len(SELECTORS) * 2 and set(df["method"]) == set(SELECTORS)
+    for row in df.itertuples():  # data.seq_len=32: exactly ⌈ρ·32⌉ tokens kept at layer 1
+        assert row.retention_l1 == pytest.approx(math.ceil(row.budget * 32 - 1e-6) / 32)
+        assert row.pct_of_dense == pytest.approx(100 * row.value / row.dense)
+        assert row.throughput_ratio > 0
+    assert "| gate | 0.1000 |" in printed
+    arts = [a.path for a in mlflow.tracking.MlflowClient(uri).list_artifacts(run_id, "evaluation")]
+    assert sorted(arts) == sorted(f"evaluation/{n}" for n in ("evaluation.csv", "evaluation.md", "pareto.png", "layer_retention.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    ["method=random"], ["method=first"], ["method=l2"], ["method=attention"], ["method=ltp"],
+    ["method=longformer", "data.seq_len=64"], ["method=bigbird", "data.seq_len=512"],
+    ["ablation=no_relaxation"], ["ablation=straight_through"], ["ablation=fixed_lambda"],
+    ["ablation=threshold_inference"], ["ablation=no_context"],
+], ids=lambda e: e[0])
+def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_id = _train(tmp_path, *extra)
+    ckpt = next((tmp_path / "checkpoints" / run_id).glob("best.ckpt"))
+    out = tmp_path / "ev"
+    method = extra[0].split("=")[1] if extra[0].startswith("method=") else "gate"
+    method = "gate" if method in ("ltp", *SPARSE_METHODS) else method  # selected like the gate
+    assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--budgets", "0.3", "--methods", method,
+                     "--out", str(out), "--throughput-batches", "0"]) == 0
+    row = pd.read_csv(out / "evaluation.csv").iloc[0]
+    if extra == ["ablation=threshold_inference"]:
+        assert 0 < row.retention_l1 <= 1  # no exact budget: whatever passes P(kept) >= 1/2
+    elif extra[0] in ("method=longformer", "method=bigbird"):  # every token kept, ~0.3·T keys per query
+        assert row.retention_l1 == pytest.approx(0.3, abs=0.06) and row.budget == row.retention_l1
+    else:
+        assert row.retention_l1 == pytest.approx(10 / 32)  # ⌈0.3·32⌉
+    if extra == ["ablation=fixed_lambda"]:
+        lam = mlflow.search_runs(experiment_names=["ev"]).iloc[0]["metrics.train/lambda_l1"]
+        assert lam == pytest.approx(1.0)  # the dual variable never moved
+
+
+def test_unknown_method_or_bad_source_fails_clearly(tmp_path, capsys):
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "x.ckpt"), "--methods", "gate", "magic"]) == 2
+    assert "valid: gate, random, first, l2, attention" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "x.ckpt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "x.ckpt"), "--budgets", "1.5"]) == 2
+    assert "(0, 1]" in capsys.readouterr().err
+
+
+def test_ablation_presets_name_themselves_and_exist_for_every_ablation():
+    from conf import CONF_DIR
+    from conf.schema import ABLATIONS
+    from lightning_modules.config import compose
+
+    assert sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml")) == sorted(a for a in ABLATIONS if a != "none")
+    for name in ABLATIONS[1:]:
+        assert compose([f"ablation={name}"]).ablation == name

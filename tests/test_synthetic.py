@@ -1,0 +1,176 @@
+"""The synthetic long-context suite: deterministic for a seed, labels computable from the few
+decisive tokens alone, no leakage between splits."""
+
+import pytest
+import torch
+
+from datamodules.needle import NeedleDataModule, NeedleSpec, generate_needle
+from datamodules.synthetic import (
+    CLS_ID, LISTOPS_TOKENS, PAD_ID, SEP_ID, KVRetrievalDataModule, KVSpec, ListOpsDataModule, ListOpsSpec,
+    MQARDataModule, MQARSpec, generate_kv_retrieval, generate_listops, generate_mqar,
+)
+
+GENERATORS = [
+    (generate_needle, NeedleSpec(seq_len=64, min_seq_len=40, vocab_size=40)),
+    (generate_kv_retrieval, KVSpec(seq_len=64, min_seq_len=40, vocab_size=80, num_keys=16, num_classes=4)),
+    (generate_mqar, MQARSpec(seq_len=96, min_seq_len=60, vocab_size=80, num_keys=16, num_classes=4)),
+    (generate_listops, ListOpsSpec(seq_len=64, min_seq_len=16, max_depth=4, max_args=4)),
+]
+
+
+@pytest.mark.parametrize("gen,spec", GENERATORS, ids=lambda x: getattr(x, "__name__", type(x).__name__))
+def test_deterministic_for_a_seed_and_framed(gen, spec):
+    a, b, c = gen(spec, 50, 7), gen(spec, 50, 7), gen(spec, 50, 8)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["input_ids"], c["input_ids"])
+    ids, mask = a["input_ids"], a["attention_mask"]
+    lengths = mask.sum(1)
+    assert (ids[:, 0] == CLS_ID).all()
+    assert (ids[torch.arange(len(ids)), lengths - 1] == SEP_ID).all()
+    assert (ids[mask == 0] == PAD_ID).all() and (mask.cumsum(1).max(1).values == lengths).all()
+    assert ((ids == SEP_ID).sum(1) == 1).all() and ((ids == CLS_ID).sum(1) == 1).all()
+
+
+@pytest.mark.parametrize("dm_cls,kwargs", [
+    (NeedleDataModule, dict(seq_len=64, vocab_size=40)),
+    (KVRetrievalDataModule, dict(seq_len=64, vocab_size=80, num_keys=16, num_classes=4)),
+    (MQARDataModule, dict(seq_len=96, vocab_size=80, num_keys=16, num_classes=4)),
+    (ListOpsDataModule, dict(seq_len=64, min_seq_len=16, max_depth=4, max_args=4)),
+], ids=lambda x: getattr(x, "__name__", ""))
+def test_no_leakage_between_splits_and_batches(dm_cls, kwargs):
+    dm = dm_cls(train_size=200, val_size=50, test_size=50, batch_size=8, **kwargs)
+    dm.setup()
+    rows = {split: {tuple(r.tolist()) for r in dm.datasets[split].tensors[0]} for split in ("train", "val", "test")}
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == set(dm.keys)
+    assert batch["input_ids"].shape == (8, kwargs["seq_len"])
+    assert int(batch["labels"].max()) < dm.num_labels and int(batch["input_ids"].max()) < dm.vocab_size
+
+
+def _only(ids: torch.Tensor, positions: torch.Tensor) -> dict[int, int]:
+    """The tokens at ``positions`` — all a decoder of the label is allowed to see."""
+    return {int(p): int(ids[p]) for p in positions}
+
+
+def test_needle_label_from_needles_alone():
+    spec = NeedleSpec(seq_len=64, min_seq_len=40, vocab_size=40, num_needles=3)
+    d = generate_needle(spec, 200, 0)
+    for ids, pos, label in zip(d["input_ids"], d["needle_positions"], d["labels"]):
+        seen = torch.tensor(list(_only(ids, pos).values()))
+        assert int(spec.needle_class(seen).sum()) % spec.num_classes == int(label)
+        # the distractors carry no class: every non-needle token decodes to -1
+        others = torch.ones_like(ids, dtype=torch.bool)
+        others[pos] = False
+        assert (spec.needle_class(ids[others]) == -1).all()
+
+
+def test_kv_label_from_query_and_pairs_alone():
+    spec = KVSpec(seq_len=64, min_seq_len=40, vocab_size=80, num_keys=16, num_classes=4, num_pairs=4)
+    d = generate_kv_retrieval(spec, 200, 0)
+    for i in range(200):
+        ids = d["input_ids"][i]
+        query = int(ids[d["query_position"][i]])
+        pairs = {int(ids[k]): int(ids[k + 1]) - spec.first_value for k in d["pair_positions"][i]}
+        assert len(pairs) == spec.num_pairs  # distinct keys
+        assert pairs[query] == int(d["labels"][i])
+        body = ids[1: int(d["attention_mask"][i].sum()) - 1]
+        assert int((body == query).sum()) == 2  # the pair's key and the query, nowhere else
+
+
+def test_mqar_labels_from_queries_and_pairs_alone():
+    spec = MQARSpec(seq_len=96, min_seq_len=60, vocab_size=80, num_keys=16, num_classes=4, num_pairs=6, num_queries=3)
+    d = generate_mqar(spec, 100, 0)
+    first_value = 3 + spec.num_keys
+    for i in range(100):
+        ids, n = d["input_ids"][i], int(d["attention_mask"][i].sum())
+        qpos = d["query_positions"][i]
+        assert qpos.tolist() == list(range(n - 1 - spec.num_queries, n - 1))  # just before [SEP]
+        pairs = {int(ids[k]): int(ids[k + 1]) - first_value for k in d["pair_positions"][i]}
+        assert [pairs[int(ids[q])] for q in qpos] == d["labels"][i].tolist()
+
+
+def _eval_listops(tokens: list[str]) -> int:
+    """An independent evaluator: rewrite as a Python expression and eval it."""
+    fn = {"[MIN": "min(", "[MAX": "max(", "[MED": "med(", "[SM": "sm("}
+    src = " ".join(fn.get(t, ")," if t == "]" else t + ",") for t in tokens).rstrip(",")
+    med = lambda *a: sorted(a)[(len(a) - 1) // 2] if len(a) % 2 else (sorted(a)[len(a) // 2 - 1] + sorted(a)[len(a) // 2]) // 2  # noqa: E731
+    return eval(src, {"min": min, "max": max, "med": med, "sm": lambda *a: sum(a) % 10})
+
+
+def test_listops_labels_and_lengths():
+    spec = ListOpsSpec(seq_len=128, min_seq_len=32, max_depth=5, max_args=5)
+    d = generate_listops(spec, 100, 3)
+    vocab = {3 + i: t for i, t in enumerate(LISTOPS_TOKENS)}
+    lengths = d["attention_mask"].sum(1)
+    assert ((lengths >= 32) & (lengths <= 128)).all()
+    for ids, n, label in zip(d["input_ids"], lengths, d["labels"]):
+        tokens = [vocab[int(t)] for t in ids[1: int(n) - 1]]
+        assert _eval_listops(tokens) == int(label)
+        depth = max_depth = 0
+        for t in tokens:
+            depth += t.startswith("[") - (t == "]")
+            max_depth = max(max_depth, depth)
+        assert depth == 0 and max_depth <= spec.max_depth
+    assert len(set(d["labels"].tolist())) > 3  # not a constant task
+
+
+def test_bad_specs_fail_clearly():
+    with pytest.raises(ValueError, match="vocab_size"):
+        KVSpec(vocab_size=20, num_keys=16)
+    with pytest.raises(ValueError, match="num_pairs"):
+        KVSpec(num_pairs=40, num_keys=32)
+    with pytest.raises(ValueError, match="num_queries"):
+        MQARSpec(num_queries=9, num_pairs=8)
+    with pytest.raises(ValueError, match="widen"):
+        generate_listops(ListOpsSpec(seq_len=4096, min_seq_len=4000, max_depth=2, max_args=3, max_tries=50), 1, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data,extra", [
+    ("kv_retrieval", ["data.seq_len=48", "data.vocab_size=64", "data.num_keys=8", "data.num_classes=4"]),
+    ("mqar", ["data.seq_len=48", "data.vocab_size=64", "data.num_keys=8", "data.num_classes=4", "data.num_queries=3"]),
+    ("listops", ["data.seq_len=48", "data.min_seq_len=12", "data.max_depth=4", "data.max_args=4"]),
+])
+def test_synthetic_tasks_train_through_the_cli(data, extra, tmp_path, monkeypatch, capsys):
+    from lightning_modules import cli
+
+    from .helpers import TINY
+
+    monkeypatch.chdir(tmp_path)
+    tiny = [o for o in TINY if not o.startswith(("data.seq_len", "data.vocab_size"))]
+    args = ["train", f"data={data}", *tiny, *extra, f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "retained accuracy" in out and "achieved retention, layer 1" in out
+
+
+def test_mqar_head_reads_the_query_tokens_on_every_path():
+    from lightning_modules import cli
+    from lightning_modules.classification import RetentionMultiQueryClassifier
+    from lightning_modules.config import compose
+
+    from .helpers import TINY
+
+    tiny = [o for o in TINY if not o.startswith(("data.seq_len", "data.vocab_size"))]
+    cfg = compose(["data=mqar", *tiny, "data.seq_len=64", "data.vocab_size=64", "data.num_keys=8",
+                   "data.num_classes=4", "data.num_queries=3", "budget.ratio=0.1"])
+    dm = cli.build_datamodule(cfg)
+    dm.setup()
+    system = cli.build_system(cfg, dm)
+    assert isinstance(system, RetentionMultiQueryClassifier)
+    batch = next(iter(dm.val_dataloader()))
+    system.eval()
+    with torch.no_grad():
+        for mode in ("dense", "soft", "hard"):
+            logits, out = system.classify(batch, mode)
+            assert logits.shape == (len(batch["input_ids"]), 4, 3)
+        # hard path at rho = 0.1 keeps 7 of 64 tokens, yet every query survives (protected)
+        kept = out.positions.masked_fill(~out.valid, -1)
+        for q in range(3):
+            assert (kept == batch["query_positions"][:, q : q + 1]).any(1).all()
+        # and the head reads exactly those rows: same logits as the head on the query's own state
+        row = (out.positions == batch["query_positions"][:, :1]).float().argmax(1)
+        direct = system.head(out.last_hidden_state[torch.arange(len(row)), row])
+        assert torch.allclose(direct, logits[:, :, 0], atol=1e-6)
