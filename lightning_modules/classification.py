@@ -125,18 +125,9 @@ class RetentionClassifier(RetentionSystem):
         """(logits, encoder output) for a batch on one path; subclasses read other positions."""
         return self(batch["input_ids"], batch["attention_mask"], mode=mode)
 
-    def training_step(self, batch, batch_idx):
-        gating = self.gating
-        logits, out = self.classify(batch, "soft" if gating else "dense")
-        task = self.loss_fn(logits, batch["labels"])
-        self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
-        if not gating:
-            return task + self.unused_in_graph()
-        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
-        self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
-        self.log_retention("train", out, on_step=True, targets=targets)
-        self.log("train/exp_ret", out.expected_retention.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        return task + lag
+    def task_loss(self, batch: dict, mode: str):
+        logits, out = self.classify(batch, mode)
+        return self.loss_fn(logits, batch["labels"]), out
 
     def _evaluate(self, stage: str, batch) -> None:
         for path in EVAL_PATHS:
@@ -153,12 +144,6 @@ class RetentionClassifier(RetentionSystem):
                 self.log_retention(stage, out, on_step=False)
             if path == "soft":
                 self.log(f"{stage}/loss_soft", self.loss_fn(logits, batch["labels"]), on_step=False, on_epoch=True)
-
-    def validation_step(self, batch, batch_idx):
-        self._evaluate("val", batch)
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate("test", batch)
 
 
 class RetentionMultiLabelClassifier(RetentionClassifier):

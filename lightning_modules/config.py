@@ -19,14 +19,17 @@ __all__ = ["compose", "config_groups", "backbone_num_layers"]
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Group name → available option names (``conf/<group>/<option>.yaml``). Only folders named
-    after a section of :class:`Config` are groups (``conf/sweep/`` holds sweep configs, not a section)."""
+    """Group name → available option names (``conf/<group>/<option>.yaml``). A folder is a group when
+    it is named after a section of :class:`Config` (``model``, ``data``, ``method``, ``ablation``) or
+    holds only presets marked ``# @package _global_`` (``experiment``); ``conf/sweep/`` holds sweep
+    configs and is not one."""
     sections = {f.name for f in fields(Config)}
-    return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in sorted(CONF_DIR.iterdir())
-        if d.is_dir() and d.name in sections
-    }
+    groups = {}
+    for d in sorted(CONF_DIR.iterdir()):
+        options = sorted(d.glob("*.yaml")) if d.is_dir() else []
+        if options and (d.name in sections or all(_is_global(o) for o in options)):
+            groups[d.name] = [o.stem for o in options]
+    return groups
 
 
 def _merge(base: DictConfig, other, source: str) -> DictConfig:

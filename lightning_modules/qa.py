@@ -95,17 +95,9 @@ class RetentionQA(RetentionSystem):
     def span_loss(self, start, end, batch) -> torch.Tensor:
         return 0.5 * (self.loss_fn(start, batch["start_positions"]) + self.loss_fn(end, batch["end_positions"]))
 
-    def training_step(self, batch, batch_idx):
-        gating = self.gating
-        start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode="soft" if gating else "dense")
-        task = self.span_loss(start, end, batch)
-        self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
-        if not gating:
-            return task + self.unused_in_graph()
-        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
-        self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
-        self.log_retention("train", out, on_step=True, targets=targets)
-        return task + lag
+    def task_loss(self, batch: dict, mode: str):
+        start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=mode)
+        return self.span_loss(start, end, batch), out
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, stage: str, batch) -> None:
@@ -147,15 +139,3 @@ class RetentionQA(RetentionSystem):
             if result is not None:
                 self.log(f"{stage}/f1_{path}", result["f1"] / 100.0, prog_bar=path == "hard")
                 self.log(f"{stage}/em_{path}", result["exact_match"] / 100.0)
-
-    def validation_step(self, batch, batch_idx):
-        self._evaluate("val", batch)
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate("test", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")

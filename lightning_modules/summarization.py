@@ -96,16 +96,8 @@ class RetentionSummarizer(RetentionSystem):
         kwargs = {**self.generation, **overrides}
         return self.seq2seq.generate(encoder_outputs=enc, attention_mask=cross_mask, **kwargs)
 
-    def training_step(self, batch, batch_idx):
-        gating = self.gating
-        task, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode="soft" if gating else "dense")
-        self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
-        if not gating:
-            return task + self.unused_in_graph()
-        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
-        self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
-        self.log_retention("train", out, on_step=True, targets=targets)
-        return task + lag
+    def task_loss(self, batch: dict, mode: str):
+        return self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode)
 
     # ------------------------------------------------------------------ evaluation
     def _texts(self, ids: torch.Tensor) -> list[str]:
@@ -130,15 +122,3 @@ class RetentionSummarizer(RetentionSystem):
             metric.reset()
             for key in ROUGE_KEYS:
                 self.log(f"{stage}/{key}_{path}", scores[f"{key}_fmeasure"], prog_bar=key == "rouge1" and path == "hard")
-
-    def validation_step(self, batch, batch_idx):
-        self._evaluate("val", batch)
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate("test", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")

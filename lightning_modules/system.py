@@ -125,8 +125,51 @@ class RetentionSystem(L.LightningModule):
             self._selector.close()
             self._selector = None
 
-    on_validation_epoch_start = on_test_epoch_start = _enter_selector
-    on_validation_epoch_end = on_test_epoch_end = _exit_selector
+    # ------------------------------------------------------------------ the steps every task shares
+    def task_loss(self, batch: dict, mode: str) -> tuple[torch.Tensor, Any]:
+        """(task loss, encoder output) of a batch on ``mode`` ("soft" or "dense"); each task defines it."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        """Task loss + Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) on the soft path; the task alone (gates and λ kept in the
+        graph with a zero factor) during the dense phase and for baselines that train densely."""
+        gating = self.gating
+        task, out = self.task_loss(batch, "soft" if gating else "dense")
+        self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
+        if not gating:
+            return task + self.unused_in_graph()
+        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
+        self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
+        self.log_retention("train", out, on_step=True, targets=targets)
+        self.log("train/exp_ret", out.expected_retention.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return task + lag
+
+    def _evaluate(self, stage: str, batch) -> None:
+        """Metrics of one val/test batch on the soft, hard and dense paths; each task defines it."""
+        raise NotImplementedError
+
+    def _epoch_end(self, stage: str) -> None:
+        """Tasks whose metrics need the whole epoch (QA's best span per question, ROUGE) compute them here."""
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._enter_selector()
+
+    def on_test_epoch_start(self) -> None:
+        self._enter_selector()
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+        self._exit_selector()
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+        self._exit_selector()
 
     def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.lagrangian_term`) against the warmed-up targets

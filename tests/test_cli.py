@@ -95,3 +95,17 @@ def test_tiny_train_run_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
     assert ckpt.endswith("best.ckpt") and (tmp_path / "checkpoints" / run["run_id"] / "best.ckpt").exists()
     for label in ("dense accuracy", "retained accuracy", "achieved retention, layer 1", "final lambda, layer 1"):
         assert label in out
+
+
+def test_every_preset_group_option_composes():
+    """experiment/ (global presets, not a Config section), method/ and ablation/ are train groups;
+    conf/sweep/ is not."""
+    from lightning_modules.config import compose, config_groups
+
+    groups = config_groups()
+    assert {"experiment", "method", "ablation", "model", "data"} <= set(groups) and "sweep" not in groups
+    for name in groups["experiment"]:
+        cfg = compose([f"experiment={name}"])
+        assert cfg.data.seq_len >= 1024  # the results page's long-context settings
+    for name in groups["method"]:
+        assert compose([f"method={name}"]).method == name
