@@ -29,6 +29,7 @@ EXIT_CONFIG_ERROR = 2
 
 # Subcommands other than ``train``, one module each (see the module docstring).
 COMMAND_MODULES: list[str] = [
+    "lightning_modules.bench",
 ]
 
 
