@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_bench(spec, log=lambda msg: print(msg, flush=True))
-    result["environment"]["command"] = "retention " + " ".join(sys.argv[2:] if sys.argv[1:2] == [NAME] else sys.argv[1:])
+    result["environment"]["command"] = " ".join(["retention", NAME, *(sys.argv[2:] if sys.argv[1:2] == [NAME] else [])])
     paths = [out / "bench.json", out / "bench.csv", out / "bench.png"]
     paths[0].write_text(json.dumps(result, indent=2))
     write_csv(result["records"], str(paths[1]))

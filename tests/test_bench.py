@@ -138,3 +138,22 @@ def test_unparseable_argument_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", "--lengths", "abc"])
     assert exc.value.code == 2 and "--lengths" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_logs_to_mlflow_sqlite(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "b"
+    assert cli.main(["bench", *TINY, "--lengths", "32", "--batch-sizes", "2", "--ratios", "0.5", "--reps", "2",
+                     "--no-memory", "--train-max-length", "0", "--out", str(out), "--mlflow", "--tracking-uri", uri,
+                     "--experiment", "bench-test"]) == 0
+    (rec,) = json.loads((out / "bench.json").read_text())["records"]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["bench-test"])
+    assert len(runs) == 1
+    assert runs.iloc[0]["metrics.speedup/T32_B2_rho0.5"] == pytest.approx(rec["speedup"])
+    assert runs.iloc[0]["params.env.torch"] == torch.__version__
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(runs.iloc[0]["run_id"])}
+    assert artifacts == {"bench.json", "bench.csv", "bench.png"}
