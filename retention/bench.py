@@ -487,8 +487,13 @@ def plot_records(records: list[dict], path: str, title: str = "") -> None:
             if rows and rows[0].get("activation_memory_reduction") is not None:
                 ax2.plot(xs, [100 * r["activation_memory_reduction"] for r in rows], marker="o", label=label)
     ax1.axhline(1.0, color="grey", lw=0.8)
-    ax1.set(xlabel="sequence length T", ylabel="speed-up (retained / full throughput)", xscale="log", title="throughput")
-    ax2.set(xlabel="sequence length T", ylabel="activation-memory reduction (%)", xscale="log", title="peak memory")
+    ax1.set(xlabel="sequence length T", ylabel="speed-up (retained / full throughput)", title="throughput")
+    ax2.set(xlabel="sequence length T", ylabel="activation-memory reduction (%)", title="peak memory", ylim=(0, 100))
+    lengths = sorted({r["length"] for r in records})
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(t) for t in lengths])
+        ax.minorticks_off()
     if not ax2.lines:
         ax2.text(0.5, 0.5, "memory not measured", ha="center", va="center", transform=ax2.transAxes)
     for ax in (ax1, ax2):
