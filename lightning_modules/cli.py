@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "lightning_modules.sweep",
     "lightning_modules.compare",
     "lightning_modules.evaluate",
+    "lightning_modules.bench",
 ]
 
 

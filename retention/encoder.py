@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .budget import Budget, expected_retention, keep_counts, threshold_counts
+from .fastpath import SOFT_GATE_ATTENTION, use_soft_gate_attention
 from .gate import ContextScorer
 from .hard_concrete import HardConcrete
 from .selection import gather_tokens, scatter_tokens, select_top_m
@@ -55,7 +56,7 @@ _LAYER_PATHS = {
 SUPPORTED_MODEL_TYPES = tuple(sorted(_LAYER_PATHS))
 SEQ2SEQ_MODEL_TYPES = ("bart", "t5")
 """Model types whose gates sit in the encoder stack of an encoder–decoder model (summarization)."""
-_SUPPORTED_ATTENTION = ("eager", "sdpa")
+_SUPPORTED_ATTENTION = ("eager", "sdpa", SOFT_GATE_ATTENTION)
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:
@@ -161,6 +162,7 @@ class RetentionEncoder(nn.Module):
                 raise ValueError(f"gate layer {i} is out of range; the model has layers 0..{len(layers) - 1}")
         if budget.num_layers != len(gate_layers):
             raise ValueError(f"budget has {budget.num_layers} layer targets for {len(gate_layers)} gated layers")
+        use_soft_gate_attention(backbone)  # sdpa: keeps the soft path on the fused kernel (see fastpath.py)
         self.backbone = backbone
         self.gate_layers = gate_layers
         self.budget = budget

@@ -75,10 +75,14 @@ def test_first_keeps_a_prefix_and_l2_keeps_the_largest_norms():
 def test_attention_selector_switches_to_eager_and_back_and_rejects_layer_0():
     enc = _encoder("bert", gate_layers=(1,))
     ids, mask, _ = _batch()
+    before = enc.backbone.config._attn_implementation
+    assert before != "eager"
     with torch.no_grad(), use_selector(enc, "attention"):
         assert enc.backbone.config._attn_implementation == "eager"
         enc(ids, mask, mode="hard")
-    assert enc.backbone.config._attn_implementation == "sdpa"
+    assert enc.backbone.config._attn_implementation == before
+    enc.train()
+    enc(ids, mask, mode="soft")  # the restored implementation still runs the soft path
     enc0 = _encoder("bert", gate_layers=(0,))
     with pytest.raises(ValueError, match="gate layer 0"), torch.no_grad(), use_selector(enc0, "attention"):
         enc0(ids, mask, mode="hard")

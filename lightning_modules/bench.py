@@ -1,0 +1,156 @@
+"""``retention bench``: full vs retained, side by side in one process (speed, memory, gate overhead, training step).
+
+    retention bench                                   # MiniLM, T = 512 … 4096, B = 8, rho = 0.3, 0.5
+    retention bench --quick                           # under 2 minutes
+    retention bench --backbone random --layers 6 --hidden 384 --heads 12 --lengths 4096 --batch-sizes 2
+    retention bench --mlflow                          # also log to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)
+
+Writes ``bench.json`` (environment + one record per configuration), ``bench.csv`` (the records) and
+``bench.png`` (speed-up and activation-memory reduction against T, one line per budget) to ``--out``.
+The measurement core is :mod:`retention.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+NAME = "bench"
+HELP = "measure full vs retained throughput, latency, peak memory, gate overhead and training step time"
+
+EXIT_USAGE = 2
+# --quick: the defaults it changes (an explicit flag still wins).
+QUICK = {"lengths": [128, 256], "batch_sizes": [2], "reps": 3, "warmup": 1, "train_reps": 2, "train_max_length": 128}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="minilm", help="minilm (packaged pretrained MiniLM-L6), random (sizes below), "
+                   "or a Hugging Face name/path of a BERT-family encoder")
+    p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 1024 2048 4096)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5], help="budgets rho in (0, 1] (default 0.3 0.5)")
+    p.add_argument("--gate-layers", type=int, nargs="+", default=[1], help="gated layers (default 1: drop entering layer 1)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads())")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
+    p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile every transformer layer (hooks stay eager)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory phases")
+    p.add_argument("--train-max-length", type=int, default=None,
+                   help="time dense vs gated training steps for lengths up to this (default 512; 0: never)")
+    p.add_argument("--train-reps", type=int, default=None, help="timed training steps per path (default 5)")
+    g = p.add_argument_group("random-init backbone (--backbone random; positions extended to the longest length)")
+    g.add_argument("--arch", default="bert", help="bert, roberta, distilbert, xlm-roberta")
+    g.add_argument("--layers", type=int, default=6)
+    g.add_argument("--hidden", type=int, default=384)
+    g.add_argument("--heads", type=int, default=12)
+    g.add_argument("--intermediate", type=int, default=None, help="default 4 × hidden")
+    g.add_argument("--vocab", type=int, default=30522)
+    p.add_argument("--quick", action="store_true", help="short run (T 128, 256; B 2; 3 reps; training step at T 128): under 2 minutes")
+    p.add_argument("--out", default="bench_out", help="output folder (default ./bench_out)")
+    p.add_argument("--mlflow", action="store_true", help="log the run (params, metrics per configuration, files) to MLflow")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--experiment", default="retention-bench", help="MLflow experiment name")
+
+
+def spec_from_args(args: argparse.Namespace):
+    import torch
+
+    from retention.bench import BenchSpec
+
+    def pick(name: str, default):
+        value = getattr(args, name)
+        if value is not None:
+            return value
+        return QUICK[name] if args.quick and name in QUICK else default
+
+    return BenchSpec(
+        backbone=args.backbone,
+        lengths=tuple(pick("lengths", [512, 1024, 2048, 4096])),
+        batch_sizes=tuple(pick("batch_sizes", [8])),
+        ratios=tuple(args.ratios),
+        gate_layers=tuple(args.gate_layers),
+        reps=pick("reps", 10),
+        warmup=pick("warmup", 2),
+        threads=args.threads if args.threads is not None else torch.get_num_threads(),
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        autocast=args.autocast,
+        compile=args.compile,
+        memory=not args.no_memory,
+        train_max_length=pick("train_max_length", 512),
+        train_reps=pick("train_reps", 5),
+        arch=args.arch, layers=args.layers, hidden=args.hidden, heads=args.heads,
+        intermediate=args.intermediate, vocab=args.vocab,
+    )
+
+
+def log_to_mlflow(result: dict, files: list[Path], tracking_uri: str | None, experiment: str) -> str:
+    """One MLflow run: environment and spec as params, every record's figures as metrics keyed by configuration."""
+    import mlflow
+
+    from .cli import _flatten, default_tracking_uri
+
+    mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="bench") as run:
+        params = _flatten({"env": result["environment"], "spec": result["spec"]})
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics = {}
+        for rec in result["records"]:
+            tag = f"T{rec['length']}_B{rec['batch']}_rho{rec['ratio']}"
+            for key, value in rec.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("length", "batch", "ratio"):
+                    metrics[f"{key}/{tag}"] = float(value)
+        mlflow.log_metrics(metrics)
+        for f in files:
+            mlflow.log_artifact(str(f))
+        return run.info.run_id
+
+
+def run(args: argparse.Namespace) -> int:
+    from retention.bench import plot_records, run_bench, validate_spec, write_csv
+
+    try:
+        spec = spec_from_args(args)
+        validate_spec(spec)
+    except ValueError as err:
+        print(f"retention bench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_bench(spec, log=lambda msg: print(msg, flush=True))
+    result["environment"]["command"] = " ".join(["retention", NAME, *(sys.argv[2:] if sys.argv[1:2] == [NAME] else [])])
+    paths = [out / "bench.json", out / "bench.csv", out / "bench.png"]
+    paths[0].write_text(json.dumps(result, indent=2))
+    write_csv(result["records"], str(paths[1]))
+    env = result["environment"]
+    plot_records(result["records"], str(paths[2]),
+                 title=f"{spec.backbone} on {env['device_name']} ({env['threads']} threads, torch {env['torch']}, {env['dtype']})")
+    print(_table(result["records"]))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    if args.mlflow:
+        run_id = log_to_mlflow(result, paths, args.tracking_uri, args.experiment)
+        print(f"MLflow run {run_id}")
+    return 0
+
+
+def _table(records: list[dict]) -> str:
+    """The side-by-side summary printed at the end."""
+    head = (f"{'T':>6} {'B':>3} {'rho':>4} {'M':>5} {'full ms':>9} {'ret ms':>9} {'speed-up':>8} {'act MB full':>11} "
+            f"{'act MB ret':>10} {'act mem -%':>10} {'gate %':>6} {'train x':>7}")
+    rows = [head]
+    for r in records:
+        mb = lambda v: f"{v / 2**20:.0f}" if v is not None else "-"  # noqa: E731
+        red = r["activation_memory_reduction"]
+        tr = r["train_step_ratio"]
+        rows.append(
+            f"{r['length']:>6} {r['batch']:>3} {r['ratio']:>4} {r['kept_tokens']:>5} "
+            f"{1e3 * r['full_latency_median_s']:>9.1f} {1e3 * r['retained_latency_median_s']:>9.1f} {r['speedup']:>7.2f}x "
+            f"{mb(r['full_activation_bytes']):>11} {mb(r['retained_activation_bytes']):>10} "
+            f"{'-' if red is None else f'{100 * red:.0f}':>10} {100 * r['gate_overhead']:>6.2f} "
+            f"{'-' if tr is None else f'{tr:.2f}':>7}"
+        )
+    return "\n".join(rows)

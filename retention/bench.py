@@ -1,0 +1,507 @@
+"""Speed and memory of the retained path against the full model (the measurement core of ``retention bench``).
+
+For every (sequence length T, batch size B) the same wrapped encoder runs
+
+* **full**: ``mode="dense"``, the stock model on all T tokens;
+* **retained**: ``mode="hard"`` for each budget ρ, exactly M = ⌈ρ·T⌉ tokens kept from the gated
+  layer on (protected [CLS]/[SEP] included), the rest physically removed;
+
+with the repetitions **interleaved** (full, ρ₁, ρ₂, … then the next repetition, the order rotated
+each time) after a warm-up, in one process, so the ratios are taken under the same machine load.
+Memory is measured per phase: on CUDA ``max_memory_allocated`` after a reset; on CPU the peak
+RSS (``VmHWM``) in a fresh subprocess per (T, B), reset with ``/proc/self/clear_refs`` after each
+phase's own warm-up forward, with glibc's dynamic mmap threshold pinned so
+freed tensors go back to the OS. "Activation memory" is the peak minus what was resident before the
+forward (weights, inputs, the runtime). No Lightning here: the CLI lives in ``lightning_modules/bench.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .backbones import MINILM, RANDOM_INIT, backbone_config, build_backbone
+from .budget import Budget, keep_counts
+from .encoder import RetentionEncoder, transformer_layers
+from .fastpath import compile_layers
+
+__all__ = ["BenchSpec", "validate_spec", "run_bench", "record_fields", "write_csv", "plot_records",
+           "extend_position_embeddings", "kept_per_layer"]
+
+_PAD_ID_OFFSET = 5  # random input ids start here, clear of pad/special ids
+
+
+@dataclass
+class BenchSpec:
+    """What to measure. ``backbone``: ``minilm``, ``random`` (sizes from ``layers``/``hidden``/…) or a
+    Hugging Face name/path of a BERT-family encoder."""
+
+    backbone: str = MINILM
+    lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
+    batch_sizes: tuple[int, ...] = (8,)
+    ratios: tuple[float, ...] = (0.3, 0.5)
+    gate_layers: tuple[int, ...] = (1,)
+    reps: int = 10
+    warmup: int = 2
+    threads: int = field(default_factory=torch.get_num_threads)
+    device: str = "cpu"
+    autocast: str = "auto"  # auto: bf16 on CUDA, off on CPU | bf16 | off
+    compile: bool = False
+    memory: bool = True
+    train_max_length: int = 512  # training steps (dense vs gated soft) for lengths up to this; 0: none
+    train_reps: int = 5
+    # random-init backbone
+    arch: str = "bert"
+    layers: int = 6
+    hidden: int = 384
+    heads: int = 12
+    intermediate: int | None = None
+    vocab: int = 30522
+    seed: int = 0
+
+
+def validate_spec(spec: BenchSpec) -> None:
+    """Clear ``ValueError`` for a spec that cannot run, before anything is built."""
+    for name in ("lengths", "batch_sizes"):
+        values = getattr(spec, name)
+        if not values or any(int(v) <= 0 for v in values):
+            raise ValueError(f"{name} must be positive integers, got {list(values)}")
+    if min(spec.lengths) < 4:
+        raise ValueError(f"lengths must be at least 4 tokens (two protected ones plus kept ones), got {list(spec.lengths)}")
+    if not spec.ratios or any(not 0.0 < float(r) <= 1.0 for r in spec.ratios):
+        raise ValueError(f"ratios must lie in (0, 1], got {list(spec.ratios)}")
+    for name in ("reps", "threads", "train_reps"):
+        if int(getattr(spec, name)) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(spec, name)}")
+    if spec.warmup < 0 or spec.train_max_length < 0:
+        raise ValueError("warmup and train_max_length must be >= 0")
+    if spec.autocast not in ("auto", "bf16", "off"):
+        raise ValueError(f"autocast must be one of auto, bf16, off, got {spec.autocast!r}")
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {spec.device!r} requested but CUDA is not available")
+    if spec.backbone == RANDOM_INIT and (spec.hidden <= 0 or spec.layers <= 0 or spec.heads <= 0 or spec.hidden % spec.heads):
+        raise ValueError(f"random backbone needs positive layers/hidden/heads with hidden % heads == 0, "
+                         f"got layers={spec.layers} hidden={spec.hidden} heads={spec.heads}")
+    try:
+        cfg = backbone_config(spec.backbone, **_random_kwargs(spec, max(spec.lengths)))
+    except Exception as err:  # noqa: BLE001 - any loading failure means the name is unusable
+        raise ValueError(f"unknown backbone {spec.backbone!r}: not 'minilm', 'random' or a loadable Hugging Face "
+                         f"name/path ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layers", None)
+    bad = [g for g in spec.gate_layers if not 0 <= g < n_layers]
+    if not spec.gate_layers or bad:
+        raise ValueError(f"gate layers {list(spec.gate_layers)} out of range; the backbone has layers 0..{n_layers - 1}")
+
+
+def _random_kwargs(spec: BenchSpec, max_len: int) -> dict:
+    if spec.backbone != RANDOM_INIT:
+        return {}
+    return dict(arch=spec.arch, vocab_size=spec.vocab, hidden_size=spec.hidden, num_layers=spec.layers,
+                num_heads=spec.heads, intermediate_size=spec.intermediate, max_positions=max_len)
+
+
+def extend_position_embeddings(model: nn.Module, n: int) -> bool:
+    """Make a pretrained absolute-position encoder accept ``n`` positions by tiling its position
+    table (Longformer's copy initialisation). Speed and memory do not depend on the values. True if extended."""
+    emb = getattr(model, "embeddings", None)
+    table = getattr(emb, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        raise ValueError(f"cannot extend the positions of {type(model).__name__}: no embeddings.position_embeddings table")
+    extra = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta") else 0
+    need = n + extra
+    old = table.weight.data
+    if old.shape[0] >= need:
+        return False
+    new = old.repeat(math.ceil(need / old.shape[0]), 1)[:need].clone()
+    emb.position_embeddings = nn.Embedding.from_pretrained(new, freeze=False, padding_idx=table.padding_idx)
+    for name in ("position_ids", "token_type_ids"):
+        buf = getattr(emb, name, None)
+        if isinstance(buf, torch.Tensor):
+            value = torch.arange(need).expand(1, -1) if name == "position_ids" else torch.zeros(1, need, dtype=torch.long)
+            setattr(emb, name, value.to(buf.device))
+    model.config.max_position_embeddings = need
+    return True
+
+
+def build_encoder(spec: BenchSpec, ratio: float) -> tuple[RetentionEncoder, bool]:
+    """The wrapped backbone (eval mode, on ``spec.device``) and whether its positions were extended."""
+    torch.manual_seed(spec.seed)
+    max_len = max(spec.lengths)
+    backbone = build_backbone(spec.backbone, **_random_kwargs(spec, max_len))
+    extended = spec.backbone != RANDOM_INIT and extend_position_embeddings(backbone, max_len)
+    k = len(spec.gate_layers)
+    enc = RetentionEncoder(backbone, spec.gate_layers, Budget(ratio=ratio, num_layers=k))
+    if spec.compile:
+        compile_layers(transformer_layers(backbone))
+    return enc.to(spec.device).eval(), extended
+
+
+def make_inputs(spec: BenchSpec, vocab: int, length: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids (B, T) and the protected mask: position 0 ([CLS]) and T−1 ([SEP]); no padding, so every
+    sequence of the batch keeps the same M."""
+    g = torch.Generator().manual_seed(spec.seed + length + batch)
+    ids = torch.randint(_PAD_ID_OFFSET, vocab, (batch, length), generator=g)
+    prot = torch.zeros(batch, length, dtype=torch.bool)
+    prot[:, 0] = prot[:, -1] = True
+    return ids.to(spec.device), prot.to(spec.device)
+
+
+def _autocast(spec: BenchSpec) -> contextlib.AbstractContextManager:
+    on_gpu = spec.device.startswith("cuda")
+    if spec.autocast == "bf16" or (spec.autocast == "auto" and on_gpu):
+        return torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _dtype_name(spec: BenchSpec) -> str:
+    on_gpu = spec.device.startswith("cuda")
+    return "bf16-autocast" if spec.autocast == "bf16" or (spec.autocast == "auto" and on_gpu) else "fp32"
+
+
+def _sync(spec: BenchSpec) -> None:
+    if spec.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def kept_per_layer(enc: RetentionEncoder, ids: torch.Tensor, prot: torch.Tensor, mode: str = "hard") -> list[int]:
+    """Sequence length every transformer layer actually computed on in one forward (read from its output)."""
+    seen: list[int] = []
+
+    def record(module, args, out) -> None:
+        seen.append(int((out[0] if isinstance(out, tuple) else out).shape[1]))
+
+    handles = [layer.register_forward_hook(record) for layer in transformer_layers(enc.backbone)]
+    try:
+        with torch.inference_mode():
+            enc(ids, None, protected=prot, mode=mode)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int, threads: int) -> dict[str, list[float]]:
+    """Wall time of each function (which synchronises the device itself), one call per repetition, repetitions
+    interleaved with a rotating order, all with ``threads`` torch threads. (``torch.utils.benchmark.Timer.timeit``
+    is not used: it defaults to one thread and runs two untimed calls before every timed one.)"""
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    torch.set_num_threads(threads)
+    for rep in range(warmup + reps):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            t = time.perf_counter() - t0
+            if rep >= warmup:
+                times[k].append(t)
+    return times
+
+
+def _stats(prefix: str, times: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
+    return {f"{prefix}_latency_median_s": statistics.median(times), f"{prefix}_latency_iqr_s": q[2] - q[0],
+            f"{prefix}_latency_min_s": min(times), f"{prefix}_latency_max_s": max(times)}
+
+
+@contextlib.contextmanager
+def _gate_timer(enc: RetentionEncoder, spec: BenchSpec, sink: list[float]) -> Iterator[None]:
+    """Accumulate the wall time of every gate application (scoring + top-M selection + gather) into ``sink``."""
+    inner = enc._apply_gate
+
+    def timed(*args, **kwargs):
+        _sync(spec)
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        _sync(spec)
+        sink.append(time.perf_counter() - t0)
+        return out
+
+    enc._apply_gate = timed
+    try:
+        yield
+    finally:
+        del enc._apply_gate
+
+
+def gate_overhead(enc: RetentionEncoder, ids: torch.Tensor, prot: torch.Tensor, spec: BenchSpec) -> tuple[float, float]:
+    """Median over ``reps`` retained forwards of (gate time / forward time), and the median gate time."""
+    shares, gate_times = [], []
+    with torch.inference_mode(), _autocast(spec):
+        for _ in range(spec.reps):
+            sink: list[float] = []
+            with _gate_timer(enc, spec, sink):
+                _sync(spec)
+                t0 = time.perf_counter()
+                enc(ids, None, protected=prot, mode="hard")
+                _sync(spec)
+                total = time.perf_counter() - t0
+            shares.append(sum(sink) / total)
+            gate_times.append(sum(sink))
+    return statistics.median(shares), statistics.median(gate_times)
+
+
+def train_steps(enc: RetentionEncoder, ids: torch.Tensor, prot: torch.Tensor, spec: BenchSpec) -> dict[str, float]:
+    """Forward + backward of a dense step and of a gated (soft path, sampled gates) step, interleaved."""
+    enc.train()
+
+    def step(mode: str) -> None:
+        with _autocast(spec):
+            out = enc(ids, None, protected=prot, mode=mode)
+            loss = out.last_hidden_state[:, 0].float().square().mean() + out.expected_retention.sum()
+        loss.backward()
+        enc.zero_grad(set_to_none=True)
+        _sync(spec)
+
+    try:
+        times = _interleaved({"dense": lambda: step("dense"), "gated": lambda: step("soft")},
+                             spec.train_reps, max(1, spec.warmup), spec.threads)
+    finally:
+        enc.eval()
+    dense, gated = statistics.median(times["dense"]), statistics.median(times["gated"])
+    return {"train_dense_step_s": dense, "train_gated_step_s": gated, "train_step_ratio": gated / dense}
+
+
+# ----------------------------------------------------------------------------------------- memory
+_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not found in /proc/self/status")
+
+
+def _probe(spec: BenchSpec, length: int, batch: int) -> dict[str, dict[str, int]]:
+    """Peak memory of one forward per phase (``full`` and every ratio), each after its own warm-up and reset."""
+    enc, _ = build_encoder(spec, spec.ratios[0])
+    ids, prot = make_inputs(spec, enc.backbone.config.vocab_size, length, batch)
+    out = {}
+    for ratio in (None, *spec.ratios):
+        enc.budget = Budget(ratio=ratio or 1.0, num_layers=len(spec.gate_layers))
+        mode = "dense" if ratio is None else "hard"
+
+        def forward() -> None:
+            with torch.inference_mode(), _autocast(spec):
+                enc(ids, None, protected=prot, mode=mode)
+            _sync(spec)
+
+        forward()  # lazy initialisation (kernels, thread pools) is not the forward's memory
+        gc.collect()
+        if spec.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            forward()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            before = _status_kib("VmRSS") * 1024
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            forward()
+            peak = _status_kib("VmHWM") * 1024
+        out["full" if ratio is None else str(ratio)] = {
+            "peak_bytes": int(peak), "resident_bytes": int(before), "activation_bytes": int(peak - before)}
+    return out
+
+
+def probe_main() -> None:
+    """Subprocess entry: ``python -c 'from retention.bench import probe_main; probe_main()' JSON``."""
+    arg = json.loads(sys.argv[1])
+    spec = BenchSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in arg["spec"].items()})
+    torch.set_num_threads(spec.threads)
+    print("PROBE " + json.dumps(_probe(spec, arg["length"], arg["batch"])))
+
+
+def measure_memory(spec: BenchSpec, length: int, batch: int) -> dict[str, dict[str, int]]:
+    """Every phase's memory for one (T, B): in-process on CUDA, in a fresh subprocess on CPU."""
+    if spec.device.startswith("cuda"):
+        return _probe(spec, length, batch)
+    payload = json.dumps({"spec": asdict(spec), "length": length, "batch": batch})
+    env = {**os.environ, **_PROBE_ENV}
+    res = subprocess.run([sys.executable, "-c", "from retention.bench import probe_main; probe_main()", payload],
+                         capture_output=True, text=True, env=env)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")]
+    if res.returncode != 0 or not lines:
+        raise RuntimeError(f"memory probe (T={length}, B={batch}) failed:\n{res.stderr[-2000:]}")
+    return json.loads(lines[-1][len("PROBE "):])
+
+
+# ----------------------------------------------------------------------------------------- driver
+def environment(spec: BenchSpec) -> dict[str, object]:
+    """Where the numbers come from."""
+    import transformers
+
+    if spec.device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name(spec.device)
+    else:
+        device_name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            with open("/proc/cpuinfo") as f:
+                names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+            device_name = names[0] if names else device_name
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "device": spec.device, "device_name": device_name, "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "threads": spec.threads, "cpu_cores": cores, "dtype": _dtype_name(spec), "compile": spec.compile,
+        "load_average_start": list(os.getloadavg()), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "memory_method": ("cuda max_memory_allocated after reset" if spec.device.startswith("cuda")
+                          else "VmHWM in a fresh subprocess per (T, B), reset by /proc/self/clear_refs after each phase's warm-up forward"),
+    }
+
+
+def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, object]:
+    """Measure every (length, batch, ratio) configuration; returns ``{"environment": …, "records": […]}``."""
+    validate_spec(spec)
+    torch.set_num_threads(spec.threads)
+    env = environment(spec)
+    enc, extended = build_encoder(spec, spec.ratios[0])
+    env["positions_extended"] = extended
+    env["parameters"] = sum(p.numel() for p in enc.backbone.parameters())
+    env["gate_parameters"] = sum(p.numel() for p in enc.gates.parameters())
+    k = len(spec.gate_layers)
+    vocab = enc.backbone.config.vocab_size
+    records = []
+    for length in spec.lengths:
+        for batch in spec.batch_sizes:
+            ids, prot = make_inputs(spec, vocab, length, batch)
+            budgets = {r: Budget(ratio=r, num_layers=k) for r in spec.ratios}
+
+            def retained(r: float) -> Callable[[], None]:
+                def fn() -> None:
+                    enc.budget = budgets[r]
+                    with torch.inference_mode(), _autocast(spec):
+                        enc(ids, None, protected=prot, mode="hard")
+                    _sync(spec)
+                return fn
+
+            def full() -> None:
+                with torch.inference_mode(), _autocast(spec):
+                    enc(ids, None, mode="dense")
+                _sync(spec)
+
+            log(f"T={length} B={batch}: timing full and retained {list(spec.ratios)} ({spec.reps} interleaved reps)")
+            times = _interleaved({"full": full, **{f"r{r}": retained(r) for r in spec.ratios}},
+                                 spec.reps, spec.warmup, spec.threads)
+            train = {"train_dense_step_s": None, "train_gated_step_s": None, "train_step_ratio": None}
+            if length <= spec.train_max_length:
+                log(f"T={length} B={batch}: training step, dense vs gated (soft path)")
+                enc.budget = budgets[spec.ratios[0]]
+                train = train_steps(enc, ids, prot, spec)
+            if spec.memory:
+                log(f"T={length} B={batch}: peak memory per phase (fresh subprocess)")
+                mem = measure_memory(spec, length, batch)
+            for r in spec.ratios:
+                enc.budget = budgets[r]
+                layers_len = kept_per_layer(enc, ids, prot)
+                overhead, gate_s = gate_overhead(enc, ids, prot, spec)
+                rec: dict[str, object] = {
+                    "backbone": spec.backbone, "length": length, "batch": batch, "ratio": r,
+                    "gate_layers": list(spec.gate_layers),
+                    "kept_tokens": int(keep_counts(r, torch.tensor([length]), torch.tensor([2]))[0]),
+                    "kept_per_layer": layers_len, "reps": spec.reps, "warmup": spec.warmup,
+                }
+                full_s = _stats("full", times["full"])
+                ret_s = _stats("retained", times[f"r{r}"])
+                rec.update(full_s)
+                rec.update(ret_s)
+                for p in ("full", "retained"):
+                    lat = rec[f"{p}_latency_median_s"]
+                    rec[f"{p}_seq_per_s"] = batch / lat
+                    rec[f"{p}_tok_per_s"] = batch * length / lat
+                rec["speedup"] = rec["retained_seq_per_s"] / rec["full_seq_per_s"]
+                rec["gate_overhead"] = overhead
+                rec["gate_time_median_s"] = gate_s
+                if spec.memory:
+                    for p, m in (("full", mem["full"]), ("retained", mem[str(r)])):
+                        rec[f"{p}_peak_bytes"] = m["peak_bytes"]
+                        rec[f"{p}_resident_bytes"] = m["resident_bytes"]
+                        rec[f"{p}_activation_bytes"] = m["activation_bytes"]
+                    rec["memory_reduction"] = 1.0 - rec["retained_peak_bytes"] / rec["full_peak_bytes"]
+                    rec["activation_memory_reduction"] = 1.0 - rec["retained_activation_bytes"] / rec["full_activation_bytes"]
+                else:
+                    rec.update({key: None for key in record_fields() if "bytes" in key or key.endswith("memory_reduction")})
+                rec.update(train)
+                records.append(rec)
+                log(f"  rho={r}: M={rec['kept_tokens']} speed-up {rec['speedup']:.2f}x, gate overhead "
+                    f"{100 * overhead:.2f} %" + (f", activation memory -{100 * rec['activation_memory_reduction']:.0f} %"
+                                                 if spec.memory else ""))
+    env["load_average_end"] = list(os.getloadavg())
+    return {"environment": env, "spec": asdict(spec), "records": records}
+
+
+def record_fields() -> list[str]:
+    """The CSV columns, in order (every record has every one of these keys)."""
+    lat = [f"{p}_latency_{s}" for p in ("full", "retained") for s in ("median_s", "iqr_s", "min_s", "max_s")]
+    return [
+        "backbone", "length", "batch", "ratio", "gate_layers", "kept_tokens", "kept_per_layer", "reps", "warmup",
+        *lat, "full_seq_per_s", "full_tok_per_s", "retained_seq_per_s", "retained_tok_per_s", "speedup",
+        "gate_overhead", "gate_time_median_s",
+        "full_peak_bytes", "full_resident_bytes", "full_activation_bytes",
+        "retained_peak_bytes", "retained_resident_bytes", "retained_activation_bytes",
+        "memory_reduction", "activation_memory_reduction",
+        "train_dense_step_s", "train_gated_step_s", "train_step_ratio",
+    ]
+
+
+def write_csv(records: list[dict], path: str) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=record_fields())
+        w.writeheader()
+        for rec in records:
+            w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in rec.items()})
+
+
+def plot_records(records: list[dict], path: str, title: str = "") -> None:
+    """Speed-up and activation-memory reduction against T, one line per budget (and batch size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    batches = sorted({r["batch"] for r in records})
+    for ratio in sorted({r["ratio"] for r in records}):
+        for batch in batches:
+            rows = sorted((r for r in records if r["ratio"] == ratio and r["batch"] == batch), key=lambda r: r["length"])
+            label = f"rho = {ratio}" + (f", B = {batch}" if len(batches) > 1 else "")
+            xs = [r["length"] for r in rows]
+            ax1.plot(xs, [r["speedup"] for r in rows], marker="o", label=label)
+            if rows and rows[0].get("activation_memory_reduction") is not None:
+                ax2.plot(xs, [100 * r["activation_memory_reduction"] for r in rows], marker="o", label=label)
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set(xlabel="sequence length T", ylabel="speed-up (retained / full throughput)", title="throughput")
+    ax2.set(xlabel="sequence length T", ylabel="activation-memory reduction (%)", title="peak memory", ylim=(0, 100))
+    lengths = sorted({r["length"] for r in records})
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(t) for t in lengths])
+        ax.minorticks_off()
+    if not ax2.lines:
+        ax2.text(0.5, 0.5, "memory not measured", ha="center", va="center", transform=ax2.transAxes)
+    for ax in (ax1, ax2):
+        if ax.lines:
+            ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
