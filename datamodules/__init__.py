@@ -7,7 +7,7 @@ import inspect
 from .cuad import CUADDataModule
 from .hf import DataError, HFDataModule
 from .needle import NeedleDataModule, NeedleSpec, generate_needle
-from .synthetic import KVRetrievalDataModule, ListOpsDataModule, MQARDataModule
+from .synthetic import KVRetrievalDataModule, ListOpsDataModule, MQARDataModule, SyntheticQADataModule
 from .text_classification import BYODataModule, IMDbDataModule, SST2DataModule
 from .qasper import QasperDataModule
 from .summarization import ArxivDataModule, PubMedDataModule
@@ -17,6 +17,7 @@ DATAMODULES = {
     "kv_retrieval": KVRetrievalDataModule,
     "mqar": MQARDataModule,
     "listops": ListOpsDataModule,
+    "synthetic_qa": SyntheticQADataModule,
     "sst2": SST2DataModule,
     "imdb": IMDbDataModule,
     "cuad": CUADDataModule,
@@ -64,5 +65,5 @@ def build_datamodule(cfg):
 __all__ = [
     "DATAMODULES", "DataError", "HFDataModule", "NeedleDataModule", "NeedleSpec", "generate_needle",
     "SST2DataModule", "IMDbDataModule", "CUADDataModule", "BYODataModule", "build_datamodule", "check_data_config",
-    "QasperDataModule", "ArxivDataModule", "PubMedDataModule", "KVRetrievalDataModule", "MQARDataModule", "ListOpsDataModule",
+    "QasperDataModule", "ArxivDataModule", "PubMedDataModule", "KVRetrievalDataModule", "MQARDataModule", "ListOpsDataModule", "SyntheticQADataModule",
 ]

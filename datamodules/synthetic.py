@@ -2,7 +2,7 @@
 that keeps them provably wins and one that drops them provably loses (ListOps is the exception
 that needs most of its tokens — the hard case).
 
-Every generator is a pure function of (spec, size, seed), vectorised in torch where the task
+Every generator is a pure function of (spec, size, seed) (synthetic QA also of the tokenizer's word list), vectorised in torch where the task
 allows (key-value retrieval, associative recall) and a seeded :class:`random.Random` where it is
 recursive (ListOps). Splits use disjoint seed streams (:meth:`SyntheticDataModule.split_seed`).
 
@@ -26,6 +26,7 @@ __all__ = [
     "KVSpec", "generate_kv_retrieval", "KVRetrievalDataModule",
     "ListOpsSpec", "generate_listops", "listops_value", "ListOpsDataModule", "LISTOPS_TOKENS",
     "MQARSpec", "generate_mqar", "MQARDataModule",
+    "SynthQASpec", "generate_synthetic_qa", "SyntheticQADataModule",
 ]
 
 PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
@@ -335,3 +336,133 @@ class MQARDataModule(SyntheticDataModule):
 
     def generate(self, size: int, seed: int) -> dict[str, torch.Tensor]:
         return generate_mqar(self.spec, size, seed)
+
+
+# ---------------------------------------------------------------------------- extractive QA
+@dataclass(frozen=True)
+class SynthQASpec:
+    """Extractive QA over long distractor text: ``num_facts`` facts "<key> is <value words> ." hidden
+    among distractor words; the question "what is <key> ?" asks one of them; the answer is that
+    fact's value span (1..``max_answer_words`` words). Words are whole-word tokens of the tokenizer's
+    vocabulary (keys, values and distractors from disjoint sets), so each word is one token and the
+    context is about ``seq_len`` tokens long."""
+
+    seq_len: int = 1024
+    num_facts: int = 4
+    max_answer_words: int = 3
+
+    def __post_init__(self) -> None:
+        if self.num_facts < 1 or self.max_answer_words < 1:
+            raise ValueError(f"synthetic QA needs num_facts >= 1 and max_answer_words >= 1 (got {self.num_facts}, {self.max_answer_words})")
+        if self.num_facts * (self.max_answer_words + 3) + 16 > self.seq_len:
+            raise ValueError(f"{self.num_facts} facts do not fit in data.seq_len={self.seq_len}")
+
+
+def _word_pool(tokenizer) -> list[str]:
+    """Alphabetic whole-word tokens (≥ 3 letters) of the vocabulary, in a fixed order."""
+    return sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) >= 3 and w.islower()
+                  and w not in ("what", "is"))
+
+
+def generate_synthetic_qa(spec: SynthQASpec, words: list[str], size: int, seed: int) -> list[dict]:
+    """``size`` examples ``{"id", "question", "context", "answers", "answer_start", "answer_text"}``
+    (the QA windows' input format), determined by ``seed`` and the word pool."""
+    if len(words) < 300:
+        raise ValueError(f"the tokenizer has only {len(words)} whole-word tokens; synthetic QA needs >= 300")
+    rng = random.Random(seed)
+    keys, values, distractors = words[0::3][:100], words[1::3][:100], words[2::3]
+    body = spec.seq_len - 12  # room for [CLS] question [SEP] … [SEP]
+    out = []
+    for i in range(size):
+        facts = []
+        for key in rng.sample(keys, spec.num_facts):
+            value = " ".join(rng.choices(values, k=rng.randint(1, spec.max_answer_words)))
+            facts.append((key, value))
+        n_words = body - sum(len(v.split()) + 3 for _, v in facts)
+        filler = rng.choices(distractors, k=n_words)
+        slots = sorted(rng.sample(range(n_words + 1), spec.num_facts))
+        asked = rng.randrange(spec.num_facts)
+        parts, pos, answer_start = [], 0, -1
+        for k, (slot, (key, value)) in enumerate(zip(slots, facts)):
+            parts.extend(filler[pos:slot])
+            pos = slot
+            prefix = " ".join(parts + [key, "is"]) + " "
+            if k == asked:
+                answer_start = len(prefix)
+            parts.extend([key, "is", *value.split(), "."])
+        parts.extend(filler[pos:])
+        context = " ".join(parts)
+        key, value = facts[asked]
+        out.append({"id": f"synth-{seed}-{i}", "question": f"what is {key} ?", "context": context,
+                    "answers": [value], "answer_start": answer_start, "answer_text": value})
+    return out
+
+
+class SyntheticQADataModule(SplitLoaders, L.LightningDataModule):
+    """:class:`SynthQASpec` examples through the same QA windows and span head as QASPER
+    (``task = "qa"``): the question is protected, the answer must survive the gates."""
+
+    task = "qa"
+
+    def __init__(self, seq_len: int = 1024, num_pairs: int = 4, max_answer_tokens: int = 30, train_size: int = 4096,
+                 val_size: int = 512, test_size: int = 1024, batch_size: int = 32, eval_batch_size: int = 64,
+                 num_workers: int = 0, seed: int = 0, tokenizer: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = SynthQASpec(seq_len, num_facts=num_pairs)
+        self.max_answer_tokens = max_answer_tokens
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.datasets: dict[str, list[dict]] = {}
+        self._examples: dict[str, dict[int, dict]] = {}
+        self._tokenizer = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "SyntheticQADataModule":
+        from .hf import resolve_tokenizer_name
+
+        d = cfg.data
+        return cls(seq_len=d.seq_len, num_pairs=d.num_pairs, max_answer_tokens=d.max_answer_tokens,
+                   train_size=d.train_size, val_size=d.val_size, test_size=d.test_size, batch_size=d.batch_size,
+                   eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, seed=d.seed,
+                   tokenizer=resolve_tokenizer_name(d.tokenizer, cfg.model.backbone))
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from retention.backbones import resolve_backbone_path
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.hparams.tokenizer or resolve_backbone_path("minilm"))
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def special_token_ids(self) -> tuple[int, ...]:
+        t = self.tokenizer
+        return tuple(sorted({t.cls_token_id, t.sep_token_id} - {None}))
+
+    def setup(self, stage: str | None = None) -> None:
+        from .qa_windows import tokenize_qa
+
+        words = _word_pool(self.tokenizer)
+        for split, size in self.sizes.items():
+            if split in self.datasets:
+                continue
+            examples = generate_synthetic_qa(self.spec, words, size, self.hparams.seed * 1000 + _SPLIT_OFFSET[split])
+            self._examples[split] = {i: e for i, e in enumerate(examples)}
+            self.datasets[split] = tokenize_qa(examples, self.tokenizer, self.hparams.seq_len + 16)
+
+    def eval_examples(self, stage: str) -> dict[int, dict]:
+        return self._examples[stage]
+
+    @property
+    def collate_fn(self):
+        import functools
+
+        from .qa_windows import collate_qa
+
+        return functools.partial(collate_qa, pad_token_id=self.tokenizer.pad_token_id)
