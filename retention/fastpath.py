@@ -68,18 +68,27 @@ def soft_gate_sdpa(module, query, key, value, attention_mask, dropout: float = 0
     return out.transpose(1, 2).contiguous(), None
 
 
-def use_soft_gate_attention(backbone: nn.Module) -> bool:
-    """Switch a backbone whose attention is ``sdpa`` to :func:`soft_gate_sdpa`; True if switched."""
+def register_soft_gate_attention() -> None:
+    """Register :func:`soft_gate_sdpa` under ``SOFT_GATE_ATTENTION`` with transformers' attention
+    (and mask) interfaces. Runs on import of this module, so every process that unpickles a wrapped
+    backbone (a ``ddp_spawn`` worker, a DataLoader worker) knows the name before its first forward."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
+    AttentionInterface.register(SOFT_GATE_ATTENTION, soft_gate_sdpa)
+    AttentionMaskInterface.register(SOFT_GATE_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def use_soft_gate_attention(backbone: nn.Module) -> bool:
+    """Switch a backbone whose attention is ``sdpa`` to :func:`soft_gate_sdpa`; True if switched."""
     config = backbone.config
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    AttentionInterface.register(SOFT_GATE_ATTENTION, soft_gate_sdpa)
-    AttentionMaskInterface.register(SOFT_GATE_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     config._attn_implementation = SOFT_GATE_ATTENTION
     return True
+
+
+register_soft_gate_attention()
 
 
 def compile_layers(layers: nn.ModuleList, **compile_kwargs) -> None:
