@@ -7,6 +7,7 @@ ranges. Every error names the dotted key and what is allowed.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -29,6 +30,9 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     dropout: float = 0.1  # classifier-head dropout
     num_labels: int = 0  # 0: taken from the data module
+    # A checkpoint of a run whose weights start this one (warm start: every tensor whose name and
+    # shape match is loaded; what is not is listed). None: fresh weights.
+    init_from: Optional[str] = None
 
 @dataclass
 class GateConfig:
@@ -193,6 +197,7 @@ _CHECKS: list[_Check] = [
     ("model.attn_implementation", lambda v: v in ("sdpa", "eager"), "one of sdpa, eager"),
     ("model.dropout", lambda v: 0.0 <= v < 1.0, "[0, 1)"),
     ("model.num_labels", lambda v: v >= 0, ">= 0 (0 means from the data)"),
+    ("model.init_from", lambda v: v is None or Path(v).is_file(), "null or an existing checkpoint file"),
     ("data.seq_len", lambda v: v >= 8, ">= 8"),
     ("data.min_seq_len", lambda v: v >= 0, ">= 0"),
     ("data.num_classes", lambda v: v >= 2, ">= 2"),

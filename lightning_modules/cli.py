@@ -85,6 +85,21 @@ def build_system(cfg, dm):
     return TASK_SYSTEMS[task].from_config(cfg, dm)
 
 
+def warm_start(system, path: str) -> dict[str, list[str]]:
+    """Load every tensor of checkpoint ``path`` whose name and shape match ``system``'s; print what was
+    not loaded (nothing is skipped silently). Returns ``{"missing": [...], "unused": [...]}``."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    own = system.state_dict()
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    report = {"missing": sorted(set(own) - set(loadable)), "unused": sorted(set(state) - set(loadable))}
+    system.load_state_dict(loadable, strict=False)
+    print(f"warm start from {path}: {len(loadable)} of {len(own)} tensors loaded; "
+          f"kept fresh: {report['missing'] or 'none'}; in the checkpoint but not used: {report['unused'] or 'none'}", flush=True)
+    return report
+
+
 def make_logger(cfg, run_id: str | None = None):
     """MLflow logger for ``cfg`` (a new run, or the existing ``run_id``), with the resolved config
     logged as flattened params and as a ``config.yaml`` artifact."""
@@ -122,6 +137,8 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
 
     dm = build_datamodule(cfg)
     system = build_system(cfg, dm)
+    if cfg.model.init_from:
+        warm_start(system, cfg.model.init_from)
     metric = system.METRIC
 
     all_callbacks = [LearningRateMonitor(logging_interval="step"), *callbacks]

@@ -119,3 +119,32 @@ def test_ddp_spawn_two_processes_train_and_keep_lambda_identical(tmp_path, monke
     cfg = compose([*TINY, "budget.dense_steps=1", "trainer.strategy=ddp_spawn", "trainer.devices=2",
                    "logging.save_checkpoint=false", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
     cli.train(cfg, callbacks=[_SameLambdaOnEveryRank()])
+
+
+class _FirstWeights(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkeypatch, capsys):
+    from lightning_modules import cli
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"
+    first = cli.train(compose([*TINY, uri]))
+    ckpt = torch.load(first["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    probe = _FirstWeights()
+    cli.train(compose([*TINY, uri, "method=ltp", f"model.init_from={first['checkpoint']}"]), callbacks=[probe])
+    out = capsys.readouterr().out
+    backbone = [k for k in ckpt if k.startswith("encoder.backbone.") and k in probe.state]
+    assert backbone and all(torch.equal(probe.state[k], ckpt[k]) for k in backbone)  # started from the checkpoint
+    assert "warm start from" in out and "encoder.gates.0.threshold" in out  # LTP's threshold: kept fresh, listed
+    assert "encoder.gates.0.W.weight" in out  # our scorer's weights: in the checkpoint, not used, listed
+
+
+def test_warm_start_from_a_missing_file_is_a_config_error(capsys):
+    from lightning_modules import cli
+
+    assert cli.main(["train", "model.init_from=/nonexistent/best.ckpt"]) == 2
+    assert "model.init_from" in capsys.readouterr().err
