@@ -53,7 +53,7 @@ import lightning as L
 
 from .loaders import SplitLoaders
 
-__all__ = ["HFDataModule", "DataError", "resolve_tokenizer_name", "TRUNCATION_POLICIES", "ON_INVALID"]
+__all__ = ["HFDataModule", "TokenizerMixin", "DataError", "resolve_tokenizer_name", "TRUNCATION_POLICIES", "ON_INVALID"]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,40 @@ def _builder_for(data_files: Any) -> str:
     return builders.pop()
 
 
-class HFDataModule(SplitLoaders, L.LightningDataModule):
+class TokenizerMixin:
+    """The tokenizer ``self.tokenizer_name`` (loaded on first use, with :meth:`tokenizer_kwargs`) and
+    what the systems read from it: vocabulary size, protected special tokens, padding id."""
+
+    _tokenizer = None
+
+    def tokenizer_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name, **self.tokenizer_kwargs())
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def special_token_ids(self) -> tuple[int, ...]:
+        """Protected tokens: [CLS]/[SEP] (BERT) or <s>/</s> (RoBERTa) of the tokenizer."""
+        t = self.tokenizer
+        ids = {t.cls_token_id, t.sep_token_id, t.bos_token_id, t.eos_token_id} - {None}
+        return tuple(sorted(ids))
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
     """Base of the text DataModules that read a Hugging Face dataset (see the module docstring)."""
 
     task = "classification"
@@ -179,29 +212,8 @@ class HFDataModule(SplitLoaders, L.LightningDataModule):
         return cls(**kwargs)
 
     # ------------------------------------------------------------------ tokenizer
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            side = "left" if self.hparams.truncation == "tail" else "right"
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name, truncation_side=side)
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def special_token_ids(self) -> tuple[int, ...]:
-        """Protected tokens: [CLS]/[SEP] (BERT) or <s>/</s> (RoBERTa) of the tokenizer."""
-        t = self.tokenizer
-        ids = {t.cls_token_id, t.sep_token_id, t.bos_token_id, t.eos_token_id} - {None}
-        return tuple(sorted(ids))
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
+    def tokenizer_kwargs(self) -> dict[str, Any]:
+        return {"truncation_side": "left" if self.hparams.truncation == "tail" else "right"}
 
     # ------------------------------------------------------------------ labels
     @property

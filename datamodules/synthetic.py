@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import TensorDataset
 
+from .hf import TokenizerMixin, resolve_tokenizer_name
 from .loaders import SplitLoaders
 
 __all__ = [
@@ -398,7 +399,7 @@ def generate_synthetic_qa(spec: SynthQASpec, words: list[str], size: int, seed: 
     return out
 
 
-class SyntheticQADataModule(SplitLoaders, L.LightningDataModule):
+class SyntheticQADataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
     """:class:`SynthQASpec` examples through the same QA windows and span head as QASPER
     (``task = "qa"``): the question is protected, the answer must survive the gates."""
 
@@ -414,36 +415,15 @@ class SyntheticQADataModule(SplitLoaders, L.LightningDataModule):
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.datasets: dict[str, list[dict]] = {}
         self._examples: dict[str, dict[int, dict]] = {}
-        self._tokenizer = None
+        self.tokenizer_name = tokenizer or resolve_tokenizer_name(None, "random")
 
     @classmethod
     def from_config(cls, cfg) -> "SyntheticQADataModule":
-        from .hf import resolve_tokenizer_name
-
         d = cfg.data
         return cls(seq_len=d.seq_len, num_pairs=d.num_pairs, max_answer_tokens=d.max_answer_tokens,
                    train_size=d.train_size, val_size=d.val_size, test_size=d.test_size, batch_size=d.batch_size,
                    eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, seed=d.seed,
                    tokenizer=resolve_tokenizer_name(d.tokenizer, cfg.model.backbone))
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            from retention.backbones import resolve_backbone_path
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.hparams.tokenizer or resolve_backbone_path("minilm"))
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def special_token_ids(self) -> tuple[int, ...]:
-        t = self.tokenizer
-        return tuple(sorted({t.cls_token_id, t.sep_token_id} - {None}))
 
     def setup(self, stage: str | None = None) -> None:
         from .qa_windows import tokenize_qa
@@ -465,4 +445,4 @@ class SyntheticQADataModule(SplitLoaders, L.LightningDataModule):
 
         from .qa_windows import collate_qa
 
-        return functools.partial(collate_qa, pad_token_id=self.tokenizer.pad_token_id)
+        return functools.partial(collate_qa, pad_token_id=self.pad_token_id)
