@@ -7,7 +7,7 @@
 set -euo pipefail
 SEED=${1:-0}
 OUT=${2:-results/seed$SEED}
-RETENTION=${RETENTION:-retention}
+RETENTION=${RETENTION:-$(command -v retention || echo .venv/bin/retention)}  # the venv's when not activated
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/results.db}
 for task in needle1024 listops; do
   exp="results-$task-seed$SEED"
