@@ -5,6 +5,7 @@ Every failure is a :class:`conf.schema.ConfigError` whose one-line message names
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
@@ -79,9 +80,9 @@ def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None
             dotlist.append(item)
     # Presets (files marked `# @package _global_`) first, so an explicit `model=...` wins over the
     # model a benchmark preset names; dot-list overrides win over both.
-    selections.sort(key=lambda sel: not _is_global(sel[1]))
-    for key, path in selections:
-        if _is_global(path):
+    marked = sorted(((key, path, _is_global(path)) for key, path in selections), key=lambda sel: not sel[2])
+    for key, path, is_global in marked:
+        if is_global:
             cfg = _merge(cfg, _global_preset(cfg, key, path), str(path.relative_to(CONF_DIR.parent)))
         else:
             cfg[key] = OmegaConf.merge(OmegaConf.structured(Config)[key], OmegaConf.load(path))
@@ -99,22 +100,24 @@ def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None
     return cfg
 
 
-def backbone_num_layers(cfg: DictConfig) -> int:
-    """Number of transformer layers of the configured backbone, read from its config only (no weights)."""
-    if cfg.model.backbone == "random":
-        return int(cfg.model.num_layers)
+@functools.lru_cache(maxsize=8)
+def _pretrained_config(name: str):
+    """The config of a named / local backbone (no weights), read once per process."""
     from retention.backbones import backbone_config
-    from retention.encoder import SUPPORTED_MODEL_TYPES
 
     try:
-        config = backbone_config(cfg.model.backbone)
+        return backbone_config(name)
     except OSError as err:
-        raise ConfigError(f"model.backbone={cfg.model.backbone!r} cannot be loaded: {str(err).splitlines()[0]}") from None
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ConfigError(
-            f"model.backbone={cfg.model.backbone!r} has model type {config.model_type!r}, which the retention "
-            f"wrapper does not support; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+        raise ConfigError(f"model.backbone={name!r} cannot be loaded: {str(err).splitlines()[0]}") from None
+
+
+def backbone_num_layers(cfg: DictConfig) -> int:
+    """Number of transformer layers of the configured backbone, read from its config only (no weights);
+    ``data.seq_len`` must fit its position table. (Whether the wrapper supports the model type is
+    :func:`check_backbone_supported`'s job.)"""
+    if cfg.model.backbone == "random":
+        return int(cfg.model.num_layers)
+    config = _pretrained_config(cfg.model.backbone)
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None:
         limit -= 2 if config.model_type in ("roberta", "xlm-roberta") else 0  # RoBERTa's position offset
@@ -134,12 +137,7 @@ def check_backbone_supported(cfg: DictConfig, task: str) -> None:
     if cfg.model.backbone == "random":
         model_type, key = cfg.model.arch, "model.arch"
     else:
-        from retention.backbones import backbone_config
-
-        try:
-            model_type, key = backbone_config(cfg.model.backbone).model_type, "model.backbone"
-        except OSError as err:
-            raise ConfigError(f"model.backbone={cfg.model.backbone!r} cannot be loaded: {str(err).splitlines()[0]}") from None
+        model_type, key = _pretrained_config(cfg.model.backbone).model_type, "model.backbone"
     if task == "summarization":
         allowed = SEQ2SEQ_MODEL_TYPES
     else:
