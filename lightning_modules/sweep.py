@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import lightning as L
-import torch
 
 from conf import CONF_DIR
 from conf.schema import ConfigError
@@ -319,38 +317,6 @@ def reap_dead_local_trials(study, handler: StaleTrialHandler) -> list[int]:
     return reaped
 
 
-# ---------------------------------------------------------------------------------------- callbacks
-class NaNLossGuard(L.Callback):
-    """Stops a trial whose training loss is not finite (the trial is recorded failed with this reason)."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
-            raise FloatingPointError(f"training loss is {loss.item()} at step {trainer.global_step}")
-
-
-class ValidationRecorder(L.Callback):
-    """Keeps ``val/<metric>_hard`` and the achieved retention of every validation epoch."""
-
-    def __init__(self, metric: str) -> None:
-        self.monitor = f"val/{metric}_hard"
-        self.history: list[tuple[float, float]] = []
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        m = trainer.callback_metrics
-        kept = [float(v) for k, v in m.items() if k.startswith("val/kept_fraction_l")]
-        if self.monitor in m:
-            self.history.append((float(m[self.monitor]), sum(kept) / len(kept) if kept else float("nan")))
-
-    def objective(self) -> tuple[float, float]:
-        """(metric, retention) at the validation epoch with the highest metric."""
-        if not self.history:
-            raise RuntimeError(f"no validation epoch logged {self.monitor}; the objective needs one")
-        return max(self.history, key=lambda h: h[0])
-
-
 # ---------------------------------------------------------------------------------------- trials
 def primary_metric(cfg) -> str:
     from datamodules import DATAMODULES
@@ -394,6 +360,8 @@ class Objective:
         try:
             cfg = compose_trial(self.scfg, params)
             metric = primary_metric(cfg)
+            from .sweep_callbacks import NaNLossGuard, ValidationRecorder
+
             recorder = ValidationRecorder(metric)
             callbacks = [recorder, NaNLossGuard()]
             if s.pruner != "none":
@@ -464,6 +432,8 @@ def run_worker(scfg_container: dict, index: int, n_trials: int | None, timeout: 
 
     scfg = OmegaConf.merge(OmegaConf.structured(SweepConfig), scfg_container)
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     study, _, tracking_uri, exp_id = _study_handles(scfg, seed_offset=index)
     objective = Objective(scfg, build_distributions(scfg), study.user_attrs[PARENT_ATTR], exp_id, tracking_uri)
