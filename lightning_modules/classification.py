@@ -17,13 +17,9 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
-from .system import RetentionSystem
+from .system import EVAL_PATHS, RetentionSystem
 
 __all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS"]
-
-# soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
-# dense: the same model with nothing dropped.
-EVAL_PATHS = ("soft", "hard", "dense")
 
 
 def _logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +126,7 @@ class RetentionClassifier(RetentionSystem):
         return self.loss_fn(logits, batch["labels"]), out
 
     def _evaluate(self, stage: str, batch) -> None:
-        for path in EVAL_PATHS:
+        for path in self.eval_paths:
             logits, out = self.classify(batch, path)
             preds, target = self.metric_inputs(logits, batch["labels"])
             for name in self.metric_names:

@@ -91,6 +91,9 @@ def warm_start(system, path: str) -> dict[str, list[str]]:
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    adapt = getattr(system.encoder, "adapt_dense_state", None)  # a sparse comparator maps dense names onto its own
+    if adapt is not None:
+        state = adapt(state, prefix="encoder.backbone.")
     own = system.state_dict()
     loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     report = {"missing": sorted(set(own) - set(loadable)), "unused": sorted(set(state) - set(loadable))}
@@ -190,6 +193,11 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     return summary
 
 
+def _number(v: float | None) -> str:
+    """A metric for the summary; "-" for a path the run has not got (a sparse comparator has one)."""
+    return "-" if v is None else f"{v:.4f}"
+
+
 def format_summary(s: dict) -> str:
     budget = f"rho = {s['ratio']}" if s["ratio"] is not None else f"M = {s['tokens']}"
     label = s["metric_label"]
@@ -197,9 +205,9 @@ def format_summary(s: dict) -> str:
         ("MLflow run id", s["run_id"]),
         ("tracking URI", s["tracking_uri"]),
         ("checkpoint", s["checkpoint"] or "-"),
-        (f"dense {label} (nothing dropped)", f"{s['dense']:.4f}"),
-        (f"soft-gate {label}", f"{s['soft']:.4f}"),
-        (f"retained {label} (top-M, {budget})", f"{s['retained']:.4f}"),
+        (f"dense {label} (nothing dropped)", _number(s["dense"])),
+        (f"soft-gate {label}", _number(s["soft"])),
+        (f"retained {label} (top-M, {budget})", _number(s["retained"])),
     ]
     if "retained_over_dense" in s:
         rows.append(("retained / dense", f"{s['retained_over_dense']:.3f}"))

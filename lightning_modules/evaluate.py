@@ -175,21 +175,29 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     trained_budget = system.encoder.budget
     rows = []
     sparse = cfg.method in SPARSE_METHODS
-    for method in applicable_methods(cfg, methods):
+
+    def test(path: str) -> dict[str, float]:
+        system.eval_paths = (path,)
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", limit_test_batches=limit_test_batches)
+        trainer.test(system, datamodule=dm, verbose=False)
+        return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    methods = applicable_methods(cfg, methods)
+    # Once per run: the dense path drops nothing, whatever the selector. A sparse comparator has none.
+    dense = test("dense")[f"test/{metric}_dense"] if methods and not sparse else None
+    for method in methods:
         # A sparse-attention comparator keeps every token at the attention budget it was built with.
         for rho in [system.encoder.fraction] if sparse else budgets:
             system.selector = method
             if not sparse:
                 system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
-            trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                enable_model_summary=False, accelerator="cpu", limit_test_batches=limit_test_batches)
-            trainer.test(system, datamodule=dm, verbose=False)
-            m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            m = test("hard")
             with system._selector_for(method):
                 thr = _throughput_ratio(system, dm, throughput_batches)
             row = {
                 "run": src.label, "run_id": src.run_id, "method": method, "budget": rho,
-                "metric": metric, "value": m[f"test/{metric}_hard"], "dense": m[f"test/{metric}_dense"],
+                "metric": metric, "value": m[f"test/{metric}_hard"], "dense": dense,
             }
             row["pct_of_dense"] = 100.0 * row["value"] / row["dense"] if row["dense"] else float("nan")
             for layer in system.encoder.gate_layers:
@@ -198,6 +206,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
             rows.append(row)
     system.selector = "gate" if cfg.method not in SELECTORS else cfg.method
     system.encoder.budget = trained_budget
+    vars(system).pop("eval_paths", None)
     return rows
 
 

@@ -101,7 +101,7 @@ class RetentionQA(RetentionSystem):
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, stage: str, batch) -> None:
-        for path in EVAL_PATHS:
+        for path in self.eval_paths:
             start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path)
             if path == "hard":
                 self.log_retention(stage, out, on_step=False)
@@ -134,7 +134,7 @@ class RetentionQA(RetentionSystem):
 
     def _epoch_end(self, stage: str) -> None:
         examples = self.trainer.datamodule.eval_examples(stage)
-        for path in EVAL_PATHS:
+        for path in self.eval_paths:
             result = self.squad_scores(f"{stage}_{path}", examples)
             if result is not None:
                 self.log(f"{stage}/f1_{path}", result["f1"] / 100.0, prog_bar=path == "hard")

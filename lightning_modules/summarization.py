@@ -106,7 +106,7 @@ class RetentionSummarizer(RetentionSystem):
 
     def _evaluate(self, stage: str, batch) -> None:
         references = self._texts(batch["labels"])
-        for path in EVAL_PATHS:
+        for path in self.eval_paths:
             loss, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path)
             self.log(f"{stage}/loss_{path}", loss, on_step=False, on_epoch=True)
             if path == "hard":
@@ -116,7 +116,7 @@ class RetentionSummarizer(RetentionSystem):
             metric.update(self._texts(generated), references)
 
     def _epoch_end(self, stage: str) -> None:
-        for path in EVAL_PATHS:
+        for path in self.eval_paths:
             metric = self.metrics[f"{stage}_{path}"]
             scores = metric.compute()
             metric.reset()

@@ -75,6 +75,11 @@ def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: i
     return encoder
 
 
+# soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
+# dense: the same model with nothing dropped.
+EVAL_PATHS = ("soft", "hard", "dense")
+
+
 class RetentionSystem(L.LightningModule):
     """Base LightningModule: owns ``self.encoder`` (a :class:`RetentionEncoder`), ``self.head``
     (set by the task subclass) and ``self.lam`` (λ, an ``nn.Parameter`` so DDP keeps it identical on
@@ -86,6 +91,9 @@ class RetentionSystem(L.LightningModule):
 
     METRIC = "acc"
     METRIC_LABEL = "accuracy"
+    # The paths each val/test step runs (all three in training; `retention evaluate` runs the dense
+    # path once per run and then only the hard path per method and budget).
+    eval_paths: tuple[str, ...] = EVAL_PATHS
 
     def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
                  max_positions: int, protected_token_ids: tuple[int, ...] = (), method: str = "gate",
@@ -99,6 +107,8 @@ class RetentionSystem(L.LightningModule):
         self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids),
                                                method, backbone=backbone)
         self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(budget["init_lambda"])))
+        if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
+            self.eval_paths = ("hard",)
         self.optim_cfg = optim
         self.budget_cfg = budget
 

@@ -22,6 +22,7 @@ attention-received score with a fixed λ penalty (``install_ltp``).
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 import torch
@@ -64,12 +65,15 @@ class AttentionReceivedScorer(nn.Module):
         s_t = 1/(L·H·N) Σ_layers Σ_h Σ_{q valid} A_h[q → t]        (N valid queries)
 
     Filled by forward hooks on the attention modules (:func:`attention_feed`); reset at every gate.
-    A gate at layer 0 has no attention before it."""
+    A gate at layer 0 has no layer before it: there the scores are the attention that layer 0 itself
+    gives on all tokens (``lookahead``, :func:`lookahead_probs`), as PoWER-BERT scores a layer's
+    tokens by that layer's own attention."""
 
     def __init__(self) -> None:
         super().__init__()
         self.received: torch.Tensor | None = None  # (B, T_q, T_k), summed over heads and layers
         self.layers = 0
+        self.lookahead = None  # set by attention_feed for a gate at layer 0: h, weight -> (B, H, T, T)
 
     def accumulate(self, probs: torch.Tensor) -> None:
         r = probs.float().mean(dim=1)
@@ -78,9 +82,10 @@ class AttentionReceivedScorer(nn.Module):
         self.layers = 1 if fresh else self.layers + 1
 
     def importance(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.received is None and self.lookahead is not None:
+            self.accumulate(self.lookahead(h, weight))
         if self.received is None:
-            raise ValueError("the attention-received baseline needs attention from a layer before the gate; "
-                             "gate layer 0 has none (use gate.layers >= 1)")
+            raise RuntimeError("no attention probabilities reached this scorer (attention_feed was not installed)")
         if self.received.shape[-1] != h.shape[1]:
             raise RuntimeError(f"attention scores for {self.received.shape[-1]} tokens, hidden states {tuple(h.shape[:2])}")
         q = (weight > 0).to(self.received.dtype)
@@ -131,21 +136,40 @@ def _attention_probs(output) -> torch.Tensor | None:
     return None
 
 
+def _attention_module(layer: nn.Module) -> nn.Module:
+    return next(m for m in layer.modules() if m is not layer and type(m).__name__.endswith("Attention"))
+
+
+def lookahead_probs(attn: nn.Module, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The (B, H, T, T) attention probabilities that attention module ``attn`` (eager) computes on
+    all of ``h``, padding (``weight`` ≤ 0) masked as keys: the scores of a gate with no layer before it."""
+    mask = torch.zeros(weight.shape, dtype=h.dtype, device=h.device)
+    mask = mask.masked_fill(weight <= 0, torch.finfo(h.dtype).min)[:, None, None, :]
+    probs = _attention_probs(attn(h, attention_mask=mask))
+    if probs is None:
+        raise RuntimeError("attention module returned no probabilities; eager attention is required")
+    return probs
+
+
 def attention_feed(encoder, scorers) -> list:
     """Forward hooks that hand every layer's attention probabilities to the scorer of the next gate
-    at or after it (``scorers[k]`` belongs to ``encoder.gate_layers[k]``). Returns the hook handles.
-    The backbone must run eager attention (SDPA returns no probabilities)."""
+    at or after it (``scorers[k]`` belongs to ``encoder.gate_layers[k]``); a gate at layer 0 gets
+    layer 0's own attention on all tokens instead (:func:`lookahead_probs`). Returns the hook
+    handles. The backbone must run eager attention (SDPA returns no probabilities)."""
     from .encoder import transformer_layers
 
     if getattr(encoder.backbone.config, "_attn_implementation", None) != "eager":
         raise ValueError("attention-based scores need eager attention (model.attn_implementation=eager)")
     layers = transformer_layers(encoder.backbone)
+    for k, g in enumerate(encoder.gate_layers):
+        if g == 0:  # a plain function, not a submodule: the scorer's state_dict stays its own
+            scorers[k].lookahead = functools.partial(lookahead_probs, _attention_module(layers[0]))
     handles = []
     for i, layer in enumerate(layers):
         nxt = next((k for k, g in enumerate(encoder.gate_layers) if g > i), None)
         if nxt is None:
             continue
-        attn = next(m for m in layer.modules() if m is not layer and type(m).__name__.endswith("Attention"))
+        attn = _attention_module(layer)
 
         def hook(module, args, output, _k=nxt):
             probs = _attention_probs(output)

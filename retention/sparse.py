@@ -89,6 +89,34 @@ class SparseAttentionEncoder(nn.Module):
     def num_gates(self) -> int:
         return len(self.gate_layers)
 
+    def adapt_dense_state(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """A dense BERT-family checkpoint's tensors (names under ``prefix``) mapped onto this model,
+        for a warm start from the same dense model our method starts from (``model.init_from``).
+        BigBird uses BERT's names and shapes as they are. Longformer needs the Longformer paper's
+        recipe (it started from RoBERTa): position rows copied after its offset of 2 (RoBERTa-style
+        positions start at padding_idx + 1), the global query/key/value projections initialised from
+        the local ones, token type 0 taken for its single type. Returns the updated copy."""
+        if self.backbone.config.model_type != "longformer":
+            return state
+        state = dict(state)
+        own = self.backbone.state_dict()
+        pos = f"{prefix}embeddings.position_embeddings.weight"
+        if pos in state and state[pos].shape[1] == own["embeddings.position_embeddings.weight"].shape[1]:
+            table = own["embeddings.position_embeddings.weight"].clone()
+            n = min(state[pos].shape[0], table.shape[0] - 2)
+            table[2:2 + n] = state[pos][:n]
+            state[pos] = table
+        types = f"{prefix}embeddings.token_type_embeddings.weight"
+        if types in state:
+            state[types] = state[types][: own["embeddings.token_type_embeddings.weight"].shape[0]]
+        for name in own:
+            for kind in ("query", "key", "value"):
+                if f".{kind}_global." in name:
+                    local = prefix + name.replace(f".{kind}_global.", f".{kind}.")
+                    if local in state:
+                        state.setdefault(prefix + name, state[local])
+        return state
+
     def protected_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         return torch.isin(input_ids, self.protected_token_ids)
 

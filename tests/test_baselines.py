@@ -72,7 +72,7 @@ def test_first_keeps_a_prefix_and_l2_keeps_the_largest_norms():
     assert min(norms[0, list(kept)]) >= max(norms[0, list(dropped)])
 
 
-def test_attention_selector_switches_to_eager_and_back_and_rejects_layer_0():
+def test_attention_selector_switches_to_eager_and_back():
     enc = _encoder("bert", gate_layers=(1,))
     ids, mask, _ = _batch()
     before = enc.backbone.config._attn_implementation
@@ -83,9 +83,28 @@ def test_attention_selector_switches_to_eager_and_back_and_rejects_layer_0():
     assert enc.backbone.config._attn_implementation == before
     enc.train()
     enc(ids, mask, mode="soft")  # the restored implementation still runs the soft path
-    enc0 = _encoder("bert", gate_layers=(0,))
-    with pytest.raises(ValueError, match="gate layer 0"), torch.no_grad(), use_selector(enc0, "attention"):
-        enc0(ids, mask, mode="hard")
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+def test_attention_selector_at_layer_0_keeps_the_tokens_layer_0_attends_to_most(arch):
+    """No layer runs before a gate at layer 0: the scores are layer 0's own attention on all tokens."""
+    enc = _encoder(arch, gate_layers=(0,), attn="eager")
+    ids, mask, lengths = _batch()
+    probs = {}
+    attn = next(m for m in enc.backbone.modules() if type(m).__name__.endswith("Attention"))  # layer 0's
+    handle = attn.register_forward_hook(lambda m, a, o: probs.update(p=o[1]))  # returns None: output unchanged
+    with torch.no_grad():
+        enc(ids, mask, mode="dense")
+        handle.remove()
+        with use_selector(enc, "attention"):
+            out = enc(ids, mask, mode="hard")
+    q = mask.float()
+    received = torch.einsum("bqk,bq->bk", probs["p"].mean(1), q) / q.sum(1, keepdim=True)
+    for i, n in enumerate(lengths.tolist()):
+        kept = set(out.positions[i][out.valid[i]].tolist()) - {0, n - 1}
+        dropped = set(range(1, n - 1)) - kept
+        assert kept and dropped
+        assert min(received[i, sorted(kept)]) >= max(received[i, sorted(dropped)])
 
 
 def test_unknown_method_lists_valid_ones():
@@ -131,3 +150,27 @@ def test_bigbird_refuses_to_fall_back_to_full_attention():
 
     with pytest.raises(ValueError, match="fall back to full attention"):
         sparse_attention_config("big_bird", 0.3, 128, vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+
+
+@pytest.mark.parametrize("arch", ["longformer", "big_bird"])
+def test_sparse_comparator_warm_starts_from_a_dense_bert_checkpoint(arch):
+    """model.init_from a dense run: BigBird takes BERT's tensors as they are; Longformer gets the
+    positions after its offset of 2 and global q/k/v copied from the local ones (nothing left fresh
+    but its pooler)."""
+    from retention.sparse import build_sparse_encoder
+
+    dims = dict(vocab_size=60, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    bb = build_backbone("random", arch="bert", max_positions=512, **dims)
+    dense = {f"encoder.backbone.{k}": v for k, v in bb.state_dict().items()}
+    enc = build_sparse_encoder(arch, ratio=0.3, seq_len=512, gate_layers=[0], **dims)
+    own = {f"encoder.backbone.{k}": v for k, v in enc.backbone.state_dict().items()}
+    state = enc.adapt_dense_state(dense, prefix="encoder.backbone.")
+    loadable = {k for k, v in state.items() if k in own and own[k].shape == v.shape}
+    assert sorted(set(own) - loadable) == sorted(k for k in own if ".pooler." in k)
+    for kind in ("query", "key", "value"):
+        local = f"encoder.backbone.encoder.layer.1.attention.self.{kind}.weight"
+        if arch == "longformer":
+            assert torch.equal(state[local.replace(f".{kind}.", f".{kind}_global.")], dense[local])
+    pos = "encoder.backbone.embeddings.position_embeddings.weight"
+    offset = 2 if arch == "longformer" else 0
+    assert torch.equal(state[pos][offset:offset + 512], dense[pos])

@@ -69,6 +69,7 @@ def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatc
         assert 0 < row.retention_l1 <= 1  # no exact budget: whatever passes P(kept) >= 1/2
     elif extra[0] in ("method=longformer", "method=bigbird"):  # every token kept, ~0.3·T keys per query
         assert row.retention_l1 == pytest.approx(0.3, abs=0.06) and row.budget == row.retention_l1
+        assert pd.isna(row.dense) and pd.isna(row.pct_of_dense)  # no dense path of its own
     else:
         assert row.retention_l1 == pytest.approx(10 / 32)  # ⌈0.3·32⌉
     if extra == ["ablation=fixed_lambda"]:
