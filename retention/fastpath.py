@@ -12,9 +12,11 @@
   gradient of that extra key column. On CUDA the memory-efficient kernel does accept a mask that
   requires grad, but measured on an H200 (docs/performance.md, "GPU") that step cost 1.9–3.0× the
   dense step under bf16 autocast at T ≥ 2048 and up to twice its memory; the fold costs
-  1.08–1.26×. CUDA's fused kernels need a head dimension that is a multiple of 8 (with d + 1 = 33
-  fp32 fell back to the math path: 22 GB at T 2048, B 8), so there q, k, v are zero-padded to the
-  next multiple of 8 — zero columns add nothing to q·k and their output columns are dropped.
+  1.08–1.26× there (and 3–13 % more than the mask call in host-bound steps at T 512), so it is
+  used on every device. CUDA's fused kernels need a head dimension that is a multiple of 8 (with
+  d + 1 = 33, fp32 fell back to the math path: 22 GB at T 2048, B 8), so there q, k, v are
+  zero-padded to the next multiple of 8 — zero columns add nothing to q·k and their output columns
+  are dropped.
 * :func:`use_soft_gate_attention` points a backbone that uses ``sdpa`` at :func:`soft_gate_sdpa`
   (registered with transformers' ``AttentionInterface``, the stack's own extension point); every
   other call — dense, hard path, masks without grad — is the stock SDPA function unchanged.
