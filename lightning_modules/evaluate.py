@@ -175,6 +175,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     trained_budget = system.encoder.budget
     rows = []
     sparse = cfg.method in SPARSE_METHODS
+    own_paths = system.eval_paths
 
     def test(path: str) -> dict[str, float]:
         system.eval_paths = (path,)
@@ -206,7 +207,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
             rows.append(row)
     system.selector = "gate" if cfg.method not in SELECTORS else cfg.method
     system.encoder.budget = trained_budget
-    vars(system).pop("eval_paths", None)
+    system.eval_paths = own_paths  # popping the instance attribute would drop a sparse system's own
     return rows
 
 
