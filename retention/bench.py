@@ -38,7 +38,7 @@ from .budget import Budget, keep_counts
 from .encoder import RetentionEncoder, transformer_layers
 from .fastpath import compile_layers
 
-__all__ = ["BenchSpec", "validate_spec", "run_bench", "record_fields", "write_csv", "plot_records",
+__all__ = ["BenchSpec", "validate_spec", "run_bench", "record_fields", "memory_reductions", "write_csv", "plot_records",
            "extend_position_embeddings", "kept_per_layer"]
 
 _PAD_ID_OFFSET = 5  # random input ids start here, clear of pad/special ids
@@ -432,17 +432,33 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, 
                         rec[f"{p}_peak_bytes"] = m["peak_bytes"]
                         rec[f"{p}_resident_bytes"] = m["resident_bytes"]
                         rec[f"{p}_activation_bytes"] = m["activation_bytes"]
-                    rec["memory_reduction"] = 1.0 - rec["retained_peak_bytes"] / rec["full_peak_bytes"]
-                    rec["activation_memory_reduction"] = 1.0 - rec["retained_activation_bytes"] / rec["full_activation_bytes"]
+                    rec.update(memory_reductions(mem["full"], mem[str(r)]))
                 else:
                     rec.update({key: None for key in record_fields() if "bytes" in key or key.endswith("memory_reduction")})
                 rec.update(train)
                 records.append(rec)
+                red = rec["activation_memory_reduction"]
                 log(f"  rho={r}: M={rec['kept_tokens']} speed-up {rec['speedup']:.2f}x, gate overhead "
-                    f"{100 * overhead:.2f} %" + (f", activation memory -{100 * rec['activation_memory_reduction']:.0f} %"
-                                                 if spec.memory else ""))
+                    f"{100 * overhead:.2f} %" + ("" if not spec.memory else
+                                                 ", activation memory below the RSS resolution" if red is None else
+                                                 f", activation memory {-100 * red:+.0f} %"))
     env["load_average_end"] = list(os.getloadavg())
     return {"environment": env, "spec": asdict(spec), "records": records}
+
+
+def memory_reductions(full: dict[str, int], retained: dict[str, int]) -> dict[str, float | None]:
+    """Relative reductions of the retained phase against the full one: ``1 - retained / full`` for the
+    total peak and for the activation memory (peak minus resident).
+
+    ``activation_memory_reduction`` is ``None`` when the full forward's activation memory is not
+    positive: at tiny shapes on CPU the forward fits in memory the allocator already holds, so the
+    RSS peak does not rise above what was resident and the ratio is undefined (not 0, not infinite).
+    """
+    act = full["activation_bytes"]
+    return {
+        "memory_reduction": 1.0 - retained["peak_bytes"] / full["peak_bytes"],
+        "activation_memory_reduction": 1.0 - retained["activation_bytes"] / act if act > 0 else None,
+    }
 
 
 def record_fields() -> list[str]:
@@ -484,8 +500,10 @@ def plot_records(records: list[dict], path: str, title: str = "") -> None:
             label = f"rho = {ratio}" + (f", B = {batch}" if len(batches) > 1 else "")
             xs = [r["length"] for r in rows]
             ax1.plot(xs, [r["speedup"] for r in rows], marker="o", label=label)
-            if rows and rows[0].get("activation_memory_reduction") is not None:
-                ax2.plot(xs, [100 * r["activation_memory_reduction"] for r in rows], marker="o", label=label)
+            measured = [r for r in rows if r.get("activation_memory_reduction") is not None]
+            if measured:
+                ax2.plot([r["length"] for r in measured], [100 * r["activation_memory_reduction"] for r in measured],
+                         marker="o", label=label)
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.set(xlabel="sequence length T", ylabel="speed-up (retained / full throughput)", title="throughput")
     ax2.set(xlabel="sequence length T", ylabel="activation-memory reduction (%)", title="peak memory", ylim=(0, 100))
