@@ -122,10 +122,12 @@ class TrainerConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     log_every_n_steps: int = 10
-    val_check_interval: Optional[float] = None
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
-    limit_test_batches: Optional[float] = None
+    # As in Lightning: an int counts batches, a float in (0, 1] is a fraction of the epoch (Any, so that
+    # ``trainer.limit_train_batches=20`` stays the int 20 instead of becoming the fraction-looking 20.0).
+    val_check_interval: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
     enable_progress_bar: bool = True
     deterministic: bool = False
     fast_dev_run: bool = False
@@ -224,7 +226,21 @@ _CHECKS: list[_Check] = [
     ("trainer.max_epochs", lambda v: v >= 1 or v == -1, ">= 1 (or -1)"),
     ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),
+    *((f"trainer.{k}", lambda v, lo=lo: _batches_or_fraction(v, lo),
+       f"null, an int >= {lo} (batches) or a float in (0, 1] (fraction)")
+      for k, lo in (("val_check_interval", 1), ("limit_train_batches", 0), ("limit_val_batches", 0),
+                    ("limit_test_batches", 0))),
 ]
+
+def _batches_or_fraction(value: Any, lowest_int: int) -> bool:
+    """Lightning's convention for ``limit_*_batches`` / ``val_check_interval``: int = batches, float = fraction."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= lowest_int
+    return isinstance(value, float) and 0.0 < value <= 1.0
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=True)

@@ -26,6 +26,10 @@ BAD = [
     ("budget.ratoi=0.3", "ratoi", "Did you mean"),
     ("model=nonexistent", "model", "minilm"),
     ("data.name=imagenet", "data.name", "needle"),
+    ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches", "(0, 1]"),
+    ("trainer.limit_val_batches=-1", "trainer.limit_val_batches", "int >= 0"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval", "int >= 1"),
+    ("trainer.limit_test_batches=abc", "trainer.limit_test_batches", "float in (0, 1]"),
 ]
 
 
@@ -47,6 +51,18 @@ def test_bad_config_exits_2_naming_key(override, key, allowed, capsys, no_work):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert key in err and allowed in err
+
+
+@pytest.mark.parametrize("value,expected", [("20", 20), ("0.25", 0.25), ("1", 1), ("1.0", 1.0)])
+def test_batch_limits_keep_lightnings_int_batches_float_fraction(value, expected, monkeypatch):
+    """``trainer.limit_train_batches=20`` reaches Lightning as the int 20 (20 batches), not 20.0
+    (which Lightning reads as an out-of-range fraction); a float stays a fraction."""
+    seen = {}
+    monkeypatch.setattr(cli, "train", lambda cfg, **_: seen.update(cfg=cfg))
+    assert cli.main(["train", *TINY, f"trainer.limit_train_batches={value}", f"trainer.val_check_interval={value}"]) == 0
+    for key in ("limit_train_batches", "val_check_interval"):
+        got = seen["cfg"].trainer[key]
+        assert got == expected and type(got) is type(expected), (key, got)
 
 
 def test_gate_layer_checked_against_pretrained_backbone(capsys, no_work):
