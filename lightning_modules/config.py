@@ -120,7 +120,9 @@ def backbone_num_layers(cfg: DictConfig) -> int:
     config = _pretrained_config(cfg.model.backbone)
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None:
-        limit -= 2 if config.model_type in ("roberta", "xlm-roberta") else 0  # RoBERTa's position offset
+        from retention.backbones import position_offset
+
+        limit -= position_offset(config.model_type)
         if cfg.data.seq_len > limit:
             raise ConfigError(
                 f"data.seq_len={cfg.data.seq_len} is out of range; allowed: <= {limit} "

@@ -8,7 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, Pretraine
 
 from .encoder import SEQ2SEQ_MODEL_TYPES, SUPPORTED_MODEL_TYPES
 
-__all__ = ["MINILM", "RANDOM_INIT", "resolve_backbone_path", "backbone_config", "build_backbone", "build_seq2seq"]
+__all__ = ["MINILM", "RANDOM_INIT", "position_offset", "resolve_backbone_path", "backbone_config", "build_backbone",
+           "build_seq2seq"]
 
 MINILM = "minilm"
 """Short name for sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT) shipped by the
@@ -18,6 +19,12 @@ _HAS_POOLER = ("bert", "roberta", "xlm-roberta")
 
 RANDOM_INIT = "random"
 """Backbone name for a randomly initialised config built from the ``arch``/size fields."""
+
+
+def position_offset(model_type: str) -> int:
+    """Rows of the position table before the first real position: RoBERTa-style models (and
+    Longformer, which started from RoBERTa) number positions from padding_idx + 1 = 2; BERT from 0."""
+    return 2 if model_type in ("roberta", "xlm-roberta", "longformer") else 0
 
 
 def resolve_backbone_path(name: str) -> str:
@@ -61,8 +68,7 @@ def random_config(
             attention_dropout=attention_dropout,
         )
     else:
-        # RoBERTa offsets positions by padding_idx + 1: leave room for it.
-        extra = 2 if arch in ("roberta", "xlm-roberta") else 0
+        extra = position_offset(arch)  # leave room for RoBERTa's offset
         cfg = AutoConfig.for_model(
             arch, vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
             num_attention_heads=num_heads, intermediate_size=inter,

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .backbones import MINILM, RANDOM_INIT, backbone_config, build_backbone
+from .backbones import MINILM, RANDOM_INIT, backbone_config, build_backbone, position_offset
 from .budget import Budget, keep_counts
 from .encoder import RetentionEncoder, transformer_layers
 from .fastpath import compile_layers
@@ -120,7 +120,7 @@ def extend_position_embeddings(model: nn.Module, n: int) -> bool:
     table = getattr(emb, "position_embeddings", None)
     if not isinstance(table, nn.Embedding):
         raise ValueError(f"cannot extend the positions of {type(model).__name__}: no embeddings.position_embeddings table")
-    extra = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta") else 0
+    extra = position_offset(getattr(model.config, "model_type", ""))
     need = n + extra
     old = table.weight.data
     if old.shape[0] >= need:

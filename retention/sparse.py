@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from .backbones import position_offset
 from .budget import Budget
 from .encoder import RetentionOutput
 
@@ -59,7 +60,8 @@ def sparse_attention_config(arch: str, ratio: float, seq_len: int, vocab_size: i
         # RoBERTa-style positions start at padding_idx + 1; the model pads T up to a multiple of w.
         padded = math.ceil(seq_len / window) * window
         return AutoConfig.for_model("longformer", attention_window=[window] * num_layers,
-                                    max_position_embeddings=padded + 2, pad_token_id=1, **common)
+                                    max_position_embeddings=padded + position_offset("longformer"), pad_token_id=1,
+                                    **common)
     block = _bigbird_block(ratio, seq_len)
     if seq_len <= (5 + 2 * _BIGBIRD_RANDOM_BLOCKS) * block:
         raise ValueError(f"BigBird block-sparse attention needs T > {(5 + 2 * _BIGBIRD_RANDOM_BLOCKS) * block} "
@@ -103,8 +105,9 @@ class SparseAttentionEncoder(nn.Module):
         pos = f"{prefix}embeddings.position_embeddings.weight"
         if pos in state and state[pos].shape[1] == own["embeddings.position_embeddings.weight"].shape[1]:
             table = own["embeddings.position_embeddings.weight"].clone()
-            n = min(state[pos].shape[0], table.shape[0] - 2)
-            table[2:2 + n] = state[pos][:n]
+            off = position_offset("longformer")
+            n = min(state[pos].shape[0], table.shape[0] - off)
+            table[off:off + n] = state[pos][:n]
             state[pos] = table
         types = f"{prefix}embeddings.token_type_embeddings.weight"
         if types in state:
