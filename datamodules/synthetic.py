@@ -4,7 +4,7 @@ that needs most of its tokens — the hard case).
 
 Every generator is a pure function of (spec, size, seed) (synthetic QA also of the tokenizer's word list), vectorised in torch where the task
 allows (key-value retrieval, associative recall) and a seeded :class:`random.Random` where it is
-recursive (ListOps). Splits use disjoint seed streams (:meth:`SyntheticDataModule.split_seed`).
+recursive (ListOps). Splits use disjoint seed streams (:func:`split_seed`).
 
 Shared vocabulary layout: 0 [PAD], 1 [CLS], 2 [SEP]; task tokens from 3 on; then distractors.
 """
@@ -26,13 +26,18 @@ __all__ = [
     "PAD_ID", "CLS_ID", "SEP_ID", "SyntheticDataModule", "DictDataset",
     "KVSpec", "generate_kv_retrieval", "KVRetrievalDataModule",
     "ListOpsSpec", "generate_listops", "listops_value", "ListOpsDataModule", "LISTOPS_TOKENS",
-    "MQARSpec", "generate_mqar", "MQARDataModule",
+    "MQARSpec", "generate_mqar", "MQARDataModule", "split_seed",
     "SynthQASpec", "generate_synthetic_qa", "SyntheticQADataModule",
 ]
 
 PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
 FIRST_TASK_TOKEN = 3
 _SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The generator seed of ``split`` for data seed ``seed``: disjoint streams for train, val and test."""
+    return seed * 1000 + _SPLIT_OFFSET[split]
 
 
 class DictDataset(TensorDataset):
@@ -79,13 +84,10 @@ class SyntheticDataModule(SplitLoaders, L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.spec.vocab_size
 
-    def split_seed(self, split: str) -> int:
-        return self.hparams.seed * 1000 + _SPLIT_OFFSET[split]
-
     def setup(self, stage: str | None = None) -> None:
         for split, size in self.sizes.items():
             if split not in self.datasets:
-                self.datasets[split] = DictDataset(self.generate(size, self.split_seed(split)), self.keys)
+                self.datasets[split] = DictDataset(self.generate(size, split_seed(self.hparams.seed, split)), self.keys)
 
 
 def _lengths_and_mask(size: int, seq_len: int, min_seq_len: int, g: torch.Generator):
@@ -432,7 +434,7 @@ class SyntheticQADataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule)
         for split, size in self.sizes.items():
             if split in self.datasets:
                 continue
-            examples = generate_synthetic_qa(self.spec, words, size, self.hparams.seed * 1000 + _SPLIT_OFFSET[split])
+            examples = generate_synthetic_qa(self.spec, words, size, split_seed(self.hparams.seed, split))
             self._examples[split] = {i: e for i, e in enumerate(examples)}
             self.datasets[split] = tokenize_qa(examples, self.tokenizer, self.hparams.seq_len + 16)
 

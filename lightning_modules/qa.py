@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from torchmetrics.text import SQuAD
 
-from .classification import EVAL_PATHS
-from .system import RetentionSystem
+from .system import EVAL_PATHS, RetentionSystem
 
 __all__ = ["RetentionQA", "best_spans"]
 

@@ -26,8 +26,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from retention.backbones import build_seq2seq
 
-from .classification import EVAL_PATHS
-from .system import RetentionSystem
+from .system import EVAL_PATHS, RetentionSystem
 
 __all__ = ["RetentionSummarizer"]
 
