@@ -61,27 +61,30 @@ def spec_from_args(args: argparse.Namespace):
 
     from retention.bench import BenchSpec
 
-    def pick(name: str, default):
+    defaults = BenchSpec()
+
+    def pick(name: str):
+        """The flag if given, else --quick's value, else BenchSpec's default."""
         value = getattr(args, name)
         if value is not None:
             return value
-        return QUICK[name] if args.quick and name in QUICK else default
+        return QUICK[name] if args.quick and name in QUICK else getattr(defaults, name)
 
     return BenchSpec(
         backbone=args.backbone,
-        lengths=tuple(pick("lengths", [512, 1024, 2048, 4096])),
-        batch_sizes=tuple(pick("batch_sizes", [8])),
+        lengths=tuple(pick("lengths")),
+        batch_sizes=tuple(pick("batch_sizes")),
         ratios=tuple(args.ratios),
         gate_layers=tuple(args.gate_layers),
-        reps=pick("reps", 10),
-        warmup=pick("warmup", 2),
-        threads=args.threads if args.threads is not None else torch.get_num_threads(),
+        reps=pick("reps"),
+        warmup=pick("warmup"),
+        threads=pick("threads"),
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         autocast=args.autocast,
         compile=args.compile,
         memory=not args.no_memory,
-        train_max_length=pick("train_max_length", 512),
-        train_reps=pick("train_reps", 5),
+        train_max_length=pick("train_max_length"),
+        train_reps=pick("train_reps"),
         arch=args.arch, layers=args.layers, hidden=args.hidden, heads=args.heads,
         intermediate=args.intermediate, vocab=args.vocab,
     )

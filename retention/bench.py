@@ -159,16 +159,19 @@ def make_inputs(spec: BenchSpec, vocab: int, length: int, batch: int) -> tuple[t
     return ids.to(spec.device), prot.to(spec.device)
 
 
+def _bf16(spec: BenchSpec) -> bool:
+    """Whether the forwards run under bf16 autocast ("auto": on CUDA only)."""
+    return spec.autocast == "bf16" or (spec.autocast == "auto" and spec.device.startswith("cuda"))
+
+
 def _autocast(spec: BenchSpec) -> contextlib.AbstractContextManager:
-    on_gpu = spec.device.startswith("cuda")
-    if spec.autocast == "bf16" or (spec.autocast == "auto" and on_gpu):
-        return torch.autocast(device_type="cuda" if on_gpu else "cpu", dtype=torch.bfloat16)
+    if _bf16(spec):
+        return torch.autocast(device_type="cuda" if spec.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def _dtype_name(spec: BenchSpec) -> str:
-    on_gpu = spec.device.startswith("cuda")
-    return "bf16-autocast" if spec.autocast == "bf16" or (spec.autocast == "auto" and on_gpu) else "fp32"
+    return "bf16-autocast" if _bf16(spec) else "fp32"
 
 
 def _sync(spec: BenchSpec) -> None:
