@@ -1,42 +1,36 @@
 """Lightning systems that train Adaptive Retention (the method itself lives in ``retention``).
 
-The systems are imported on first use (PEP 562 ``__getattr__``): the ``retention`` command builds
-its parser from the subcommand modules of this package, and a config error or ``--help`` should not
-wait for Lightning, torchmetrics and transformers to load."""
+``TASK_SYSTEMS`` maps a data module's ``task`` to the LightningModule that trains it, and
+:func:`build_system` builds that system for a config and a data module."""
 
 from __future__ import annotations
 
-import importlib
+from conf.schema import ConfigError
 
-# exported name -> the module that defines it
-_EXPORTS = {
-    "RetentionSystem": ".system",
-    "RetentionClassifier": ".classification",
-    "RetentionMultiLabelClassifier": ".classification",
-    "RetentionMultiQueryClassifier": ".classification",
-    "RetentionQA": ".qa",
-    "RetentionSummarizer": ".summarization",
-}
+from .classification import RetentionClassifier, RetentionMultiLabelClassifier, RetentionMultiQueryClassifier
+from .qa import RetentionQA
+from .summarization import RetentionSummarizer
+from .system import RetentionSystem
 
-# data module's ``task`` attribute -> the LightningModule class that trains it (``from_config``).
-_TASKS = {
-    "classification": "RetentionClassifier",
-    "multilabel": "RetentionMultiLabelClassifier",
-    "multiquery": "RetentionMultiQueryClassifier",
-    "qa": "RetentionQA",
-    "summarization": "RetentionSummarizer",
+# data module's ``task`` attribute -> the LightningModule class that trains it
+TASK_SYSTEMS: dict[str, type[RetentionSystem]] = {
+    "classification": RetentionClassifier,
+    "multilabel": RetentionMultiLabelClassifier,
+    "multiquery": RetentionMultiQueryClassifier,
+    "qa": RetentionQA,
+    "summarization": RetentionSummarizer,
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    elif name == "TASK_SYSTEMS":
-        value = {task: __getattr__(cls) for task, cls in _TASKS.items()}
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+def build_system(cfg, dm) -> RetentionSystem:
+    """The task's LightningModule for ``cfg``: ``TASK_SYSTEMS[dm.task]`` (default ``classification``)."""
+    task = getattr(dm, "task", "classification")
+    if task not in TASK_SYSTEMS:
+        raise ConfigError(f"data.name={cfg.data.name!r} declares task {task!r}; known tasks: {', '.join(sorted(TASK_SYSTEMS))}")
+    return TASK_SYSTEMS[task].from_config(cfg, dm)
 
 
-__all__ = [*_EXPORTS, "TASK_SYSTEMS"]
+__all__ = [
+    "RetentionSystem", "RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier",
+    "RetentionQA", "RetentionSummarizer", "TASK_SYSTEMS", "build_system",
+]

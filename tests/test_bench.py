@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules import cli
+from commands import cli, runner
 from retention.bench import (BenchSpec, build_encoder, kept_per_layer, make_inputs, memory_reductions, plot_records,
                              record_fields)
 

@@ -11,8 +11,10 @@ import torch
 from torchmetrics.classification import MultilabelF1Score
 
 from datamodules import CUADDataModule
-from lightning_modules import TASK_SYSTEMS, RetentionMultiLabelClassifier, cli
-from lightning_modules.config import compose
+from commands import cli, runner
+from lightning_modules import TASK_SYSTEMS, RetentionMultiLabelClassifier, build_system
+from datamodules import build_datamodule
+from conf.compose import compose
 
 from .hf_fixtures import byo_rows, cuad_records, write_csv, write_imdb, write_jsonl, write_sst2
 
@@ -86,7 +88,7 @@ def test_unsupported_backbone_type_fails_before_work(tmp_path, capsys, monkeypat
     from transformers import AutoConfig
 
     AutoConfig.for_model("gpt2", n_layer=2, n_embd=16, n_head=2).save_pretrained(tmp_path / "gpt2")
-    monkeypatch.setattr(cli, "train", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("work started"))
     assert cli.main(["train", f"model.backbone={tmp_path / 'gpt2'}"]) == 2
     err = capsys.readouterr().err
     assert "'gpt2'" in err and "supported: bert, distilbert, roberta, xlm-roberta" in err
@@ -132,8 +134,8 @@ def test_pretrained_minilm_fine_tunes_offline_with_gates(tmp_path, monkeypatch):
     cfg = compose(["data=byo", "model=minilm", *FAST, "gate.layers=[2]", f"data.data_files={path}",
                    f"data.cache_dir={tmp_path / 'cache'}", "logging.save_checkpoint=false",
                    f"logging.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
-    dm = cli.build_datamodule(cfg)
-    system = cli.build_system(cfg, dm)
+    dm = build_datamodule(cfg)
+    system = build_system(cfg, dm)
     assert system.encoder.backbone.config.hidden_size == 384 and dm.vocab_size == 30522
     before = {n: p.detach().clone() for n, p in system.named_parameters()}
     import lightning as L

@@ -6,7 +6,7 @@ import sys
 import mlflow
 import pytest
 
-from lightning_modules import cli
+from commands import cli, runner
 
 from .helpers import TINY
 
@@ -40,9 +40,9 @@ def no_work(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("work started before the config was validated")
 
-    monkeypatch.setattr(cli, "build_datamodule", boom)
-    monkeypatch.setattr(cli, "build_system", boom)
-    monkeypatch.setattr(cli, "train", boom)
+    monkeypatch.setattr(runner, "build_datamodule", boom)
+    monkeypatch.setattr(runner, "build_system", boom)
+    monkeypatch.setattr(runner, "train", boom)
 
 
 @pytest.mark.parametrize("override,key,allowed", BAD)
@@ -58,7 +58,7 @@ def test_batch_limits_keep_lightnings_int_batches_float_fraction(value, expected
     """``trainer.limit_train_batches=20`` reaches Lightning as the int 20 (20 batches), not 20.0
     (which Lightning reads as an out-of-range fraction); a float stays a fraction."""
     seen = {}
-    monkeypatch.setattr(cli, "train", lambda cfg, **_: seen.update(cfg=cfg))
+    monkeypatch.setattr(runner, "train", lambda cfg, **_: seen.update(cfg=cfg))
     assert cli.main(["train", *TINY, f"trainer.limit_train_batches={value}", f"trainer.val_check_interval={value}"]) == 0
     for key in ("limit_train_batches", "val_check_interval"):
         got = seen["cfg"].trainer[key]
@@ -71,7 +71,7 @@ def test_gate_layer_checked_against_pretrained_backbone(capsys, no_work):
 
 
 def test_console_script_exit_code(tmp_path):
-    exe = [sys.executable, "-m", "lightning_modules.cli"]
+    exe = [sys.executable, "-m", "commands.cli"]
     res = subprocess.run([*exe, "train", "budget.ratio=2"], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2
     assert "budget.ratio" in res.stderr and "(0, 1]" in res.stderr
@@ -116,7 +116,7 @@ def test_tiny_train_run_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
 def test_every_preset_group_option_composes():
     """experiment/ (global presets, not a Config section), method/ and ablation/ are train groups;
     conf/sweep/ is not."""
-    from lightning_modules.config import compose, config_groups
+    from conf.compose import compose, config_groups
 
     groups = config_groups()
     assert {"experiment", "method", "ablation", "model", "data"} <= set(groups) and "sweep" not in groups

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conf.schema import METHODS
-from lightning_modules import cli
+from commands import cli, runner
 from retention.baselines import SELECTORS, TRAINED_METHODS
 from retention.sparse import SPARSE_METHODS
 
@@ -89,7 +89,7 @@ def test_unknown_method_or_bad_source_fails_clearly(tmp_path, capsys):
 def test_ablation_presets_name_themselves_and_exist_for_every_ablation():
     from conf import CONF_DIR
     from conf.schema import ABLATIONS
-    from lightning_modules.config import compose
+    from conf.compose import compose
 
     assert sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml")) == sorted(a for a in ABLATIONS if a != "none")
     for name in ABLATIONS[1:]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datamodules import BYODataModule, DataError, IMDbDataModule, SST2DataModule, build_datamodule
-from lightning_modules.config import compose
+from conf.compose import compose
 
 from .hf_fixtures import byo_rows, write_csv, write_imdb, write_jsonl, write_sst2
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datamodules import DATAMODULES, DataError
-from lightning_modules import cli
+from commands import cli, runner
 
 from .helpers import TINY
 from .long_doc_fixtures import qasper_paper, summary_record, write_jsonl, write_qasper, write_summarization

@@ -5,8 +5,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_modules.cli import build_datamodule, build_system
-from lightning_modules.config import compose
+from datamodules import build_datamodule
+from lightning_modules import build_system
+from conf.compose import compose
 from lightning_modules.system import DUAL_GROUP
 
 from .helpers import TINY
@@ -113,12 +114,12 @@ class _SameLambdaOnEveryRank(Callback):
 def test_ddp_spawn_two_processes_train_and_keep_lambda_identical(tmp_path, monkeypatch):
     """Every parameter takes part in the loss (no pooler, gates and λ kept in the graph on dense
     steps), so DDP runs without find_unused_parameters; λ is averaged, hence identical on both ranks."""
-    from lightning_modules import cli
+    from commands import cli, runner
 
     monkeypatch.chdir(tmp_path)
     cfg = compose([*TINY, "budget.dense_steps=1", "trainer.strategy=ddp_spawn", "trainer.devices=2",
                    "logging.save_checkpoint=false", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
-    cli.train(cfg, callbacks=[_SameLambdaOnEveryRank()])
+    runner.train(cfg, callbacks=[_SameLambdaOnEveryRank()])
 
 
 class _FirstWeights(Callback):
@@ -128,14 +129,14 @@ class _FirstWeights(Callback):
 
 @pytest.mark.slow
 def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkeypatch, capsys):
-    from lightning_modules import cli
+    from commands import cli, runner
 
     monkeypatch.chdir(tmp_path)
     uri = f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"
-    first = cli.train(compose([*TINY, uri]))
+    first = runner.train(compose([*TINY, uri]))
     ckpt = torch.load(first["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     probe = _FirstWeights()
-    cli.train(compose([*TINY, uri, "method=ltp", f"model.init_from={first['checkpoint']}"]), callbacks=[probe])
+    runner.train(compose([*TINY, uri, "method=ltp", f"model.init_from={first['checkpoint']}"]), callbacks=[probe])
     out = capsys.readouterr().out
     backbone = [k for k in ckpt if k.startswith("encoder.backbone.") and k in probe.state]
     assert backbone and all(torch.equal(probe.state[k], ckpt[k]) for k in backbone)  # started from the checkpoint
@@ -144,7 +145,7 @@ def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkey
 
 
 def test_warm_start_from_a_missing_file_is_a_config_error(capsys):
-    from lightning_modules import cli
+    from commands import cli, runner
 
     assert cli.main(["train", "model.init_from=/nonexistent/best.ckpt"]) == 2
     assert "model.init_from" in capsys.readouterr().err

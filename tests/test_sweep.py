@@ -25,8 +25,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from lightning_modules import cli, sweep
-from lightning_modules.compare import pareto_front
+from commands import cli, sweep
+from commands.compare import pareto_front
 
 from .helpers import TINY
 
@@ -130,7 +130,7 @@ def test_bad_sweep_config_fails_before_any_trial(override, entry, detail, workdi
 
 
 def test_config_groups_are_schema_sections_only():
-    from lightning_modules.config import config_groups
+    from conf.compose import config_groups
 
     assert "sweep" not in config_groups() and {"model", "data"} <= set(config_groups())
 
@@ -219,7 +219,7 @@ def test_killed_worker_trial_failed_and_retried_completed_trial_kept(workdir, ur
     args = ["sweep", "--config", cfg, "--n-trials", "1", f"logging.tracking_uri={uri}"]
     assert cli.main(args) == 0  # trial 0 completes
     # A worker running a long trial (500 epochs) is killed with SIGKILL mid-trial.
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_modules.cli", *args, "trainer.max_epochs=500"],
+    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", *args, "trainer.max_epochs=500"],
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120

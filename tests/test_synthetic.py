@@ -134,7 +134,7 @@ def test_bad_specs_fail_clearly():
     ("listops", ["data.seq_len=48", "data.min_seq_len=12", "data.max_depth=4", "data.max_args=4"]),
 ])
 def test_synthetic_tasks_train_through_the_cli(data, extra, tmp_path, monkeypatch, capsys):
-    from lightning_modules import cli
+    from commands import cli
 
     from .helpers import TINY
 
@@ -147,18 +147,19 @@ def test_synthetic_tasks_train_through_the_cli(data, extra, tmp_path, monkeypatc
 
 
 def test_mqar_head_reads_the_query_tokens_on_every_path():
-    from lightning_modules import cli
+    from datamodules import build_datamodule
+    from lightning_modules import build_system
     from lightning_modules.classification import RetentionMultiQueryClassifier
-    from lightning_modules.config import compose
+    from conf.compose import compose
 
     from .helpers import TINY
 
     tiny = [o for o in TINY if not o.startswith(("data.seq_len", "data.vocab_size"))]
     cfg = compose(["data=mqar", *tiny, "data.seq_len=64", "data.vocab_size=64", "data.num_keys=8",
                    "data.num_classes=4", "data.num_queries=3", "budget.ratio=0.1"])
-    dm = cli.build_datamodule(cfg)
+    dm = build_datamodule(cfg)
     dm.setup()
-    system = cli.build_system(cfg, dm)
+    system = build_system(cfg, dm)
     assert isinstance(system, RetentionMultiQueryClassifier)
     batch = next(iter(dm.val_dataloader()))
     system.eval()
@@ -177,17 +178,18 @@ def test_mqar_head_reads_the_query_tokens_on_every_path():
 
 
 def test_synthetic_qa_answers_are_exact_spans_and_survive_the_gate():
-    from lightning_modules import cli
-    from lightning_modules.config import compose
+    from datamodules import build_datamodule
+    from lightning_modules import build_system
+    from conf.compose import compose
 
     from .helpers import TINY
 
     tiny = [o for o in TINY if not o.startswith(("data.seq_len", "data.vocab_size"))]
     cfg = compose(["data=synthetic_qa", *tiny, "data.seq_len=96", "data.num_pairs=3", "budget.ratio=0.2"])
-    dm = cli.build_datamodule(cfg)
+    dm = build_datamodule(cfg)
     dm.setup()
     a = [e["context"] for e in dm.eval_examples("test").values()]
-    dm2 = cli.build_datamodule(cfg)
+    dm2 = build_datamodule(cfg)
     dm2.setup()
     assert a == [e["context"] for e in dm2.eval_examples("test").values()]  # deterministic
     assert not set(a) & {e["context"] for e in dm.eval_examples("train").values()}  # no leakage
@@ -196,7 +198,7 @@ def test_synthetic_qa_answers_are_exact_spans_and_survive_the_gate():
         assert ex["context"][s:s + len(ex["answer_text"])] == ex["answers"][0]
         key = ex["question"].split()[2]
         assert ex["context"].count(f"{key} is ") == 1  # the answer is decodable from the fact alone
-    system = cli.build_system(cfg, dm).eval()
+    system = build_system(cfg, dm).eval()
     batch = next(iter(dm.test_dataloader()))
     assert (batch["start_positions"] > 0).all()  # every answer inside its window
     with torch.no_grad():
@@ -207,7 +209,7 @@ def test_synthetic_qa_answers_are_exact_spans_and_survive_the_gate():
 
 @pytest.mark.slow
 def test_synthetic_qa_trains_through_the_cli(tmp_path, monkeypatch, capsys):
-    from lightning_modules import cli
+    from commands import cli
 
     from .helpers import TINY
 

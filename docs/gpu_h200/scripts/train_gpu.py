@@ -1,4 +1,4 @@
-"""Run the project's one training entry point, lightning_modules.cli.train(cfg, logger=...), with
+"""Run the project's one training entry point, lightning_modules.runner.train(cfg, logger=...), with
 config overrides from argv (e.g. trainer.accelerator=gpu trainer.precision=bf16-mixed). MLflow is not
 on the device machine, so a CSVLogger with the two attributes train() reads stands in for MLFlowLogger.
 Prints the summary and a JSON line with wall time."""
@@ -8,8 +8,9 @@ import time
 
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_modules.cli import EXIT_CONFIG_ERROR, _check_backbone, train
-from lightning_modules.config import compose
+from commands.cli import EXIT_CONFIG_ERROR
+from commands.runner import check_config, train
+from conf.compose import compose
 from conf.schema import ConfigError
 
 
@@ -36,7 +37,7 @@ def main() -> int:
         print("soft path: stock SDPA call", flush=True)
     try:
         cfg = compose(overrides, None)
-        _check_backbone(cfg)
+        check_config(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

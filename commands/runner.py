@@ -1,40 +1,29 @@
-"""The ``retention`` command line.
-
-    retention train [--config FILE] [group=option ...] [key=value ...]
-    retention <command> ...          (every module in COMMAND_MODULES adds one)
-
-A bad config exits with code 2 and a one-line error naming the key, before any model is built
-or data is read.
-
-Adding a subcommand: write a module that defines ``NAME`` (the subcommand), ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int`` (the exit code), importing anything heavy inside
-``run``; then list the module in ``COMMAND_MODULES``.
-"""
+"""Running one training: the MLflow logger, warm start, ``train`` (fit, test on the dense / soft /
+retained paths, track) and its printed summary. Every command that trains (``retention train``,
+a sweep's trials) goes through :func:`train`."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from conf.schema import ConfigError
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import OmegaConf
 
-__all__ = ["main", "train", "default_tracking_uri"]
+from conf.compose import backbone_num_layers, check_backbone_supported
+from conf.schema import ConfigError, validate
+from datamodules import DATAMODULES, build_datamodule, check_data_config
+from lightning_modules import build_system
 
-EXIT_CONFIG_ERROR = 2
+__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "default_tracking_uri", "flatten_params",
+           "format_summary", "make_logger", "train", "warm_start"]
+
 CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
-
-# Subcommands other than ``train``, one module each (see the module docstring).
-COMMAND_MODULES: list[str] = [
-    "lightning_modules.sweep",
-    "lightning_modules.compare",
-    "lightning_modules.evaluate",
-    "lightning_modules.bench",
-]
 
 
 def default_tracking_uri(configured: str | None) -> str:
@@ -45,23 +34,21 @@ def default_tracking_uri(configured: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+def flatten_params(d: dict, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten_params(v, key + "."))
         else:
             out[key] = v
     return out
 
 
-def _check_backbone(cfg) -> None:
-    from datamodules import DATAMODULES, check_data_config
-    from conf.schema import validate
-
-    from .config import backbone_num_layers, check_backbone_supported
-
+def check_config(cfg) -> None:
+    """The checks that need the data module registry and the backbone's config (no weights): the data
+    module exists and reads every ``data.*`` key set, the backbone's model type suits the task, and
+    ``gate.layers`` fit the backbone. Raises :class:`ConfigError` naming the key."""
     if cfg.data.name not in DATAMODULES:
         raise ConfigError(f"data.name={cfg.data.name!r} is not a known data module; allowed: {', '.join(sorted(DATAMODULES))}")
     check_data_config(cfg)
@@ -69,27 +56,9 @@ def _check_backbone(cfg) -> None:
     validate(cfg, backbone_num_layers(cfg))
 
 
-def build_datamodule(cfg):
-    from datamodules import build_datamodule as build
-
-    return build(cfg)
-
-
-def build_system(cfg, dm):
-    """The task's LightningModule: ``TASK_SYSTEMS[dm.task]`` (default ``classification``)."""
-    from . import TASK_SYSTEMS
-
-    task = getattr(dm, "task", "classification")
-    if task not in TASK_SYSTEMS:
-        raise ConfigError(f"data.name={cfg.data.name!r} declares task {task!r}; known tasks: {', '.join(sorted(TASK_SYSTEMS))}")
-    return TASK_SYSTEMS[task].from_config(cfg, dm)
-
-
 def warm_start(system, path: str) -> dict[str, list[str]]:
     """Load every tensor of checkpoint ``path`` whose name and shape match ``system``'s; print what was
     not loaded (nothing is skipped silently). Returns ``{"missing": [...], "unused": [...]}``."""
-    import torch
-
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     adapt = getattr(system.encoder, "adapt_dense_state", None)  # a sparse comparator maps dense names onto its own
     if adapt is not None:
@@ -106,16 +75,13 @@ def warm_start(system, path: str) -> dict[str, list[str]]:
 def make_logger(cfg, run_id: str | None = None):
     """MLflow logger for ``cfg`` (a new run, or the existing ``run_id``), with the resolved config
     logged as flattened params and as a ``config.yaml`` artifact."""
-    from lightning.pytorch.loggers import MLFlowLogger
-    from omegaconf import OmegaConf
-
     logger = MLFlowLogger(
         experiment_name=cfg.logging.experiment,
         run_name=cfg.logging.run_name,
         tracking_uri=default_tracking_uri(cfg.logging.tracking_uri),
         run_id=run_id,
     )
-    logger.log_hyperparams(_flatten(OmegaConf.to_container(cfg, resolve=True)))
+    logger.log_hyperparams(flatten_params(OmegaConf.to_container(cfg, resolve=True)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         OmegaConf.save(cfg, path, resolve=True)
@@ -130,10 +96,6 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     an :class:`MLFlowLogger` to use instead of a new run (e.g. a sweep trial's nested run).
     The checkpoint monitors the system's primary metric on the hard path, ``val/<METRIC>_hard``.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from omegaconf import OmegaConf
-
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     logger = logger if logger is not None else make_logger(cfg)
     run_id = logger.run_id
@@ -171,7 +133,7 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     summary: dict[str, object] = {
         "run_id": run_id,
-        "tracking_uri": logger._tracking_uri,
+        "tracking_uri": default_tracking_uri(cfg.logging.tracking_uri),
         "checkpoint": best,
         "metric": metric,
         "metric_label": system.METRIC_LABEL,
@@ -218,50 +180,3 @@ def format_summary(s: dict) -> str:
     width = max(len(r[0]) for r in rows)
     line = "-" * (width + 2 + max(len(str(r[1])) for r in rows))
     return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
-
-
-def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train, test and track one run")
-    t.add_argument("--config", help="a YAML file merged over the defaults")
-    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    t.add_argument("overrides", nargs="*", help="group=option (e.g. model=minilm) or key=value (e.g. budget.ratio=0.5)")
-    t.set_defaults(run=_run_train)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="retention", description="Adaptive Retention experiments.")
-    sub = p.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    for name in COMMAND_MODULES:
-        mod = importlib.import_module(name)
-        sp = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(sp)
-        sp.set_defaults(run=mod.run)
-    return p
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from .config import compose
-
-    try:
-        cfg = compose(args.overrides, args.config)
-        _check_backbone(cfg)
-    except ConfigError as err:
-        print(f"retention: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    if args.print_config:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    train(cfg)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

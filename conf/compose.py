@@ -33,7 +33,7 @@ def config_groups() -> dict[str, list[str]]:
     return groups
 
 
-def _merge(base: DictConfig, other, source: str) -> DictConfig:
+def merge(base: DictConfig, other, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
@@ -65,7 +65,7 @@ def _global_preset(cfg: DictConfig, key: str, path: Path) -> DictConfig:
 def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None) -> DictConfig:
     """The resolved, validated config (without the backbone-dependent check of gate layers)."""
     cfg = OmegaConf.structured(Config)
-    cfg = _merge(cfg, OmegaConf.load(CONF_DIR / "config.yaml"), "conf/config.yaml")
+    cfg = merge(cfg, OmegaConf.load(CONF_DIR / "config.yaml"), "conf/config.yaml")
     groups = config_groups()
     dotlist, selections = [], []
     for item in overrides:
@@ -83,19 +83,19 @@ def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None
     marked = sorted(((key, path, _is_global(path)) for key, path in selections), key=lambda sel: not sel[2])
     for key, path, is_global in marked:
         if is_global:
-            cfg = _merge(cfg, _global_preset(cfg, key, path), str(path.relative_to(CONF_DIR.parent)))
+            cfg = merge(cfg, _global_preset(cfg, key, path), str(path.relative_to(CONF_DIR.parent)))
         else:
             cfg[key] = OmegaConf.merge(OmegaConf.structured(Config)[key], OmegaConf.load(path))
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config {str(path)!r}: no such file")
-        cfg = _merge(cfg, OmegaConf.load(path), str(path))
+        cfg = merge(cfg, OmegaConf.load(path), str(path))
     try:
         cli = OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as err:
         raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
-    cfg = _merge(cfg, cli, "override")
+    cfg = merge(cfg, cli, "override")
     validate(cfg)
     return cfg
 

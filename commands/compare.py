@@ -23,9 +23,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
+import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
+from commands.runner import default_tracking_uri
+from mlflow.exceptions import MlflowException
 
-NAME = "compare"
-HELP = "table and plots of MLflow runs: an experiment, a sweep's parent run, or run ids"
 
 THROUGHPUT = re.compile(r"throughput|speedup|tokens_per_s|samples_per_s", re.IGNORECASE)
 _HARD = re.compile(r"^metrics\.(?:val|test)/(.+)_hard$")
@@ -45,8 +48,6 @@ def pareto_front(retention: Sequence[float], metric: Sequence[float]) -> list[in
 def fetch_runs(tracking_uri: str, experiment: str | None = None, parent: str | None = None,
                run_ids: Sequence[str] | None = None, filter_string: str = ""):
     """The runs as ``mlflow.search_runs`` returns them (a pandas DataFrame), without sweep parent runs."""
-    import mlflow
-
     mlflow.set_tracking_uri(tracking_uri)
     clauses = [filter_string] if filter_string else []
     if parent:
@@ -69,16 +70,12 @@ def fetch_runs(tracking_uri: str, experiment: str | None = None, parent: str | N
 
 
 def _numeric(series):
-    import pandas as pd
-
     converted = pd.to_numeric(series, errors="coerce")
     return converted if converted.notna().sum() == series.notna().sum() else series
 
 
 def build_table(df, params: Sequence[str] | None = None, metrics: Sequence[str] = ()):
     """(table, primary metric name, param columns) from ``fetch_runs``' DataFrame."""
-    import pandas as pd
-
     found = Counter(m.group(1) for c in df.columns if (m := _HARD.match(c)) and not m.group(1).startswith("kept_fraction"))
     metric = found.most_common(1)[0][0] if found else None
     table = pd.DataFrame({"run_id": df["run_id"], "run_name": df.get("tags.mlflow.runName")})
@@ -132,11 +129,6 @@ def plot_metric(table, metric: str | None) -> str | None:
 
 
 def write_plots(table, y: str, params: Sequence[str], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
     rows = table[table[y].notna()]
     if "retention" in rows and rows["retention"].notna().any():
@@ -168,25 +160,7 @@ def write_plots(table, y: str, params: Sequence[str], out: Path) -> list[Path]:
     return written
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", help="every run of this MLflow experiment")
-    src.add_argument("--parent", help="a sweep's parent run id: its nested trial runs")
-    src.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these runs")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--filter", default="", help="MLflow search filter, e.g. \"metrics.`test/acc_hard` > 0.5 and params.`budget.ratio` < '0.4'\"")
-    p.add_argument("--sort", help="table column to sort by (default: the plotted metric, best first)")
-    p.add_argument("--ascending", action="store_true", help="sort ascending")
-    p.add_argument("--params", nargs="+", help="param columns (default: a sweep's searched keys, else params that differ)")
-    p.add_argument("--metrics", nargs="+", default=[], help="extra metric columns")
-    p.add_argument("--out", default="compare", help="folder for runs.csv, runs.md and the PNG plots (default: ./compare)")
-
-
 def run(args: argparse.Namespace) -> int:
-    from mlflow.exceptions import MlflowException
-
-    from .cli import default_tracking_uri
-
     uri = default_tracking_uri(args.tracking_uri)
     try:
         df = fetch_runs(uri, args.experiment, args.parent, args.runs, args.filter)

@@ -45,9 +45,30 @@ from typing import Any, Sequence
 from conf import CONF_DIR
 from conf.schema import ConfigError
 from conf.sweep_schema import OBJECTIVES, SECTIONS, SweepConfig
+import copy
+import matplotlib.pyplot as plt
+import mlflow
+import multiprocessing as mp
+import optuna
+import torch
+from commands.cli import EXIT_CONFIG_ERROR
+from commands.runner import check_config, default_tracking_uri, make_logger, train
+from conf.compose import compose, merge
+from datamodules import DATAMODULES
+from lightning_modules import TASK_SYSTEMS
+from lightning_modules.callbacks import NaNLossGuard, ValidationRecorder
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from optuna.visualization import matplotlib as ov
+from optuna_integration import PyTorchLightningPruningCallback
+from sqlalchemy.engine import make_url
 
-NAME = "sweep"
-HELP = "Optuna sweep over the train config; every trial a nested MLflow run"
 
 DEFAULT_JOURNAL = "optuna-journal.log"
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow parent run
@@ -60,10 +81,7 @@ TRIAL_STATES = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  #
 def compose_sweep(config: str | None, overrides: Sequence[str] = ()):
     """The sweep config: schema ← ``config`` (a path, or the name of a ``conf/sweep/`` file; default
     ``conf/sweep/default.yaml``) ← overrides of sweep sections; other overrides go to ``base.overrides``."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    from .config import _merge
 
     path = Path(config) if config else CONF_DIR / "sweep" / "default.yaml"
     if not path.is_file() and config and (CONF_DIR / "sweep" / f"{config}.yaml").is_file():
@@ -71,7 +89,7 @@ def compose_sweep(config: str | None, overrides: Sequence[str] = ()):
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
         raise ConfigError(f"--config {config!r}: no such file (packaged sweep configs: {names})")
-    scfg = _merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path), str(path))
+    scfg = merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path), str(path))
     sweep_items, train_items = [], []
     for item in overrides:
         if "=" not in item:
@@ -81,7 +99,7 @@ def compose_sweep(config: str | None, overrides: Sequence[str] = ()):
         cli = OmegaConf.from_dotlist(sweep_items)
     except OmegaConfBaseException as err:
         raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
-    scfg = _merge(scfg, cli, "override")
+    scfg = merge(scfg, cli, "override")
     scfg.base.overrides = [*scfg.base.overrides, *train_items]
     return scfg
 
@@ -93,15 +111,11 @@ def _override(key: str, value: Any) -> str:
 
 def compose_trial(scfg, params: dict[str, Any]):
     """The train config of one trial: the base config with the sampled ``params`` applied last."""
-    from .config import compose
-
     return compose([*scfg.base.overrides, *(_override(k, v) for k, v in params.items())], scfg.base.config)
 
 
 def build_distributions(scfg) -> dict[str, Any]:
     """Optuna distributions of ``search_space``; a malformed entry raises :class:`ConfigError` naming it."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     out = {}
     for key, spec in scfg.search_space.items():
         where = f"search_space.{key}"
@@ -133,16 +147,12 @@ def build_distributions(scfg) -> dict[str, Any]:
 
 
 def _edge_values(dist) -> list[Any]:
-    from optuna.distributions import CategoricalDistribution
-
     if isinstance(dist, CategoricalDistribution):
         return list(dist.choices)
     return [dist.low, dist.high]
 
 
 def make_sampler(study, seed: int | None, multi: bool):
-    import optuna
-
     name = study.sampler
     if name == "auto":
         name = "nsga2" if multi else "tpe"
@@ -154,8 +164,6 @@ def make_sampler(study, seed: int | None, multi: bool):
 
 
 def make_pruner(study):
-    import optuna
-
     args = dict(study.pruner_args)
     if study.pruner == "none":
         return optuna.pruners.NopPruner()
@@ -169,17 +177,15 @@ def check_sweep(scfg) -> dict[str, Any]:
     A searched key must exist in the train config and both ends of its range (every choice) must
     pass the train config's checks; objectives, sampler, pruner (with its arguments), enqueued trials
     and the trial budget are checked too. Raises :class:`ConfigError` naming the entry."""
-    from .cli import _check_backbone
-    from .config import compose
 
     s = scfg.study
     base = compose(scfg.base.overrides, scfg.base.config)
-    _check_backbone(base)
+    check_config(base)
     dists = build_distributions(scfg)
     for key, dist in dists.items():
         for value in _edge_values(dist):
             try:
-                _check_backbone(compose_trial(scfg, {key: value}))
+                check_config(compose_trial(scfg, {key: value}))
             except ConfigError as err:
                 raise ConfigError(f"search_space.{key} (value {value!r}): {err}") from None
     bad = [o for o in s.objectives if o not in OBJECTIVES]
@@ -220,7 +226,6 @@ def storage_url(storage: str | None) -> str:
     """Where the study lives, for messages and the parent run's tags (passwords hidden)."""
     if not storage or storage.endswith(".log"):
         return f"journal:{Path(storage or DEFAULT_JOURNAL).resolve()}"
-    from sqlalchemy.engine import make_url
 
     return make_url(_rdb_url(storage)).render_as_string(hide_password=True)
 
@@ -234,10 +239,6 @@ def _rdb_url(url: str) -> str:
 
 def make_storage(study, stale_callback=None):
     """Optuna storage of ``study.storage`` (see the module docstring)."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     if not study.storage or study.storage.endswith(".log"):
         return JournalStorage(JournalFileBackend(str(Path(study.storage or DEFAULT_JOURNAL).resolve())))
     with warnings.catch_warnings():
@@ -268,11 +269,6 @@ class StaleTrialHandler:
         self.tracking_uri, self.max_retry, self.reason = tracking_uri, max_retry, reason
 
     def __call__(self, study, trial) -> None:
-        import copy
-
-        from mlflow.tracking import MlflowClient
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
         run_id = trial.user_attrs.get("mlflow_run_id")
         worker = trial.user_attrs.get("worker", "?")
         reason = trial.user_attrs.get("fail_reason") or self.reason.format(worker=worker)
@@ -298,9 +294,6 @@ def _pid_alive(pid: int) -> bool:
 
 def reap_dead_local_trials(study, handler: StaleTrialHandler) -> list[int]:
     """Journal storage (no heartbeat): fail RUNNING trials whose worker process on this host is gone."""
-    import optuna
-    from optuna.trial import TrialState
-
     storage, host, reaped = study._storage, socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
@@ -319,10 +312,6 @@ def reap_dead_local_trials(study, handler: StaleTrialHandler) -> list[int]:
 
 # ---------------------------------------------------------------------------------------- trials
 def primary_metric(cfg) -> str:
-    from datamodules import DATAMODULES
-
-    from . import TASK_SYSTEMS
-
     return TASK_SYSTEMS[getattr(DATAMODULES[cfg.data.name], "task", "classification")].METRIC
 
 
@@ -338,12 +327,6 @@ class Objective:
     tracking_uri: str
 
     def __call__(self, trial):
-        import optuna
-        from mlflow.tracking import MlflowClient
-        from optuna_integration import PyTorchLightningPruningCallback
-
-        from .cli import make_logger, train
-
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {k: _suggest(trial, k, d) for k, d in self.dists.items()}
         s = self.scfg.study
@@ -360,7 +343,6 @@ class Objective:
         try:
             cfg = compose_trial(self.scfg, params)
             metric = primary_metric(cfg)
-            from .sweep_callbacks import NaNLossGuard, ValidationRecorder
 
             recorder = ValidationRecorder(metric)
             callbacks = [recorder, NaNLossGuard()]
@@ -390,8 +372,6 @@ class Objective:
 
 
 def _suggest(trial, name: str, dist):
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
     if isinstance(dist, CategoricalDistribution):
         return trial.suggest_categorical(name, dist.choices)
     if isinstance(dist, FloatDistribution):
@@ -401,12 +381,6 @@ def _suggest(trial, name: str, dist):
 
 def _study_handles(scfg, seed_offset: int = 0, stale_reason: str | None = None):
     """(study, tracking URI, experiment id) in this process."""
-    import mlflow
-    import optuna
-
-    from .cli import default_tracking_uri
-    from .config import compose
-
     s = scfg.study
     base = compose(scfg.base.overrides, scfg.base.config)
     tracking_uri = default_tracking_uri(base.logging.tracking_uri)
@@ -427,12 +401,8 @@ def _study_handles(scfg, seed_offset: int = 0, stale_reason: str | None = None):
 
 def run_worker(scfg_container: dict, index: int, n_trials: int | None, timeout: float | None, threads: int | None) -> None:
     """One worker: load the study and run trials (a spawned process, or the sweep's own process)."""
-    import optuna
-    from omegaconf import OmegaConf
-
     scfg = OmegaConf.merge(OmegaConf.structured(SweepConfig), scfg_container)
     if threads:
-        import torch
 
         torch.set_num_threads(threads)
     study, _, tracking_uri, exp_id = _study_handles(scfg, seed_offset=index)
@@ -452,8 +422,6 @@ def _split(n: int | None, workers: int) -> list[int | None]:
 def ensure_parent_run(study, scfg, client, experiment_id: str) -> str:
     """The study's MLflow parent run (created with the study's settings as params on first use;
     its id is kept in the study's user attrs so every worker and every resume nests under it)."""
-    from mlflow.entities import Param
-    from omegaconf import OmegaConf
 
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
@@ -481,12 +449,7 @@ def ensure_parent_run(study, scfg, client, experiment_id: str) -> str:
 def summarize(study, scfg, client, parent_run_id: str) -> str:
     """Log the study's state to the parent run (counts, best trial or Pareto set, the trials table,
     Optuna's plots as PNG) and return a printable summary."""
-    import matplotlib
-    import optuna
-    from optuna.trial import TrialState
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     s = scfg.study
     trials = study.get_trials(deepcopy=False)
@@ -543,8 +506,6 @@ def summarize(study, scfg, client, parent_run_id: str) -> str:
 
 
 def _plots(study, objectives: Sequence[str]) -> dict[str, Any]:
-    from optuna.visualization import matplotlib as ov
-
     plots: dict[str, Any] = {}
     for i, name in enumerate(objectives):
         suffix = "" if len(objectives) == 1 else f"_{name}"
@@ -559,26 +520,7 @@ def _plots(study, objectives: Sequence[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="sweep config: a path or the name of a conf/sweep/ file (default: default)")
-    p.add_argument("--n-trials", type=int, help="trials this run adds to the study (study.n_trials)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (study.timeout)")
-    p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (study.workers)")
-    p.add_argument("--storage", help="Optuna storage: a *.log journal file or an RDB URL (study.storage)")
-    p.add_argument("--study-name", help="study to create or resume (study.name)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved sweep config and exit")
-    p.add_argument("overrides", nargs="*", help="study.*/base.*/search_space.* change the sweep; any other key=value the trained config")
-
-
 def run(args: argparse.Namespace) -> int:
-    import multiprocessing as mp
-
-    import optuna
-    from mlflow.tracking import MlflowClient
-    from omegaconf import OmegaConf
-
-    from .cli import EXIT_CONFIG_ERROR
-
     flags = {"n_trials": args.n_trials, "timeout": args.timeout, "workers": args.workers,
              "storage": args.storage, "name": args.study_name}
     try:

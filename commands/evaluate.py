@@ -15,30 +15,25 @@ them as artifacts of every evaluated MLflow run.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+import lightning as L
+import logging
+import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
+import torch
+from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
+from datamodules import build_datamodule
+from lightning_modules import build_system
+from omegaconf import OmegaConf
+from retention import Budget
+from retention.baselines import SELECTORS
+from retention.sparse import SPARSE_METHODS
 
-NAME = "evaluate"
-HELP = "evaluate trained runs: methods x budgets on the test split; table, CSV/Markdown, plots, MLflow artifacts"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-id", nargs="+", help="MLflow run id(s) of `retention train` runs")
-    src.add_argument("--checkpoint", nargs="+", help="checkpoint file(s); the run's config.yaml must sit beside each")
-    src.add_argument("--experiment", help="every finished run of this MLflow experiment that has a checkpoint")
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.1, 0.3, 0.5], help="retention ratios rho in (0, 1]")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help="selection methods (default: all of retention.baselines.SELECTORS)")
-    p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--throughput-batches", type=int, default=3,
-                   help="test batches timed (dense vs retained, interleaved) per row; 0 skips timing")
-    p.add_argument("--limit-test-batches", type=float, default=None, help="evaluate on part of the test split")
 
 
 @dataclass
@@ -50,8 +45,6 @@ class Source:
 
 
 def _check_args(args) -> None:
-    from retention.baselines import SELECTORS
-
     bad = [b for b in args.budgets if not 0.0 < b <= 1.0]
     if bad:
         raise ValueError(f"--budgets: {bad} outside (0, 1]")
@@ -75,10 +68,6 @@ def _label(cfg) -> str:
 
 
 def _sources(args) -> list[Source]:
-    from omegaconf import OmegaConf
-
-    from .cli import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
-
     out = []
     if args.checkpoint:
         for ck in args.checkpoint:
@@ -91,7 +80,6 @@ def _sources(args) -> list[Source]:
             cfg = OmegaConf.load(cfg_path)
             out.append(Source(_label(cfg), cfg, path, path.parent.name))
         return out
-    import mlflow
 
     client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
     run_ids = args.run_id
@@ -120,7 +108,6 @@ def _throughput_ratio(system, dm, n_batches: int) -> float | None:
     """thr_retained / thr_dense over the first ``n_batches`` test batches, each timed dense then hard
     three times (interleaved, after one warm-up of each); the median of the per-batch ratios. A rough figure on
     a shared machine: ``retention bench`` measures speed properly."""
-    import torch
 
     if n_batches == 0:
         return None
@@ -148,7 +135,6 @@ def applicable_methods(cfg, requested: list[str]) -> list[str]:
     """The baseline selectors are swapped into runs of our method with its default settings; a run
     trained as a baseline or an ablation is evaluated with its own selection only (a heuristic
     baseline's selector, or the trained scorer: ``gate``)."""
-    from retention.baselines import SELECTORS
 
     if cfg.method == "gate" and cfg.ablation == "none":
         return requested
@@ -157,15 +143,6 @@ def applicable_methods(cfg, requested: list[str]) -> list[str]:
 
 
 def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limit_test_batches) -> list[dict]:
-    import lightning as L
-    import torch
-
-    from retention import Budget
-    from retention.baselines import SELECTORS
-    from retention.sparse import SPARSE_METHODS
-
-    from .cli import build_datamodule, build_system
-
     cfg = src.config
     dm = build_datamodule(cfg)
     system = build_system(cfg, dm)
@@ -213,12 +190,6 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
 
 def write_outputs(rows: list[dict], out: Path) -> list[Path]:
     """CSV, Markdown, the Pareto plot and the per-layer retention plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     csv, md = out / "evaluation.csv", out / "evaluation.md"
@@ -266,8 +237,6 @@ def to_markdown(df) -> str:
 
 
 def run(args) -> int:
-    import logging
-
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one Trainer per row: no banners
     try:
         _check_args(args)
@@ -279,15 +248,12 @@ def run(args) -> int:
     for src in sources:
         rows += evaluate_source(src, args.budgets, args.methods, args.throughput_batches, args.limit_test_batches)
     files = write_outputs(rows, Path(args.out))
-    import pandas as pd
 
     print(to_markdown(pd.DataFrame(rows)))
     print("wrote " + ", ".join(str(f) for f in files))
     run_ids = [s.run_id for s in sources if s.run_id and not args.checkpoint]
     if run_ids:
-        import mlflow
 
-        from .cli import default_tracking_uri
 
         client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
         for run_id in run_ids:

@@ -1,5 +1,5 @@
-"""Lightning callbacks of a sweep trial, apart from :mod:`lightning_modules.sweep` so that building
-the ``retention`` parser (which imports every subcommand module) does not import Lightning."""
+"""Lightning callbacks of a sweep trial (:mod:`commands.sweep`): stop on a non-finite loss, and
+record the validation metric and retention of every epoch for the trial's objective."""
 
 from __future__ import annotations
 

@@ -16,51 +16,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+import mlflow
+import torch
+from commands.runner import default_tracking_uri, flatten_params
+from retention.bench import BenchSpec, plot_records, run_bench, validate_spec, write_csv
 
-NAME = "bench"
-HELP = "measure full vs retained throughput, latency, peak memory, gate overhead and training step time"
 
 EXIT_USAGE = 2
 # --quick: the defaults it changes (an explicit flag still wins).
 QUICK = {"lengths": [128, 256], "batch_sizes": [2], "reps": 3, "warmup": 1, "train_reps": 2, "train_max_length": 128}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="minilm", help="minilm (packaged pretrained MiniLM-L6), random (sizes below), "
-                   "or a Hugging Face name/path of a BERT-family encoder")
-    p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 1024 2048 4096)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8)")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5], help="budgets rho in (0, 1] (default 0.3 0.5)")
-    p.add_argument("--gate-layers", type=int, nargs="+", default=[1], help="gated layers (default 1: drop entering layer 1)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads())")
-    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
-    p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile every transformer layer (hooks stay eager)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory phases")
-    p.add_argument("--train-max-length", type=int, default=None,
-                   help="time dense vs gated training steps for lengths up to this (default 512; 0: never)")
-    p.add_argument("--train-reps", type=int, default=None, help="timed training steps per path (default 5)")
-    g = p.add_argument_group("random-init backbone (--backbone random; positions extended to the longest length)")
-    g.add_argument("--arch", default="bert", help="bert, roberta, distilbert, xlm-roberta")
-    g.add_argument("--layers", type=int, default=6)
-    g.add_argument("--hidden", type=int, default=384)
-    g.add_argument("--heads", type=int, default=12)
-    g.add_argument("--intermediate", type=int, default=None, help="default 4 × hidden")
-    g.add_argument("--vocab", type=int, default=30522)
-    p.add_argument("--quick", action="store_true", help="short run (T 128, 256; B 2; 3 reps; training step at T 128): under 2 minutes")
-    p.add_argument("--out", default="bench_out", help="output folder (default ./bench_out)")
-    p.add_argument("--mlflow", action="store_true", help="log the run (params, metrics per configuration, files) to MLflow")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
-    p.add_argument("--experiment", default="retention-bench", help="MLflow experiment name")
-
-
 def spec_from_args(args: argparse.Namespace):
-    import torch
-
-    from retention.bench import BenchSpec
-
     defaults = BenchSpec()
 
     def pick(name: str):
@@ -92,14 +59,10 @@ def spec_from_args(args: argparse.Namespace):
 
 def log_to_mlflow(result: dict, files: list[Path], tracking_uri: str | None, experiment: str) -> str:
     """One MLflow run: environment and spec as params, every record's figures as metrics keyed by configuration."""
-    import mlflow
-
-    from .cli import _flatten, default_tracking_uri
-
     mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="bench") as run:
-        params = _flatten({"env": result["environment"], "spec": result["spec"]})
+        params = flatten_params({"env": result["environment"], "spec": result["spec"]})
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics = {}
         for rec in result["records"]:
@@ -114,8 +77,6 @@ def log_to_mlflow(result: dict, files: list[Path], tracking_uri: str | None, exp
 
 
 def run(args: argparse.Namespace) -> int:
-    from retention.bench import plot_records, run_bench, validate_spec, write_csv
-
     try:
         spec = spec_from_args(args)
         validate_spec(spec)
@@ -125,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_bench(spec, log=lambda msg: print(msg, flush=True))
-    result["environment"]["command"] = " ".join(["retention", NAME, *(sys.argv[2:] if sys.argv[1:2] == [NAME] else [])])
+    result["environment"]["command"] = " ".join(["retention", "bench", *(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])])
     paths = [out / "bench.json", out / "bench.csv", out / "bench.png"]
     paths[0].write_text(json.dumps(result, indent=2))
     write_csv(result["records"], str(paths[1]))

@@ -1,0 +1,128 @@
+"""The ``retention`` command line: one parser for every command.
+
+    retention train [--config FILE] [--print-config] [group=option ...] [key=value ...]
+    retention sweep | compare | evaluate | bench ...
+
+Each command is the module ``commands.<name>`` with ``run(args) -> int`` (the exit code). The parser
+lives here, and a command's module is imported only when that command runs, so ``--help`` and a
+config error answer without loading Lightning, torch or MLflow. A bad config exits with code 2 and a
+one-line error naming the key, before any model is built or data is read.
+
+Adding a command: an ``<name>_arguments(parser)`` function and an entry in :data:`COMMANDS` here,
+and a module ``commands/<name>.py`` with ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+__all__ = ["main", "COMMANDS", "EXIT_CONFIG_ERROR"]
+
+EXIT_CONFIG_ERROR = 2
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a YAML file merged over the defaults")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="group=option (e.g. model=minilm) or key=value (e.g. budget.ratio=0.5)")
+
+
+def sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="sweep config: a path or the name of a conf/sweep/ file (default: default)")
+    p.add_argument("--n-trials", type=int, help="trials this run adds to the study (study.n_trials)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (study.timeout)")
+    p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (study.workers)")
+    p.add_argument("--storage", help="Optuna storage: a *.log journal file or an RDB URL (study.storage)")
+    p.add_argument("--study-name", help="study to create or resume (study.name)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved sweep config and exit")
+    p.add_argument("overrides", nargs="*", help="study.*/base.*/search_space.* change the sweep; any other key=value the trained config")
+
+
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment", help="every run of this MLflow experiment")
+    src.add_argument("--parent", help="a sweep's parent run id: its nested trial runs")
+    src.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these runs")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--filter", default="", help="MLflow search filter, e.g. \"metrics.`test/acc_hard` > 0.5 and params.`budget.ratio` < '0.4'\"")
+    p.add_argument("--sort", help="table column to sort by (default: the plotted metric, best first)")
+    p.add_argument("--ascending", action="store_true", help="sort ascending")
+    p.add_argument("--params", nargs="+", help="param columns (default: a sweep's searched keys, else params that differ)")
+    p.add_argument("--metrics", nargs="+", default=[], help="extra metric columns")
+    p.add_argument("--out", default="compare", help="folder for runs.csv, runs.md and the PNG plots (default: ./compare)")
+
+
+def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-id", nargs="+", help="MLflow run id(s) of `retention train` runs")
+    src.add_argument("--checkpoint", nargs="+", help="checkpoint file(s); the run's config.yaml must sit beside each")
+    src.add_argument("--experiment", help="every finished run of this MLflow experiment that has a checkpoint")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.1, 0.3, 0.5], help="retention ratios rho in (0, 1]")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="selection methods (default: all of retention.baselines.SELECTORS)")
+    p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--throughput-batches", type=int, default=3,
+                   help="test batches timed (dense vs retained, interleaved) per row; 0 skips timing")
+    p.add_argument("--limit-test-batches", type=float, default=None, help="evaluate on part of the test split")
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="minilm", help="minilm (packaged pretrained MiniLM-L6), random (sizes below), "
+                   "or a Hugging Face name/path of a BERT-family encoder")
+    p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 1024 2048 4096)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5], help="budgets rho in (0, 1] (default 0.3 0.5)")
+    p.add_argument("--gate-layers", type=int, nargs="+", default=[1], help="gated layers (default 1: drop entering layer 1)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads())")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
+    p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile every transformer layer (hooks stay eager)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory phases")
+    p.add_argument("--train-max-length", type=int, default=None,
+                   help="time dense vs gated training steps for lengths up to this (default 512; 0: never)")
+    p.add_argument("--train-reps", type=int, default=None, help="timed training steps per path (default 5)")
+    g = p.add_argument_group("random-init backbone (--backbone random; positions extended to the longest length)")
+    g.add_argument("--arch", default="bert", help="bert, roberta, distilbert, xlm-roberta")
+    g.add_argument("--layers", type=int, default=6)
+    g.add_argument("--hidden", type=int, default=384)
+    g.add_argument("--heads", type=int, default=12)
+    g.add_argument("--intermediate", type=int, default=None, help="default 4 × hidden")
+    g.add_argument("--vocab", type=int, default=30522)
+    p.add_argument("--quick", action="store_true", help="short run (T 128, 256; B 2; 3 reps; training step at T 128): under 2 minutes")
+    p.add_argument("--out", default="bench_out", help="output folder (default ./bench_out)")
+    p.add_argument("--mlflow", action="store_true", help="log the run (params, metrics per configuration, files) to MLflow")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--experiment", default="retention-bench", help="MLflow experiment name")
+
+
+# command -> (one-line help, the function that adds its arguments)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train, test and track one run", train_arguments),
+    "sweep": ("Optuna sweep over the train config; every trial a nested MLflow run", sweep_arguments),
+    "compare": ("table and plots of MLflow runs: an experiment, a sweep's parent run, or run ids", compare_arguments),
+    "evaluate": ("evaluate trained runs: methods x budgets on the test split; table, CSV/Markdown, plots, MLflow artifacts", evaluate_arguments),
+    "bench": ("measure full vs retained throughput, latency, peak memory, gate overhead and training step time", bench_arguments),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retention", description="Adaptive Retention experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (help_, add_arguments) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_, description=help_))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return importlib.import_module(f"commands.{args.command}").run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
