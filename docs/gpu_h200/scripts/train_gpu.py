@@ -1,4 +1,4 @@
-"""Run the project's one training entry point, lightning_modules.runner.train(cfg, logger=...), with
+"""Run the project's one training entry point, commands.runner.train(cfg, logger=...), with
 config overrides from argv (e.g. trainer.accelerator=gpu trainer.precision=bf16-mixed). MLflow is not
 on the device machine, so a CSVLogger with the two attributes train() reads stands in for MLFlowLogger.
 Prints the summary and a JSON line with wall time."""
