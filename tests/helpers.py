@@ -23,6 +23,13 @@ TINY = [
 ]
 
 
+def markdown_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the Markdown pipe table in ``text`` (as ``DataFrame.to_markdown`` writes it), column -> cell."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(cells[0], row)) for row in cells[2:]]
+
+
 def section(name: str, **overrides) -> dict:
     """A config section as a plain dict: the schema's defaults with ``overrides`` (for tests that
     build a system directly, so a new schema field never breaks them)."""

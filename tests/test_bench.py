@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 
-from commands import bench, cli, runner
+from commands import bench, cli
 from retention.bench import BenchSpec, build_encoder, kept_per_layer, make_inputs
 from retention.bench_records import memory_reductions, plot_records, record_fields
+
+from .helpers import markdown_rows
 
 TINY = ["--backbone", "random", "--layers", "3", "--hidden", "32", "--heads", "2", "--intermediate", "64",
         "--vocab", "64"]
@@ -78,10 +80,8 @@ def test_quick_bench_writes_json_csv_png_with_consistent_ratios(tmp_path, capsys
                                                                               rel=1e-12)
         assert row["kept_per_layer"] == " ".join(map(str, rec["kept_per_layer"]))
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    head = [c.strip() for c in table[0].strip("|").split("|")]
-    rows = [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in table[2:]]
-    assert head[:7] == ["T", "B", "rho", "M", "full ms", "ret ms", "speed-up"] and len(rows) == len(records)
+    rows = markdown_rows(capsys.readouterr().out)
+    assert list(rows[0])[:7] == ["T", "B", "rho", "M", "full ms", "ret ms", "speed-up"] and len(rows) == len(records)
     for row, rec in zip(rows, records):  # the printed Markdown summary shows the records' figures
         assert (int(row["T"]), int(row["M"])) == (rec["length"], rec["kept_tokens"])
         assert row["speed-up"] == f"{rec['speedup']:.2f}" and row["train x"] == f"{rec['train_step_ratio']:.2f}"

@@ -5,13 +5,15 @@ import math
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
 from conf.schema import METHODS
-from commands import cli, runner
+from commands import cli
+from commands.evaluate import throughput_ratio
 from retention.baselines import SELECTORS, TRAINED_METHODS
 from retention.sparse import SPARSE_METHODS
 
-from .helpers import TINY
+from .helpers import TINY, markdown_rows
 
 
 def _train(tmp_path, *extra, experiment="ev") -> str:
@@ -43,7 +45,10 @@ def test_evaluate_writes_table_plots_and_mlflow_artifacts(tmp_path, monkeypatch,
         assert row.retention_l1 == pytest.approx(math.ceil(row.budget * 32 - 1e-6) / 32)
         assert row.pct_of_dense == pytest.approx(100 * row.value / row.dense)
         assert row.throughput_ratio > 0
-    assert "| gate | 0.1000 |" in printed
+    shown = [r for r in markdown_rows(printed) if r["method"] == "gate" and r["budget"] == "0.1000"]
+    gate = df[(df["method"] == "gate") & (df["budget"] == 0.1)].iloc[0]
+    assert len(shown) == 1 and shown[0]["value"] == f"{gate.value:.4f}" and "run_id" not in shown[0]
+    assert markdown_rows((out / "evaluation.md").read_text()) == markdown_rows(printed)
     arts = [a.path for a in mlflow.tracking.MlflowClient(uri).list_artifacts(run_id, "evaluation")]
     assert sorted(arts) == sorted(f"evaluation/{n}" for n in ("evaluation.csv", "evaluation.md", "pareto.png", "layer_retention.png"))
 
@@ -75,6 +80,36 @@ def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatc
     if extra == ["ablation=fixed_lambda"]:
         lam = mlflow.search_runs(experiment_names=["ev"]).iloc[0]["metrics.train/lambda_l1"]
         assert lam == pytest.approx(1.0)  # the dual variable never moved
+
+
+class _ModeLog:
+    """A stand-in system whose encoder records the mode of every forward and the batches it was given."""
+
+    def __init__(self) -> None:
+        self.modes: list[str] = []
+        self.batches: set[int] = set()
+        self.encoder = self
+
+    def eval(self):
+        return self
+
+    def __call__(self, ids, mask, mode):
+        self.modes.append(mode)
+        self.batches.add(int(ids[0, 0]))
+
+
+class _Batches:
+    def test_dataloader(self):
+        return ({"input_ids": torch.full((1, 4), i), "attention_mask": torch.ones(1, 4)} for i in range(5))
+
+
+def test_throughput_ratio_times_dense_and_hard_interleaved_like_bench():
+    system = _ModeLog()
+    assert throughput_ratio(system, _Batches(), 2, reps=3) > 0
+    # per batch: one warm-up + 3 repetitions, the order rotated each repetition (retention.bench.interleaved_times)
+    assert system.modes == ["dense", "hard", "hard", "dense", "dense", "hard", "hard", "dense"] * 2
+    assert system.batches == {0, 1}  # only the first two test batches
+    assert throughput_ratio(system, _Batches(), 0) is None and len(system.modes) == 16
 
 
 def test_unknown_method_or_bad_source_fails_clearly(tmp_path, capsys):
