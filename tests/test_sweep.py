@@ -227,6 +227,7 @@ def test_pruning_prunes_a_trial_that_cannot_learn(workdir, uri):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
 def test_killed_worker_trial_failed_and_retried_completed_trial_kept(workdir, uri):
     """A worker killed with SIGKILL mid-trial stops its heartbeat; the next sweep fails the silent trial
     (Optuna's fail_stale_trials), marks its MLflow run failed and runs the re-queued retry."""
