@@ -23,11 +23,14 @@ TINY = [
 ]
 
 
-def section(name: str, **overrides) -> dict:
-    """A config section as a plain dict: the schema's defaults with ``overrides`` (for tests that
-    build a system directly, so a new schema field never breaks them)."""
+def optimisation(**overrides):
+    """The schema's default :class:`lightning_modules.Optimisation` with ``overrides`` (for tests
+    that build a system from modules directly, so a new schema field never breaks them)."""
+    import dataclasses
+
     from omegaconf import OmegaConf
 
     from conf.schema import Config
+    from lightning_modules import optimisation as from_config
 
-    return {**OmegaConf.to_container(OmegaConf.structured(Config)[name]), **overrides}
+    return dataclasses.replace(from_config(OmegaConf.structured(Config)), **overrides)
