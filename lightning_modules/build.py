@@ -10,6 +10,9 @@ sections and the data module; the systems take built modules and typed settings:
   the Longformer / BigBird comparator at attention budget ρ (``method=longformer|bigbird``);
 * :func:`optimisation`: the :class:`Optimisation` settings;
 * the system of the data module's ``task`` (:data:`TASK_SYSTEMS`) with its head's sizes.
+
+Choice values (method, scheduler, schedule, ...) reach the modules as plain strings (``str()``), so
+the checkpoint's hyperparameters hold plain values whatever type the config gives them.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def max_positions(cfg, dm) -> int:
 def _random_init(cfg, dm) -> dict:
     """The size arguments of a random-init backbone (ignored for a pretrained one)."""
     m = cfg.model
-    return dict(arch=m.arch, vocab_size=getattr(dm, "vocab_size", None), hidden_size=m.hidden_size,
+    return dict(arch=str(m.arch), vocab_size=getattr(dm, "vocab_size", None), hidden_size=m.hidden_size,
                 num_layers=m.num_layers, num_heads=m.num_heads, intermediate_size=m.intermediate_size,
                 max_positions=max_positions(cfg, dm))
 
@@ -80,31 +83,33 @@ def build_encoder(cfg, dm, backbone: nn.Module | None = None) -> nn.Module:
     scorers for ``method=ltp``), or, for a sparse comparator, that sparse-attention model."""
     protected = tuple(dm.special_token_ids)
     g, b = cfg.gate, cfg.budget
-    if cfg.method in SPARSE_METHODS:
+    method = str(cfg.method)
+    if method in SPARSE_METHODS:
         if backbone is not None:
-            raise ValueError(f"method={cfg.method!r} is an encoder-only comparator; it cannot replace the encoder of {type(backbone).__name__}")
+            raise ValueError(f"method={method!r} is an encoder-only comparator; it cannot replace the encoder of {type(backbone).__name__}")
         m = _random_init(cfg, dm)
         return build_sparse_encoder(
-            SPARSE_METHODS[cfg.method], ratio=b.ratio or 0.3, seq_len=m["max_positions"], vocab_size=m["vocab_size"],
+            SPARSE_METHODS[method], ratio=b.ratio or 0.3, seq_len=m["max_positions"], vocab_size=m["vocab_size"],
             hidden_size=m["hidden_size"], num_layers=m["num_layers"], num_heads=m["num_heads"],
             intermediate_size=m["intermediate_size"], gate_layers=list(g.layers), protected_token_ids=protected,
         )
     if backbone is None:
-        backbone = build_backbone(cfg.model.backbone, attn_implementation=cfg.model.attn_implementation, **_random_init(cfg, dm))
+        backbone = build_backbone(cfg.model.backbone, attn_implementation=str(cfg.model.attn_implementation),
+                                  **_random_init(cfg, dm))
     layers = list(g.layers)
     encoder = RetentionEncoder(
         backbone,
         gate_layers=layers,
-        budget=Budget(ratio=b.ratio, tokens=b.tokens, schedule=b.schedule, num_layers=len(layers)),
-        hard_concrete=make_relaxation(g.relaxation, beta=g.beta, gamma=g.gamma, zeta=g.zeta),
+        budget=Budget(ratio=b.ratio, tokens=b.tokens, schedule=str(b.schedule), num_layers=len(layers)),
+        hard_concrete=make_relaxation(str(g.relaxation), beta=g.beta, gamma=g.gamma, zeta=g.zeta),
         protected_token_ids=protected if g.protect_special_tokens else (),
         scorer_hidden=g.hidden or None,
-        context=g.context,
+        context=str(g.context),
         running_decay=g.running_decay,
         init_log_alpha=g.init_log_alpha,
-        inference=b.inference,
+        inference=str(b.inference),
     )
-    if cfg.method == "ltp":
+    if method == "ltp":
         install_ltp(encoder, temperature=g.ltp_temperature)  # its hooks stay for the encoder's lifetime
     return encoder
 
@@ -115,9 +120,9 @@ def build_system(cfg, dm) -> RetentionSystem:
     task = task_of(dm)
     if task not in TASK_SYSTEMS:
         raise ConfigError(f"data.name={cfg.data.name!r} declares task {task!r}; known tasks: {', '.join(sorted(TASK_SYSTEMS))}")
-    optim, method = optimisation(cfg), cfg.method
+    optim, method = optimisation(cfg), str(cfg.method)
     if task == "summarization":
-        seq2seq = build_seq2seq(cfg.model.backbone, attn_implementation=cfg.model.attn_implementation,
+        seq2seq = build_seq2seq(cfg.model.backbone, attn_implementation=str(cfg.model.attn_implementation),
                                 special_ids=dict(dm.seq2seq_special_ids), **_random_init(cfg, dm))
         return RetentionSummarizer(build_encoder(cfg, dm, backbone=seq2seq.get_encoder()), seq2seq, optim,
                                    tokenizer=dm.tokenizer, generation=dict(dm.generation), method=method)

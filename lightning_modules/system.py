@@ -90,7 +90,7 @@ def encoder_record(encoder: nn.Module) -> dict[str, Any]:
     budget = encoder.budget
     return {"class": type(encoder).__name__, "model_type": config.model_type, "hidden_size": config.hidden_size,
             "gate_layers": list(encoder.gate_layers),
-            "budget": {"ratio": budget.ratio, "tokens": budget.tokens, "schedule": budget.schedule}}
+            "budget": {"ratio": budget.ratio, "tokens": budget.tokens, "schedule": str(budget.schedule)}}
 
 
 # soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
