@@ -10,13 +10,15 @@ import torch
 
 from conf.compose import compose
 from datamodules import build_datamodule
-from lightning_modules import Optimisation, RetentionClassifier, build_system, optimisation
-from retention import RetentionEncoder
+from lightning_modules import Optimisation, RetentionClassifier, RetentionSummarizer, build_system, optimisation
+from retention import Budget, RetentionEncoder
+from retention.backbones import build_seq2seq
 from retention.baselines import LTPScorer
 from retention.gate import ContextScorer
 from retention.sparse import SparseAttentionEncoder
 
 from .helpers import TINY
+from .helpers import optimisation as default_optimisation
 
 
 def make(*overrides):
@@ -75,3 +77,17 @@ def test_system_pickles_with_its_encoder():
     assert copy.optim == system.optim and copy.encoder.gate_layers == [1]
     own = system.state_dict()
     assert all(torch.equal(v, own[k]) for k, v in copy.state_dict().items()) and copy.state_dict().keys() == own.keys()
+
+
+def test_summarizer_needs_the_encoder_around_its_own_encoder_stack():
+    def bart():
+        return build_seq2seq("random", arch="bart", vocab_size=40, hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=32, max_positions=32, special_ids={"pad": 0, "bos": 1, "eos": 2})
+
+    seq2seq, other = bart(), bart()
+    with pytest.raises(ValueError, match=r"must wrap seq2seq.get_encoder\(\)"):
+        RetentionSummarizer(RetentionEncoder(other.get_encoder(), [0], Budget(ratio=0.5)), seq2seq, default_optimisation())
+    system = RetentionSummarizer(RetentionEncoder(seq2seq.get_encoder(), [0], Budget(ratio=0.5)), seq2seq,
+                                 default_optimisation(scheduler="cosine"))
+    assert system.encoder.backbone is system.seq2seq.get_encoder() and system.optim.scheduler == "cosine"
+    assert system.hparams["generation"] is None and "seq2seq" not in system.hparams and "tokenizer" not in system.hparams
