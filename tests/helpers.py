@@ -30,11 +30,14 @@ def markdown_rows(text: str) -> list[dict[str, str]]:
     return [dict(zip(cells[0], row)) for row in cells[2:]]
 
 
-def section(name: str, **overrides) -> dict:
-    """A config section as a plain dict: the schema's defaults with ``overrides`` (for tests that
-    build a system directly, so a new schema field never breaks them)."""
+def optimisation(**overrides):
+    """The schema's default :class:`lightning_modules.Optimisation` with ``overrides`` (for tests
+    that build a system from modules directly, so a new schema field never breaks them)."""
+    import dataclasses
+
     from omegaconf import OmegaConf
 
     from conf.schema import Config
+    from lightning_modules import optimisation as from_config
 
-    return {**OmegaConf.to_container(OmegaConf.structured(Config)[name]), **overrides}
+    return dataclasses.replace(from_config(OmegaConf.structured(Config)), **overrides)

@@ -12,7 +12,7 @@ from torchmetrics.classification import MultilabelF1Score
 
 from datamodules import CUADDataModule
 from commands import cli, runner
-from lightning_modules import TASK_SYSTEMS, RetentionMultiLabelClassifier, build_system
+from lightning_modules import RetentionMultiLabelClassifier, build_system
 from datamodules import build_datamodule
 from conf.compose import compose
 
@@ -48,7 +48,7 @@ def test_multilabel_system_loss_and_metrics(tmp_path):
     files = {"train": write_jsonl(tmp_path / "t.jsonl", train)}
     cfg = compose(["data=cuad", *TINY_MODEL, *FAST, f"data.data_files={json.dumps(files)}", f"data.cache_dir={tmp_path}"])
     dm = CUADDataModule.from_config(cfg)
-    system = TASK_SYSTEMS[dm.task].from_config(cfg, dm)
+    system = build_system(cfg, dm)
     assert isinstance(system, RetentionMultiLabelClassifier) and system.METRIC == "f1_micro"
     dm.setup()
     batch = next(iter(dm.train_dataloader()))

@@ -8,7 +8,7 @@ import torch
 from retention import Budget, RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone, build_seq2seq
 
-from .helpers import section
+from .helpers import optimisation
 
 ARCHS = ["bart", "t5"]
 BOS, EOS = 1, 2
@@ -120,12 +120,10 @@ def cross_attention_keys(model):
 def test_decoder_cross_attends_only_to_retained_states(arch):
     from lightning_modules.summarization import RetentionSummarizer
 
-    model = dict(backbone="random", arch=arch, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                 max_positions=64, attn_implementation="sdpa", dropout=0.0)
-    gate = section("gate", layers=[1])
-    budget = section("budget", ratio=0.3)
-    system = RetentionSummarizer(model, gate, budget, optim={}, vocab_size=60, max_positions=64,
-                                 protected_token_ids=(BOS, EOS), special_ids=SPECIAL,
+    seq2seq = build_seq2seq("random", arch=arch, vocab_size=60, hidden_size=32, num_layers=2, num_heads=4,
+                            intermediate_size=64, max_positions=64, special_ids=SPECIAL)
+    encoder = RetentionEncoder(seq2seq.get_encoder(), [1], Budget(ratio=0.3), protected_token_ids=[BOS, EOS])
+    system = RetentionSummarizer(encoder, seq2seq, optimisation(),
                                  generation={"max_new_tokens": 5, "num_beams": 2}).eval()
     for g in system.encoder.gates:
         torch.nn.init.normal_(g.v.weight, std=1.0)
@@ -165,14 +163,12 @@ def test_rouge_of_generated_text_equal_to_reference_is_one():
     from retention.backbones import resolve_backbone_path
 
     tok = AutoTokenizer.from_pretrained(resolve_backbone_path("minilm"))
-    model = dict(backbone="random", arch="bart", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                 max_positions=64, attn_implementation="sdpa", dropout=0.0)
-    gate = section("gate", layers=[0])
-    budget = section("budget", ratio=0.5)
-    system = RetentionSummarizer(model, gate, budget, optim={}, vocab_size=len(tok), max_positions=64,
-                                 protected_token_ids=(tok.cls_token_id, tok.sep_token_id),
-                                 special_ids={"pad": 0, "bos": tok.cls_token_id, "eos": tok.sep_token_id}).eval()
-    system.tokenizer = tok
+    seq2seq = build_seq2seq("random", arch="bart", vocab_size=len(tok), hidden_size=16, num_layers=1, num_heads=2,
+                            intermediate_size=32, max_positions=64,
+                            special_ids={"pad": 0, "bos": tok.cls_token_id, "eos": tok.sep_token_id})
+    encoder = RetentionEncoder(seq2seq.get_encoder(), [0], Budget(ratio=0.5),
+                               protected_token_ids=(tok.cls_token_id, tok.sep_token_id))
+    system = RetentionSummarizer(encoder, seq2seq, optimisation(), tokenizer=tok).eval()
     src = tok(["a long article about gates", "another article"], padding=True, return_tensors="pt")
     labels = tok(text_target=["gates keep tokens", "short summary here"], padding=True, return_tensors="pt")["input_ids"]
     labels = labels.masked_fill(labels == tok.pad_token_id, -100)
