@@ -18,9 +18,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from retention import Budget, RetentionEncoder, annealed_targets, lagrangian_term
-from retention.baselines import SELECTORS, install_ltp, use_selector
+from retention.budget import Budget, annealed_targets, lagrangian_term
+from retention.encoder import RetentionEncoder
+from retention.baselines import install_ltp, selector_for
 from retention.hard_concrete import make_relaxation
+from retention.methods import Method
 from retention.sparse import SPARSE_METHODS, build_sparse_encoder
 from retention.backbones import build_backbone
 
@@ -28,6 +30,9 @@ __all__ = ["RetentionSystem", "build_retention_encoder", "PRIMAL_GROUPS", "DUAL_
 
 PRIMAL_GROUPS = (0, 1)
 DUAL_GROUP = 2
+
+# A system's hparams hold the run's Method; Lightning loads checkpoints with weights_only=True.
+torch.serialization.add_safe_globals([Method])
 
 
 def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: int | None,
@@ -39,7 +44,7 @@ def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: i
     that sparse-attention model at attention budget ρ."""
     if method in SPARSE_METHODS:
         if backbone is not None:
-            raise ValueError(f"method={method!r} is an encoder-only comparator; it cannot replace the encoder of {type(backbone).__name__}")
+            raise ValueError(f"method='{method}' is an encoder-only comparator; it cannot replace the encoder of {type(backbone).__name__}")
         return build_sparse_encoder(
             SPARSE_METHODS[method], ratio=budget["ratio"] or 0.3, seq_len=model["max_positions"] or max_positions,
             vocab_size=vocab_size, hidden_size=model["hidden_size"], num_layers=model["num_layers"],
@@ -62,7 +67,7 @@ def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: i
         backbone,
         gate_layers=layers,
         budget=Budget(ratio=budget["ratio"], tokens=budget["tokens"], schedule=budget["schedule"], num_layers=len(layers)),
-        hard_concrete=make_relaxation(gate["relaxation"], beta=gate["beta"], gamma=gate["gamma"], zeta=gate["zeta"]),
+        relaxation=make_relaxation(gate["relaxation"], beta=gate["beta"], gamma=gate["gamma"], zeta=gate["zeta"]),
         protected_token_ids=protected_token_ids if gate["protect_special_tokens"] else (),
         scorer_hidden=gate["hidden"] or None,
         context=gate["context"],
@@ -100,10 +105,11 @@ class RetentionSystem(L.LightningModule):
                  backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
-        self.method = method  # gate | a baseline selector | a trained baseline (ltp) | a sparse comparator
-        # How the hard path selects: the trained scorer (ours or LTP's) or a heuristic baseline.
-        self.selector = method if method in SELECTORS else "gate"
-        self._selector: contextlib.ExitStack | None = None
+        self.method = Method(method)
+        # How validation and test select on the hard path: the run's heuristic selector, or its own
+        # trained scorer (ours or LTP's: TrainedScorer); `retention evaluate` swaps in others.
+        self.selector = selector_for(self.method.selection)
+        self._applied_selector: contextlib.ExitStack | None = None
         self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids),
                                                method, backbone=backbone)
         self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(budget["init_lambda"])))
@@ -118,22 +124,18 @@ class RetentionSystem(L.LightningModule):
         """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
         always for a heuristic baseline ``method`` (the backbone is trained densely; the baseline
         selects at evaluation) and for the sparse-attention comparators (no gates)."""
-        trains_scorer = self.method in ("gate", "ltp")
-        return trains_scorer and self.global_step >= self.budget_cfg["dense_steps"]
+        return self.method.trains_scorer and self.global_step >= self.budget_cfg["dense_steps"]
 
     # ------------------------------------------------------------------ baselines at evaluation
-    def _selector_for(self, method: str):
-        """Context manager: the encoder selects tokens with ``method`` (the learned gate, or a baseline)."""
-        return use_selector(self.encoder, method, seed=0)
-
     def _enter_selector(self) -> None:
-        self._selector = contextlib.ExitStack()
-        self._selector.enter_context(self._selector_for(self.selector))
+        """Apply ``self.selector`` to the encoder until :meth:`_exit_selector` (one val/test epoch)."""
+        self._applied_selector = contextlib.ExitStack()
+        self._applied_selector.enter_context(self.selector(self.encoder))
 
     def _exit_selector(self) -> None:
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
+        if self._applied_selector is not None:
+            self._applied_selector.close()
+            self._applied_selector = None
 
     # ------------------------------------------------------------------ the steps every task shares
     def task_loss(self, batch: dict, mode: str) -> tuple[torch.Tensor, Any]:
@@ -182,8 +184,8 @@ class RetentionSystem(L.LightningModule):
         self._exit_selector()
 
     def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.lagrangian_term`) against the warmed-up targets
-        ρ_ℓ(t) (:func:`retention.annealed_targets`, t counted from the end of the dense phase).
+        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.budget.lagrangian_term`) against the warmed-up targets
+        ρ_ℓ(t) (:func:`retention.budget.annealed_targets`, t counted from the end of the dense phase).
         Returns (term, ρ(t))."""
         step = self.global_step - self.budget_cfg["dense_steps"]
         targets = annealed_targets(targets, step, self.budget_cfg["warmup_steps"])
@@ -200,11 +202,11 @@ class RetentionSystem(L.LightningModule):
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
                 self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
-                self.log(f"train/open_fraction_l{layer}", out.kept_fraction[k], on_step=True, on_epoch=True)
+                self.log(f"train/open_fraction_l{layer}", out.achieved_retention[k], on_step=True, on_epoch=True)
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
-                self.log(f"{stage}/kept_fraction_l{layer}", out.kept_fraction[k], on_step=on_step, on_epoch=True)
+                self.log(f"{stage}/kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder
-from retention.baselines import SELECTORS, use_selector
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
+from retention.baselines import SELECTORS, selector_for
 from retention.backbones import build_backbone
 
 CLS, SEP = 1, 2
@@ -35,14 +36,14 @@ def _batch(b=4, t=40):
 def test_every_selector_keeps_exactly_m(method, arch):
     enc = _encoder(arch)
     ids, mask, lengths = _batch()
-    with torch.no_grad(), use_selector(enc, method):
+    with torch.no_grad(), selector_for(method)(enc):
         out = enc(ids, mask, mode="hard")
-    for k, layer_counts in enumerate(out.kept_counts):
+    for k, layer_counts in enumerate(out.retained_counts):
         expected = enc.budget.targets(lengths)[k]  # per-layer ratio
         m = torch.ceil(expected * lengths - 1e-6).long()
         assert torch.equal(layer_counts, torch.maximum(m, torch.full_like(m, 2)))
-    assert out.last_hidden_state.shape[1] == int(out.kept_counts[-1].max())  # physically removed
-    assert torch.equal(out.valid.sum(1), out.kept_counts[-1])
+    assert out.last_hidden_state.shape[1] == int(out.retained_counts[-1].max())  # physically removed
+    assert torch.equal(out.valid.sum(1), out.retained_counts[-1])
     # protected tokens survive every method
     assert ((out.positions == 0) & out.valid).sum(1).eq(1).all()
     assert ((out.positions == (lengths - 1)[:, None]) & out.valid).sum(1).eq(1).all()
@@ -53,12 +54,12 @@ def test_every_selector_keeps_exactly_m(method, arch):
 def test_first_keeps_a_prefix_and_l2_keeps_the_largest_norms():
     enc = _encoder("bert", gate_layers=(1,))
     ids, mask, lengths = _batch()
-    with torch.no_grad(), use_selector(enc, "first"):
+    with torch.no_grad(), selector_for("first")(enc):
         out = enc(ids, mask, mode="hard")
     for row, n, pos, valid in zip(range(4), lengths, out.positions, out.valid):
         kept = sorted(set(pos[valid].tolist()) - {0, int(n) - 1})
         assert kept == list(range(1, len(kept) + 1))
-    with torch.no_grad(), use_selector(enc, "l2"):
+    with torch.no_grad(), selector_for("l2")(enc):
         out = enc(ids, mask, mode="hard")
         h1 = {}
         layer0 = enc.backbone.encoder.layer[0]
@@ -77,7 +78,7 @@ def test_attention_selector_switches_to_eager_and_back():
     ids, mask, _ = _batch()
     before = enc.backbone.config._attn_implementation
     assert before != "eager"
-    with torch.no_grad(), use_selector(enc, "attention"):
+    with torch.no_grad(), selector_for("attention")(enc):
         assert enc.backbone.config._attn_implementation == "eager"
         enc(ids, mask, mode="hard")
     assert enc.backbone.config._attn_implementation == before
@@ -96,7 +97,7 @@ def test_attention_selector_at_layer_0_keeps_the_tokens_layer_0_attends_to_most(
     with torch.no_grad():
         enc(ids, mask, mode="dense")
         handle.remove()
-        with use_selector(enc, "attention"):
+        with selector_for("attention")(enc):
             out = enc(ids, mask, mode="hard")
     q = mask.float()
     received = torch.einsum("bqk,bq->bk", probs["p"].mean(1), q) / q.sum(1, keepdim=True)
@@ -108,8 +109,8 @@ def test_attention_selector_at_layer_0_keeps_the_tokens_layer_0_attends_to_most(
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="random, first"), use_selector(_encoder("bert"), "magic"):
-        pass
+    with pytest.raises(ValueError, match="random, first"):
+        selector_for("magic")
 
 
 def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m():
@@ -117,7 +118,7 @@ def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m()
     from retention.hard_concrete import SigmoidGate
 
     enc = _encoder("bert", gate_layers=(1,))
-    enc.hc = SigmoidGate()
+    enc.relaxation = SigmoidGate()
     install_ltp(enc, temperature=0.1)
     assert enc.backbone.config._attn_implementation == "eager" and isinstance(enc.gates[0], LTPScorer)
     ids, mask, lengths = _batch()
@@ -129,7 +130,7 @@ def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m()
     with torch.no_grad():
         out = enc(ids, mask, mode="hard")
     m = torch.ceil(0.5 * lengths - 1e-6).long()
-    assert torch.equal(out.kept_counts[0], m)
+    assert torch.equal(out.retained_counts[0], m)
 
 
 @pytest.mark.parametrize("arch,ratio,t", [("longformer", 0.3, 1024), ("longformer", 0.1, 2048), ("big_bird", 0.3, 1024), ("big_bird", 0.5, 4096)])

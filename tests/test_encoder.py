@@ -4,7 +4,8 @@ sub-sequence, ρ = 1 == stock model, soft zero gates remove tokens from attentio
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder, transformer_layers
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone
 
 ARCHS = ["bert", "roberta", "distilbert"]
@@ -98,7 +99,7 @@ def test_cumulative_linear_schedule_counts():
         out = enc(ids, mask, mode="hard", restore=True)
     n = mask.sum(1)
     for k, frac in enumerate([0.75, 0.5, 0.25]):
-        assert out.kept_counts[k].tolist() == [max(2, -(-int(frac * 100) * int(v) // 100)) for v in n]
+        assert out.retained_counts[k].tolist() == [max(2, -(-int(frac * 100) * int(v) // 100)) for v in n]
     # drop-and-restore: a full-length tensor, kept rows equal the final states
     r = out.restored_hidden_state
     assert r.shape[:2] == ids.shape

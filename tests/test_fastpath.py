@@ -4,7 +4,8 @@ stock eager attention, and no SDPA call receives a mask that requires grad (the 
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
 from retention.backbones import build_backbone
 from retention import fastpath
 from retention.fastpath import SOFT_GATE_ATTENTION

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from retention import HardConcrete
+from retention.hard_concrete import HardConcrete
 
 
 @pytest.mark.parametrize("log_alpha", [-4.0, -2.0, -0.5, 0.0, 0.7, 2.0, 4.0])
