@@ -1,11 +1,14 @@
 """Baselines behind the budget interface: each keeps exactly M tokens per sequence, physically."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from retention.budget import Budget
 from retention.encoder import RetentionEncoder
-from retention.baselines import SELECTORS, selector_for
+from retention.baselines import SELECTORS, RandomSelector, Selector, TrainedScorer, selector_for
+from retention.methods import Method
 from retention.backbones import build_backbone
 
 CLS, SEP = 1, 2
@@ -106,6 +109,54 @@ def test_attention_selector_at_layer_0_keeps_the_tokens_layer_0_attends_to_most(
         dropped = set(range(1, n - 1)) - kept
         assert kept and dropped
         assert min(received[i, sorted(kept)]) >= max(received[i, sorted(dropped)])
+
+
+def test_one_registry_of_dataclass_selectors_each_overriding_only_score():
+    assert tuple(SELECTORS) == Method.selections() == tuple(m for m in Method if m.is_heuristic or m == Method.gate)
+    for method, cls in SELECTORS.items():
+        assert dataclasses.is_dataclass(cls) and issubclass(cls, Selector)
+        if cls is not TrainedScorer:
+            assert "score" in vars(cls), method  # its own scoring method ...
+            assert "__call__" not in vars(cls), method  # ... applied by the base's context manager
+        assert type(selector_for(method)) is cls
+
+
+def test_applying_a_selector_swaps_the_scores_and_restores_the_encoder_after_an_error():
+    enc = _encoder("bert", gate_layers=(1,))
+    ids, mask, _ = _batch()
+    with torch.no_grad():
+        own = enc(ids, mask, mode="hard").positions
+        with pytest.raises(RuntimeError, match="inside"), selector_for("first")(enc):
+            assert isinstance(enc.selector, Selector)
+            raise RuntimeError("inside")
+        assert enc.selector is None
+        assert torch.equal(enc(ids, mask, mode="hard").positions, own)
+        with TrainedScorer()(enc):  # the trained gates: nothing swapped
+            assert enc.selector is None and torch.equal(enc(ids, mask, mode="hard").positions, own)
+
+
+def test_random_selector_draws_the_same_tokens_at_every_application_of_a_seed():
+    enc = _encoder("bert", gate_layers=(1,))
+    ids, mask, _ = _batch()
+    picks = []
+    with torch.no_grad():
+        for seed in (0, 0, 1):
+            with RandomSelector(seed=seed)(enc):
+                picks.append(enc(ids, mask, mode="hard").positions)
+    assert torch.equal(picks[0], picks[1]) and not torch.equal(picks[0], picks[2])
+
+
+def test_attention_received_is_not_carried_over_from_a_dense_pass():
+    """The feed restarts with every forward: a dense pass before the hard one changes nothing."""
+    enc = _encoder("bert", gate_layers=(1, 2), attn="eager")
+    ids, mask, _ = _batch()
+    with torch.no_grad(), selector_for("attention")(enc):
+        alone = enc(ids, mask, mode="hard")
+        enc(ids, mask, mode="dense")
+        after_dense = enc(ids, mask, mode="hard")
+    assert torch.equal(alone.positions, after_dense.positions)
+    for a, b in zip(alone.log_alpha, after_dense.log_alpha):
+        torch.testing.assert_close(a, b)
 
 
 def test_unknown_method_lists_valid_ones():
