@@ -84,8 +84,10 @@ class RetentionOutput:
     ``achieved_retention`` (K,): per gated layer, the achieved fraction of valid tokens still in
     play, mean over the batch — soft path: gate open (cumulative z̃ > 0); hard path: retained
     (M_ℓ / T_valid); dense path: 1. ``targets`` (K,): ρ_ℓ for this batch.
-    ``expected_retention`` (K,), soft path only (None elsewhere): ĝ_ℓ, the mean of the cumulative
-    P(z̃ > 0), differentiable — the left-hand side of the budget constraint.
+    ``expected_retention`` (K,): ĝ_ℓ, the mean of the cumulative P(z̃ > 0) over valid tokens,
+    differentiable — the left-hand side of the budget constraint; soft path, and 1 on the dense
+    path (every P(kept) = 1). None on the hard path, which samples nothing: its fraction is
+    ``achieved_retention``.
     ``log_alpha``: per gated layer, the scores of the tokens that entered it (B, T_ℓ).
     ``retained_counts``, hard path: per gated layer, the tokens retained per sequence (B,).
     ``restored_hidden_state`` (B, T, d), only with ``restore=True`` on the hard path: every dropped
@@ -319,7 +321,8 @@ class RetentionEncoder(nn.Module):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
             full = torch.ones(self.num_gates, device=device)
             positions = torch.arange(t, device=device).expand(b, t)
-            return RetentionOutput(out.last_hidden_state, positions, valid, achieved_retention=full, targets=targets)
+            return RetentionOutput(out.last_hidden_state, positions, valid, achieved_retention=full, targets=targets,
+                                   expected_retention=full)
         if mode == "auto":
             mode = "soft" if self.training else "hard"
         if mode not in ("soft", "hard"):

@@ -118,6 +118,25 @@ def test_soft_training_path_gradients_reach_gates_and_expected_retention():
     assert 0 < float(out.expected_retention.detach()) <= 1
 
 
+def test_expected_and_achieved_retention_on_each_path():
+    """Scorer v = 0, bias −3: log α = −3 for every token. Soft (deterministic, eval mode): ĝ = mean_b of
+    (n_prot + (n − n_prot)·P(z̃ > 0 | −3)) / n, and the achieved fraction counts open gates, here only
+    [CLS] and [SEP] (ẑ = clamp(1.2·σ(−3) − 0.1, 0, 1) = 0). Hard: ⌈0.3·n⌉ / n, no ĝ. Dense: 1 and 1."""
+    enc = wrap(tiny("bert"), [1], 0.3)
+    torch.nn.init.zeros_(enc.gates[0].v.weight)
+    torch.nn.init.constant_(enc.gates[0].v.bias, -3.0)
+    ids, mask = batch()
+    n = mask.sum(1).double()
+    p = float(enc.relaxation.prob_nonzero(torch.tensor(-3.0)))
+    with torch.no_grad():
+        soft, hard, dense = (enc(ids, mask, mode=mode) for mode in ("soft", "hard", "dense"))
+    torch.testing.assert_close(soft.expected_retention, torch.tensor([((2 + (n - 2) * p) / n).mean().item()]))
+    torch.testing.assert_close(soft.achieved_retention, torch.tensor([(2 / n).mean().item()]))
+    assert hard.expected_retention is None
+    torch.testing.assert_close(hard.achieved_retention, torch.tensor([(torch.ceil(0.3 * n - 1e-6) / n).mean().item()]))
+    assert dense.expected_retention.tolist() == dense.achieved_retention.tolist() == [1.0]
+
+
 def test_unsupported_model_type_lists_supported():
     from transformers import GPT2Config, GPT2Model
 
