@@ -4,8 +4,8 @@
                        [--budgets 0.1 0.3 0.5] [--methods gate random first l2 attention]
                        [--out DIR] [--tracking-uri URI] [--throughput-batches N]
 
-For each run, each method (``gate``: the run's trained scorer, or a heuristic selector of
-:mod:`retention.baselines`, applied to the same trained encoder) and each budget ρ, the run's own test loop (``Trainer.test``) gives
+For each run, each method (the learned gate or a baseline of :mod:`retention.baselines`, swapped
+into the same trained encoder) and each budget ρ, the run's own test loop (``Trainer.test``) gives
 the task metric on the hard top-M path, the dense metric of the same weights, and the achieved
 retention per gated layer; the throughput ratio is the retained forward's throughput over the
 dense forward's, timed interleaved in this process. Writes ``evaluation.csv``, ``evaluation.md``,
