@@ -31,10 +31,10 @@ from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
 from datamodules import build_datamodule
 from lightning_modules import build_system
 from omegaconf import OmegaConf
-from retention import Budget
-from retention.baselines import SELECTORS
+from retention.baselines import selector_for
 from retention.bench import interleaved_times
-from retention.sparse import SPARSE_METHODS
+from retention.budget import Budget
+from retention.methods import Method
 
 
 
@@ -50,10 +50,11 @@ def _check_args(args) -> None:
     bad = [b for b in args.budgets if not 0.0 < b <= 1.0]
     if bad:
         raise ValueError(f"--budgets: {bad} outside (0, 1]")
-    methods = args.methods or list(SELECTORS)
-    unknown = [m for m in methods if m not in SELECTORS]
+    valid = Method.selections()
+    methods = args.methods or [m.value for m in valid]
+    unknown = [m for m in methods if m not in valid]
     if unknown:
-        raise ValueError(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join(SELECTORS)}")
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
     if args.throughput_batches < 0:
         raise ValueError(f"--throughput-batches={args.throughput_batches}: must be >= 0")
     args.methods = methods
@@ -134,12 +135,12 @@ def throughput_ratio(system, dm, n_batches: int, reps: int = 3) -> float | None:
 def applicable_methods(cfg, requested: list[str]) -> list[str]:
     """The baseline selectors are swapped into runs of our method with its default settings; a run
     trained as a baseline or an ablation is evaluated with its own selection only (a heuristic
-    baseline's selector, or the trained scorer: ``gate``)."""
+    baseline's selector, or ``gate``: the run's trained scorer, ours or LTP's)."""
 
-    if cfg.method == "gate" and cfg.ablation == "none":
+    if cfg.method == Method.gate and cfg.ablation == "none":
         return requested
-    own = cfg.method if cfg.method in SELECTORS else "gate"
-    return [own] if own in requested else []
+    own = Method(cfg.method).selection
+    return [own.value] if own in requested else []
 
 
 def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limit_test_batches) -> list[dict]:
@@ -151,7 +152,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     metric = system.METRIC
     trained_budget = system.encoder.budget
     rows = []
-    sparse = cfg.method in SPARSE_METHODS
+    sparse = Method(cfg.method).is_sparse
     own_paths = system.eval_paths
 
     def test(path: str) -> dict[str, float]:
@@ -167,11 +168,11 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     for method in methods:
         # A sparse-attention comparator keeps every token at the attention budget it was built with.
         for rho in [system.encoder.fraction] if sparse else budgets:
-            system.selector = method
+            system.selector = selector_for(method)
             if not sparse:
                 system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
             m = test("hard")
-            with system._selector_for(method):
+            with system.selector(system.encoder):
                 thr = throughput_ratio(system, dm, throughput_batches)
             row = {
                 "run": src.label, "run_id": src.run_id, "method": method, "budget": rho,
@@ -182,7 +183,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
                 row[f"retention_l{layer}"] = m[f"test/kept_fraction_l{layer}"]
             row["throughput_ratio"] = thr
             rows.append(row)
-    system.selector = "gate" if cfg.method not in SELECTORS else cfg.method
+    system.selector = selector_for(Method(cfg.method).selection)
     system.encoder.budget = trained_budget
     system.eval_paths = own_paths  # popping the instance attribute would drop a sparse system's own
     return rows

@@ -4,7 +4,7 @@ LightningModule that receives them.
 :func:`build_system` is the one place that reads the ``model``/``gate``/``budget``/``optim`` config
 sections and the data module; the systems take built modules and typed settings:
 
-* :func:`build_encoder`: a :class:`retention.RetentionEncoder` with Adaptive Retention gates on the
+* :func:`build_encoder`: a :class:`retention.encoder.RetentionEncoder` with Adaptive Retention gates on the
   stock encoder (Hard-Concrete gates, Louizos et al. 2018; the method of Rafiuddin & Khan, EMNLP 2025
   Findings, arXiv 2510.08798), with LTP's learned-threshold scorers installed for ``method=ltp``; or
   the Longformer / BigBird comparator at attention budget ρ (``method=longformer|bigbird``);
@@ -20,7 +20,8 @@ from __future__ import annotations
 from torch import nn
 
 from conf.schema import ConfigError
-from retention import Budget, RetentionEncoder
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
 from retention.backbones import build_backbone, build_seq2seq
 from retention.baselines import install_ltp
 from retention.hard_concrete import make_relaxation
@@ -101,7 +102,7 @@ def build_encoder(cfg, dm, backbone: nn.Module | None = None) -> nn.Module:
         backbone,
         gate_layers=layers,
         budget=Budget(ratio=b.ratio, tokens=b.tokens, schedule=str(b.schedule), num_layers=len(layers)),
-        hard_concrete=make_relaxation(str(g.relaxation), beta=g.beta, gamma=g.gamma, zeta=g.zeta),
+        relaxation=make_relaxation(str(g.relaxation), beta=g.beta, gamma=g.gamma, zeta=g.zeta),
         protected_token_ids=protected if g.protect_special_tokens else (),
         scorer_hidden=g.hidden or None,
         context=str(g.context),

@@ -1,4 +1,4 @@
-"""Extractive QA with Adaptive Retention and drop-and-restore (BRIEF §2, "Dropped tokens and heads").
+"""Extractive QA with Adaptive Retention and drop-and-restore.
 
 The question (and [CLS]/[SEP]) are *protected*: never dropped, counted toward M. On the hard path the
 context tokens dropped at any gated layer keep their last hidden state and are scattered back to their

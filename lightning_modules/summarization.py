@@ -1,6 +1,6 @@
 """Encoder–decoder summarization with Adaptive Retention (BART and T5 families).
 
-The gates sit in the encoder: :class:`retention.RetentionEncoder` wraps the stock model's encoder stack
+The gates sit in the encoder: :class:`retention.encoder.RetentionEncoder` wraps the stock model's encoder stack
 (``model.get_encoder()``) with the same hooks as an encoder-only backbone. The decoder then
 cross-attends to what the encoder kept:
 

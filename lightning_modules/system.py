@@ -25,8 +25,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from retention import annealed_targets, lagrangian_term
-from retention.baselines import SELECTORS, use_selector
+from retention.baselines import selector_for
+from retention.budget import annealed_targets, lagrangian_term
+from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
 
 __all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "lr_factor", "encoder_record", "EVAL_PATHS",
@@ -35,6 +36,9 @@ __all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "lr_factor", "encode
 PRIMAL_GROUPS = (0, 1)
 DUAL_GROUP = 2
 SCHEDULERS = ("linear", "cosine", "constant")
+
+# A system's hparams hold the run's Method; Lightning loads checkpoints with weights_only=True.
+torch.serialization.add_safe_globals([Method])
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Optimisation:
       (primal groups only), ``betas`` (AdamW);
     * ``scheduler`` and ``warmup_steps``: the primal groups' LR factor, :func:`lr_factor`;
     * ``dense_steps``: the first steps train the task densely (no Lagrangian term);
-    * ``budget_warmup_steps``: then the target anneals from 1 to ρ (:func:`retention.annealed_targets`);
+    * ``budget_warmup_steps``: then the target anneals from 1 to ρ (:func:`retention.budget.annealed_targets`);
     * ``init_lambda``: λ's initial value.
     """
 
@@ -127,10 +131,11 @@ class RetentionSystem(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=list(self.NOT_HYPERPARAMETERS))
         self.hparams.update(optim=dataclasses.asdict(optim), encoder=encoder_record(encoder))
-        self.method = method  # gate | a baseline selector | a trained baseline (ltp) | a sparse comparator
-        # How the hard path selects: the trained scorer (ours or LTP's) or a heuristic baseline.
-        self.selector = method if method in SELECTORS else "gate"
-        self._selector: contextlib.ExitStack | None = None
+        self.method = Method(method)  # gate | a heuristic selector | a trained baseline (ltp) | a sparse comparator
+        # How validation and test select on the hard path: the run's heuristic selector, or its own
+        # trained scorer (ours or LTP's: TrainedScorer); `retention evaluate` swaps in others.
+        self.selector = selector_for(self.method.selection)
+        self._applied_selector: contextlib.ExitStack | None = None
         self.encoder = encoder
         self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(optim.init_lambda)))
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
@@ -143,22 +148,18 @@ class RetentionSystem(L.LightningModule):
         """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
         always for a heuristic baseline ``method`` (the backbone is trained densely; the baseline
         selects at evaluation) and for the sparse-attention comparators (no gates)."""
-        trains_scorer = self.method in ("gate", "ltp")
-        return trains_scorer and self.global_step >= self.optim.dense_steps
+        return self.method.trains_scorer and self.global_step >= self.optim.dense_steps
 
     # ------------------------------------------------------------------ baselines at evaluation
-    def _selector_for(self, method: str):
-        """Context manager: the encoder selects tokens with ``method`` (the learned gate, or a baseline)."""
-        return use_selector(self.encoder, method, seed=0)
-
     def _enter_selector(self) -> None:
-        self._selector = contextlib.ExitStack()
-        self._selector.enter_context(self._selector_for(self.selector))
+        """Apply ``self.selector`` to the encoder until :meth:`_exit_selector` (one val/test epoch)."""
+        self._applied_selector = contextlib.ExitStack()
+        self._applied_selector.enter_context(self.selector(self.encoder))
 
     def _exit_selector(self) -> None:
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
+        if self._applied_selector is not None:
+            self._applied_selector.close()
+            self._applied_selector = None
 
     # ------------------------------------------------------------------ the steps every task shares
     def task_loss(self, batch: dict, mode: str) -> tuple[torch.Tensor, Any]:
@@ -207,13 +208,13 @@ class RetentionSystem(L.LightningModule):
         self._exit_selector()
 
     def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.lagrangian_term`) against the warmed-up targets
+        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.budget.lagrangian_term`) against the warmed-up targets
         ρ_ℓ(t) at the current global step (:meth:`training_targets`). Returns (term, ρ(t))."""
         targets = self.training_targets(targets, self.global_step)
         return lagrangian_term(self.lam, expected, targets), targets
 
     def training_targets(self, targets: torch.Tensor, step: int) -> torch.Tensor:
-        """ρ_ℓ(t) at global step ``step``: the budget warm-up of :func:`retention.annealed_targets`
+        """ρ_ℓ(t) at global step ``step``: the budget warm-up of :func:`retention.budget.annealed_targets`
         with t counted from the end of the dense phase, t = max(0, step − ``dense_steps``), so
 
             ρ_ℓ(t) = 1 − (1 − ρ_ℓ)·min(1, t / ``budget_warmup_steps``)
@@ -233,11 +234,11 @@ class RetentionSystem(L.LightningModule):
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
                 self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
-                self.log(f"train/open_fraction_l{layer}", out.kept_fraction[k], on_step=True, on_epoch=True)
+                self.log(f"train/open_fraction_l{layer}", out.achieved_retention[k], on_step=True, on_epoch=True)
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
-                self.log(f"{stage}/kept_fraction_l{layer}", out.kept_fraction[k], on_step=on_step, on_epoch=True)
+                self.log(f"{stage}/kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:

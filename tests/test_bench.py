@@ -108,7 +108,7 @@ def test_retained_forward_computes_on_exactly_m_tokens_per_layer(gate_layers, ra
     with torch.no_grad():
         out = enc(ids, None, protected=prot, mode="hard")
     assert out.last_hidden_state.shape[:2] == (3, m)
-    assert all(c.tolist() == [m] * 3 for c in out.kept_counts)
+    assert all(c.tolist() == [m] * 3 for c in out.retained_counts)
     assert bool(out.valid.all())  # equal lengths: no padding after selection
 
 

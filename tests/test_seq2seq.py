@@ -5,7 +5,8 @@ cross-attends to exactly the retained encoder states, in training and in generat
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder, transformer_layers
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone, build_seq2seq
 
 from .helpers import optimisation
@@ -134,7 +135,7 @@ def test_decoder_cross_attends_only_to_retained_states(arch):
     with torch.no_grad():
         _, out = system(ids, mask, labels, mode="hard")
         m_max = int(out.valid.sum(1).max())
-        assert m_max == int(out.kept_counts[0].max()) < ids.shape[1]
+        assert m_max == int(out.retained_counts[0].max()) < ids.shape[1]
         assert lengths == [m_max]
         lengths.clear()
         generated = system.generate(ids, mask, mode="hard")
