@@ -11,9 +11,10 @@ import torch
 from conf.compose import compose
 from datamodules import build_datamodule
 from lightning_modules import Optimisation, RetentionClassifier, RetentionSummarizer, build_system, optimisation
-from retention import Budget, RetentionEncoder
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
 from retention.backbones import build_seq2seq
-from retention.baselines import LTPScorer
+from retention.baselines import L2NormSelector, LTPScorer, TrainedScorer
 from retention.gate import ContextScorer
 from retention.sparse import SparseAttentionEncoder
 
@@ -49,7 +50,7 @@ def test_build_system_hands_the_method_its_encoder(method, encoder_class, scorer
     assert isinstance(system, RetentionClassifier) and type(system.encoder) is encoder_class
     assert [type(g) for g in system.encoder.gates] == ([scorer_class] if scorer_class else [])
     assert system.encoder.gate_layers == [1] and system.eval_paths == paths
-    assert system.selector == ("l2" if method == "l2" else "gate")
+    assert type(system.selector) is (L2NormSelector if method == "l2" else TrainedScorer)
     assert torch.equal(system.lam.detach(), torch.tensor([0.25]))
     assert system.head[-1].out_features == dm.num_labels == 4 and system.head[1].in_features == 16
 

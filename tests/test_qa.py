@@ -9,7 +9,8 @@ from transformers import AutoTokenizer
 from datamodules.qa_windows import QAWindowError, check_answer, collate_qa, tokenize_qa
 from datamodules.qasper_schema import QasperCounts, qasper_examples
 from lightning_modules.qa import RetentionQA, best_spans
-from retention import Budget, RetentionEncoder
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
 from retention.backbones import build_backbone, resolve_backbone_path
 
 from .helpers import optimisation
