@@ -1,4 +1,6 @@
-"""Tiny configs shared by the Lightning and CLI tests."""
+"""Tiny configs shared by the Lightning and CLI tests, and the token batch shared by the encoder tests."""
+
+import torch
 
 TINY = [
     "model.hidden_size=16",
@@ -31,3 +33,20 @@ def section(name: str, **overrides) -> dict:
     from conf.schema import Config
 
     return {**OmegaConf.to_container(OmegaConf.structured(Config)[name]), **overrides}
+
+
+# ---------------------------------------------------------------------------------------------- encoder tests
+ARCHS = ["bert", "roberta", "distilbert"]
+CLS, SEP = 5, 6
+
+
+def encoder_batch(b: int = 4, t: int = 24, pad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) over a vocabulary of 50: [CLS] first, [SEP] last, random ids >= 7 between; with
+    ``pad`` rows of lengths t, t-5, t-11, t padded with id 0."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(7, 50, (b, t), generator=g)
+    lengths = torch.tensor([t, t - 5, t - 11, t][:b]) if pad else torch.full((b,), t)
+    mask = (torch.arange(t).expand(b, t) < lengths[:, None]).long()
+    ids[:, 0] = CLS
+    ids[torch.arange(b), lengths - 1] = SEP
+    return ids.masked_fill(mask == 0, 0), mask

@@ -1,31 +1,22 @@
 """The wrapper on stock Hugging Face encoders: hard path == stock model on the retained
 sub-sequence, ρ = 1 == stock model, soft zero gates remove tokens from attention."""
 
+import math
+
 import pytest
 import torch
 
 from retention import Budget, RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone
 
-ARCHS = ["bert", "roberta", "distilbert"]
-CLS, SEP = 5, 6
+from .helpers import ARCHS, CLS, SEP
+from .helpers import encoder_batch as batch
 
 
 def tiny(arch, layers=3, attn="sdpa"):
     torch.manual_seed(0)
     return build_backbone("random", attn_implementation=attn, arch=arch, vocab_size=50, hidden_size=32,
                           num_layers=layers, num_heads=4, intermediate_size=64, max_positions=64).eval()
-
-
-def batch(b=4, t=24, pad=True):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(7, 50, (b, t), generator=g)
-    lengths = torch.tensor([t, t - 5, t - 11, t][:b]) if pad else torch.full((b,), t)
-    mask = (torch.arange(t).expand(b, t) < lengths[:, None]).long()
-    ids[:, 0] = CLS
-    ids[torch.arange(b), lengths - 1] = SEP
-    ids = ids.masked_fill(mask == 0, 0 if True else 1)
-    return ids, mask
 
 
 def wrap(model, layers, ratio, schedule="constant"):
@@ -141,7 +132,10 @@ def test_soft_training_path_gradients_reach_gates_and_expected_retention():
     assert out.last_hidden_state.shape[:2] == ids.shape  # length unchanged while training
     (out.last_hidden_state[:, 0].sum() + out.expected_retention.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.gates.parameters())
-    assert 0 < float(out.expected_retention.detach()) <= 1
+    # ĝ = mean_b Σ_t P(z̃ > 0)/T_valid, P = σ(log α − β·log(−γ/ζ)) (β = 2/3, γ = −0.1, ζ = 1.1); [CLS]/[SEP] count 1
+    p = torch.sigmoid(out.log_alpha[0].detach() - (2 / 3) * math.log(0.1 / 1.1))
+    p = torch.where(torch.isin(ids, torch.tensor([CLS, SEP])), 1.0, p) * mask
+    torch.testing.assert_close(out.expected_retention.detach(), (p.sum(1) / mask.sum(1)).mean().reshape(1))
 
 
 def test_unsupported_model_type_lists_supported():

@@ -9,7 +9,7 @@ from retention.backbones import build_backbone
 from retention import fastpath
 from retention.fastpath import SOFT_GATE_ATTENTION
 
-from .test_encoder import ARCHS, CLS, SEP, batch
+from .helpers import ARCHS, CLS, SEP, encoder_batch
 
 
 def wrapped(arch, attn):
@@ -30,7 +30,7 @@ def test_soft_path_matches_eager_in_values_and_gradients(arch, pad, align, monke
     monkeypatch.setattr(fastpath, "_head_align", lambda query: align)
     fast, ref = wrapped(arch, "sdpa"), wrapped(arch, "eager")
     assert fast.backbone.config._attn_implementation == SOFT_GATE_ATTENTION
-    ids, mask = batch(pad=pad)
+    ids, mask = encoder_batch(pad=pad)
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
     grad_masks = []
@@ -58,7 +58,7 @@ def test_soft_path_matches_eager_in_values_and_gradients(arch, pad, align, monke
 
 def test_dense_and_hard_paths_use_stock_sdpa_unchanged():
     fast, ref = wrapped("bert", "sdpa"), wrapped("bert", "eager")
-    ids, mask = batch()
+    ids, mask = encoder_batch()
     with torch.no_grad():
         for mode in ("dense", "hard"):
             a, b = fast(ids, mask, mode=mode), ref(ids, mask, mode=mode)
