@@ -1,6 +1,8 @@
 """The wrapper on stock Hugging Face encoders: hard path == stock model on the retained
 sub-sequence, ρ = 1 == stock model, soft zero gates remove tokens from attention."""
 
+import math
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from retention.budget import Budget
 from retention.encoder import RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone
 
-from .retention_fixtures import ARCHS, batch, tiny, wrap
+from .retention_fixtures import ARCHS, CLS, SEP, batch, tiny, wrap
 
 def reference_on_subsequence(model, ids, mask, gate_layer, positions, valid):
     """Stock layers run on the gathered sub-sequence, starting from the stock hidden state entering the gated layer."""
@@ -115,7 +117,10 @@ def test_soft_training_path_gradients_reach_gates_and_expected_retention():
     assert out.last_hidden_state.shape[:2] == ids.shape  # length unchanged while training
     (out.last_hidden_state[:, 0].sum() + out.expected_retention.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.gates.parameters())
-    assert 0 < float(out.expected_retention.detach()) <= 1
+    # ĝ = mean_b Σ_t P(z̃ > 0)/T_valid, P = σ(log α − β·log(−γ/ζ)) (β = 2/3, γ = −0.1, ζ = 1.1); [CLS]/[SEP] count 1
+    p = torch.sigmoid(out.log_alpha[0].detach() - (2 / 3) * math.log(0.1 / 1.1))
+    p = torch.where(torch.isin(ids, torch.tensor([CLS, SEP])), 1.0, p) * mask
+    torch.testing.assert_close(out.expected_retention.detach(), (p.sum(1) / mask.sum(1)).mean().reshape(1))
 
 
 def test_expected_and_achieved_retention_on_each_path():

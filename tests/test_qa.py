@@ -123,7 +123,7 @@ def test_best_span_is_banded_and_inside_the_context():
 
 
 @pytest.mark.parametrize("path", ["soft", "hard", "dense"])
-def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path):
+def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path, monkeypatch):
     """Span logits peaked at the gold tokens → best window span → char offsets → EM = F1 = 100."""
     examples, _ = fixture_examples()
     batch = collate_qa(tokenize_qa(examples, tokenizer, 128, "sliding_window", 32), tokenizer.pad_token_id)
@@ -141,9 +141,9 @@ def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path):
         e[rows[has], batch["end_positions"][has]] = 10.0
         return s, e, out
 
-    system.forward = gold_logits
+    monkeypatch.setattr(system, "forward", gold_logits)
     with torch.no_grad():
-        system._evaluate("val", batch)
+        system.validation_step(batch, 0)
     result = system.squad_scores(f"val_{path}", examples)
     assert float(result["exact_match"]) == 100.0 and float(result["f1"]) == 100.0
     assert system.squad_scores(f"val_{path}", examples) is None  # collected candidates are consumed
