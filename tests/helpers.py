@@ -1,6 +1,7 @@
 """Tiny configs shared by the Lightning and CLI tests, the Markdown-table reader, and
 the by-hand recomputation of a trained run's test metrics from its checkpoint."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from commands.runner import CONFIG_NEXT_TO_CHECKPOINT
 from conf.schema import Config
 from datamodules import build_datamodule
 from lightning_modules import build_system
+from lightning_modules import optimisation as default_optimisation
 
 TINY = [
     "model.hidden_size=16",
@@ -45,14 +47,7 @@ def markdown_rows(text: str) -> list[dict[str, str]]:
 def optimisation(**overrides):
     """The schema's default :class:`lightning_modules.Optimisation` with ``overrides`` (for tests
     that build a system from modules directly, so a new schema field never breaks them)."""
-    import dataclasses
-
-    from omegaconf import OmegaConf
-
-    from conf.schema import Config
-    from lightning_modules import optimisation as from_config
-
-    return dataclasses.replace(from_config(OmegaConf.structured(Config)), **overrides)
+    return dataclasses.replace(default_optimisation(OmegaConf.structured(Config)), **overrides)
 
 
 # ---------------------------------------------------------------------------------------------- trained runs
