@@ -25,9 +25,10 @@ TINY = [
 
 def section(name: str, **overrides) -> dict:
     """A config section as a plain dict: the schema's defaults with ``overrides`` (for tests that
-    build a system directly, so a new schema field never breaks them)."""
+    build a system directly, so a new schema field never breaks them); choices as plain strings, as
+    ``conf.compose.compose`` hands them out."""
     from omegaconf import OmegaConf
 
     from conf.schema import Config
 
-    return {**OmegaConf.to_container(OmegaConf.structured(Config)[name]), **overrides}
+    return {**OmegaConf.to_container(OmegaConf.structured(Config)[name], enum_to_str=True), **overrides}
