@@ -103,6 +103,14 @@ def test_data_section_holds_the_selected_modules_keys_only():
     assert compose(["data=synthetic_qa", "data.num_facts=3"]).data.num_facts == 3
 
 
+def test_schema_archs_are_the_wrappers_model_types():
+    """model.arch is a string checked against ARCHS (not an Enum: "xlm-roberta" is no member name)."""
+    from conf.schema import ARCHS
+    from retention.encoder import SUPPORTED_MODEL_TYPES
+
+    assert sorted(ARCHS) == sorted(SUPPORTED_MODEL_TYPES)
+
+
 def test_choices_come_out_as_plain_strings_and_a_saved_config_composes_again(tmp_path):
     """The composed config, its YAML and its MLflow params hold the strings users type; the
     ``config.yaml`` saved beside a checkpoint composes back to the same config."""
