@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import OmegaConf
 
-from conf.compose import backbone_num_layers, check_backbone_supported
+from conf.backbone_checks import backbone_num_layers, check_backbone_supported
 from conf.schema import validate
 from datamodules import DATAMODULES, build_datamodule
 from lightning_modules import build_system
