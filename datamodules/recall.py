@@ -10,7 +10,7 @@ import torch
 
 from conf.data_schema import KVRetrievalDataConfig, MQARDataConfig
 
-from .synthetic import FIRST_TASK_TOKEN, SyntheticDataModule, _frame, _lengths_and_mask, _random_slots
+from .synthetic import FIRST_TASK_TOKEN, SyntheticDataModule, frame_sequences, lengths_and_mask, random_slots
 
 __all__ = ["KVSpec", "generate_kv_retrieval", "KVRetrievalDataModule", "MQARSpec", "generate_mqar", "MQARDataModule"]
 
@@ -52,10 +52,10 @@ def generate_kv_retrieval(spec: KVSpec, size: int, seed: int) -> dict[str, torch
     """``size`` examples determined by ``seed``; also returns ``pair_positions`` (B, P) (position of
     each key; its value follows), ``query_position`` (B,) and ``query_pair`` (B,)."""
     g = torch.Generator().manual_seed(seed)
-    lengths, pos, mask = _lengths_and_mask(size, spec.seq_len, spec.min_seq_len, g)
+    lengths, pos, mask = lengths_and_mask(size, spec.seq_len, spec.min_seq_len, g)
     ids = torch.randint(spec.first_distractor, spec.vocab_size, (size, spec.seq_len), generator=g)
     # Pair slots: positions 1 + 2s, s < (len − 3) // 2, so pairs never touch the query or [SEP].
-    slots = _random_slots(size, (lengths - 3) // 2, spec.num_pairs, spec.seq_len // 2, g)
+    slots = random_slots(size, (lengths - 3) // 2, spec.num_pairs, spec.seq_len // 2, g)
     key_pos = 1 + 2 * slots
     keys = torch.rand(size, spec.num_keys, generator=g).argsort(1)[:, : spec.num_pairs]  # distinct keys
     values = torch.randint(0, spec.num_classes, (size, spec.num_pairs), generator=g)
@@ -64,7 +64,7 @@ def generate_kv_retrieval(spec: KVSpec, size: int, seed: int) -> dict[str, torch
     which = torch.randint(0, spec.num_pairs, (size,), generator=g)
     query_pos = lengths - 2
     ids.scatter_(1, query_pos.unsqueeze(1), FIRST_TASK_TOKEN + keys.gather(1, which.unsqueeze(1)))
-    ids = _frame(ids, lengths, mask)
+    ids = frame_sequences(ids, lengths, mask)
     return {"input_ids": ids, "attention_mask": mask, "labels": values.gather(1, which.unsqueeze(1)).squeeze(1),
             "pair_positions": key_pos, "query_position": query_pos, "query_pair": which}
 
@@ -105,10 +105,10 @@ def generate_mqar(spec: MQARSpec, size: int, seed: int) -> dict[str, torch.Tenso
     """``size`` examples; ``labels`` (B, Q), ``query_positions`` (B, Q), ``pair_positions`` (B, P)."""
     kv = KVSpec(spec.seq_len, spec.min_seq_len, spec.vocab_size, spec.num_keys, spec.num_classes, spec.num_pairs)
     g = torch.Generator().manual_seed(seed)
-    lengths, pos, mask = _lengths_and_mask(size, spec.seq_len, spec.min_seq_len, g)
+    lengths, pos, mask = lengths_and_mask(size, spec.seq_len, spec.min_seq_len, g)
     ids = torch.randint(kv.first_distractor, spec.vocab_size, (size, spec.seq_len), generator=g)
     q = spec.num_queries
-    slots = _random_slots(size, (lengths - 2 - q) // 2, spec.num_pairs, spec.seq_len // 2, g)
+    slots = random_slots(size, (lengths - 2 - q) // 2, spec.num_pairs, spec.seq_len // 2, g)
     key_pos = 1 + 2 * slots
     keys = torch.rand(size, spec.num_keys, generator=g).argsort(1)[:, : spec.num_pairs]
     values = torch.randint(0, spec.num_classes, (size, spec.num_pairs), generator=g)
@@ -117,7 +117,7 @@ def generate_mqar(spec: MQARSpec, size: int, seed: int) -> dict[str, torch.Tenso
     which = torch.rand(size, spec.num_pairs, generator=g).argsort(1)[:, :q]  # distinct pairs queried
     query_pos = (lengths - 1 - q).unsqueeze(1) + torch.arange(q)
     ids.scatter_(1, query_pos, FIRST_TASK_TOKEN + keys.gather(1, which))
-    ids = _frame(ids, lengths, mask)
+    ids = frame_sequences(ids, lengths, mask)
     return {"input_ids": ids, "attention_mask": mask, "labels": values.gather(1, which),
             "query_positions": query_pos, "pair_positions": key_pos}
 

@@ -23,7 +23,8 @@ from conf.data_schema import TokenTaskConfig
 
 from .loaders import ConfiguredDataModule
 
-__all__ = ["PAD_ID", "CLS_ID", "SEP_ID", "FIRST_TASK_TOKEN", "SyntheticDataModule", "DictDataset", "split_seed", "spec_from"]
+__all__ = ["PAD_ID", "CLS_ID", "SEP_ID", "FIRST_TASK_TOKEN", "SyntheticDataModule", "DictDataset", "split_seed", "spec_from",
+           "lengths_and_mask", "frame_sequences", "random_slots"]
 
 PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
 FIRST_TASK_TOKEN = 3
@@ -90,21 +91,22 @@ class SyntheticDataModule(ConfiguredDataModule):
                 self.datasets[split] = DictDataset(self.generate(size, split_seed(self.hparams.seed, split)), self.keys)
 
 
-def _lengths_and_mask(size: int, seq_len: int, min_seq_len: int, g: torch.Generator):
+def lengths_and_mask(size: int, seq_len: int, min_seq_len: int, g: torch.Generator):
+    """Per row: a length uniform in [min_seq_len or seq_len, seq_len], the position grid, the attention mask."""
     lo = min_seq_len or seq_len
     lengths = torch.randint(lo, seq_len + 1, (size,), generator=g)
     pos = torch.arange(seq_len).expand(size, seq_len)
     return lengths, pos, (pos < lengths.unsqueeze(1)).long()
 
 
-def _frame(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def frame_sequences(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[CLS] … [SEP] then padding."""
     ids[:, 0] = CLS_ID
     ids.scatter_(1, (lengths - 1).unsqueeze(1), SEP_ID)
     return ids.masked_fill(mask == 0, PAD_ID)
 
 
-def _random_slots(size: int, num_slots: torch.Tensor, k: int, total: int, g: torch.Generator) -> torch.Tensor:
+def random_slots(size: int, num_slots: torch.Tensor, k: int, total: int, g: torch.Generator) -> torch.Tensor:
     """``k`` distinct slot indices per row, uniform in ``[0, num_slots[row])`` (vectorised)."""
     keys = torch.rand(size, total, generator=g).masked_fill(torch.arange(total) >= num_slots.unsqueeze(1), 2.0)
     return keys.argsort(dim=1)[:, :k]
