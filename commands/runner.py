@@ -15,10 +15,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import OmegaConf
 
-from conf.backbone_checks import backbone_num_layers, check_backbone_supported
 from conf.schema import validate
 from datamodules import DATAMODULES, build_datamodule
 from lightning_modules import build_system
+
+from .backbone_checks import backbone_num_layers, check_backbone_supported
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "default_tracking_uri", "flatten_params",
            "format_summary", "make_logger", "train", "warm_start"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from transformers import AutoTokenizer
+
 from retention.backbones import MINILM, RANDOM_INIT, resolve_backbone_path
 
 __all__ = ["TokenizerMixin", "resolve_tokenizer_name"]
@@ -30,8 +32,6 @@ class TokenizerMixin:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name, **self.tokenizer_kwargs())
         return self._tokenizer
 

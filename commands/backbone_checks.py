@@ -1,7 +1,7 @@
 """The config checks that read the backbone's own config (no weights): whether the retention wrapper
 supports its model type for the task, and its layer count and position table. They import
-transformers, so they live apart from :mod:`conf.compose` (config errors of the schema answer without
-torch) and run in ``commands.runner.check_config`` once the config has composed."""
+``retention`` (and with it transformers), which ``conf/`` does not (config errors of the schema answer
+before torch loads), so they run in :func:`commands.runner.check_config` once the config has composed."""
 
 from __future__ import annotations
 
