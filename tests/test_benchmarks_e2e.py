@@ -11,7 +11,6 @@ import torch
 from torchmetrics.classification import MultilabelF1Score
 from torchmetrics.functional.classification import multilabel_f1_score
 
-from datamodules import CUADDataModule
 from commands import cli, runner
 from lightning_modules import RetentionMultiLabelClassifier, build_system
 from datamodules import build_datamodule
@@ -79,7 +78,7 @@ def test_multilabel_system_loss_and_metrics(tmp_path):
     train, _ = cuad_records(10)  # 8 train contracts after carving val and test (1 each)
     files = {"train": write_jsonl(tmp_path / "t.jsonl", train)}
     cfg = compose(["data=cuad", *TINY_MODEL, *FAST, f"data.data_files={json.dumps(files)}", f"data.cache_dir={tmp_path}"])
-    dm = CUADDataModule.from_config(cfg)
+    dm = build_datamodule(cfg)
     system = build_system(cfg, dm)
     assert isinstance(system, RetentionMultiLabelClassifier) and system.METRIC == "f1_micro"
     dm.setup()
