@@ -30,8 +30,11 @@ def test_members_read_as_users_type_them():
 
 
 @pytest.mark.parametrize("method", list(Method))
-def test_config_method_is_the_enum(method):
-    assert compose([f"method={method}"]).method is method
+def test_config_method_is_checked_by_the_enum_and_handed_out_as_its_string(method):
+    """OmegaConf checks ``method`` against :class:`Method`; compose hands out the plain string (what the
+    printed config, config.yaml and MLflow params hold), which names the same member."""
+    value = compose([f"method={method}"]).method
+    assert type(value) is str and Method(value) is method
 
 
 def test_a_bad_method_in_a_config_file_names_the_valid_ones(tmp_path):
