@@ -19,6 +19,8 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
+from conf.checks import ConfigError
+
 __all__ = ["main", "COMMANDS", "EXIT_CONFIG_ERROR"]
 
 EXIT_CONFIG_ERROR = 2
@@ -120,8 +122,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a :class:`ConfigError` it raises is the one-line error and exit code 2."""
     args = parser().parse_args(argv)
-    return importlib.import_module(f"commands.{args.command}").run(args)
+    try:
+        return importlib.import_module(f"commands.{args.command}").run(args)
+    except ConfigError as err:
+        print(f"retention: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

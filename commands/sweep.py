@@ -28,11 +28,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from commands.cli import EXIT_CONFIG_ERROR
 from commands.sweep_config import build_distributions, check_sweep, compose_sweep
 from commands.sweep_report import summarize
 from commands.sweep_study import PARENT_ATTR, Objective, ensure_parent_run, open_study, storage_url
-from conf.schema import ConfigError
 from conf.sweep_schema import SweepConfig
 
 __all__ = ["run", "run_worker"]
@@ -60,15 +58,11 @@ def _split(n: int | None, workers: int) -> list[int | None]:
 def run(args: argparse.Namespace) -> int:
     flags = {"n_trials": args.n_trials, "timeout": args.timeout, "workers": args.workers,
              "storage": args.storage, "name": args.study_name}
-    try:
-        scfg = compose_sweep(args.config, args.overrides)
-        for k, v in flags.items():
-            if v is not None:
-                scfg.study[k] = v
-        check_sweep(scfg)
-    except ConfigError as err:
-        print(f"retention: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    scfg = compose_sweep(args.config, args.overrides)  # a ConfigError: exit 2, one line (commands.cli.main)
+    for k, v in flags.items():
+        if v is not None:
+            scfg.study[k] = v
+    check_sweep(scfg)
     if args.print_config:
         print(OmegaConf.to_yaml(scfg))
         return 0
