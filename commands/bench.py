@@ -7,7 +7,8 @@
 
 Writes ``bench.json`` (environment + one record per configuration), ``bench.csv`` (the records) and
 ``bench.png`` (speed-up and activation-memory reduction against T, one line per budget) to ``--out``.
-The measurement core is :mod:`retention.bench`.
+The measurement core is :mod:`retention.bench`, the records, CSV and plot :mod:`retention.bench_records`;
+the summary printed at the end is a Markdown table (``DataFrame.to_markdown``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
 import mlflow
+import pandas as pd
 import torch
+
 from commands.runner import default_tracking_uri, flatten_params
-from retention.bench import BenchSpec, plot_records, run_bench, validate_spec, write_csv
+from retention.bench import BenchSpec, run_bench, validate_spec
+from retention.bench_records import plot_records, write_csv
 
 
 EXIT_USAGE = 2
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     env = result["environment"]
     plot_records(result["records"], str(paths[2]),
                  title=f"{spec.backbone} on {env['device_name']} ({env['threads']} threads, torch {env['torch']}, {env['dtype']})")
-    print(_table(result["records"]))
+    print(summary_table(result["records"]))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     if args.mlflow:
         run_id = log_to_mlflow(result, paths, args.tracking_uri, args.experiment)
@@ -101,20 +106,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(records: list[dict]) -> str:
-    """The side-by-side summary printed at the end."""
-    head = (f"{'T':>6} {'B':>3} {'rho':>4} {'M':>5} {'full ms':>9} {'ret ms':>9} {'speed-up':>8} {'act MB full':>11} "
-            f"{'act MB ret':>10} {'act mem -%':>10} {'gate %':>6} {'train x':>7}")
-    rows = [head]
-    for r in records:
-        mb = lambda v: f"{v / 2**20:.0f}" if v is not None else "-"  # noqa: E731
-        red = r["activation_memory_reduction"]
-        tr = r["train_step_ratio"]
-        rows.append(
-            f"{r['length']:>6} {r['batch']:>3} {r['ratio']:>4} {r['kept_tokens']:>5} "
-            f"{1e3 * r['full_latency_median_s']:>9.1f} {1e3 * r['retained_latency_median_s']:>9.1f} {r['speedup']:>7.2f}x "
-            f"{mb(r['full_activation_bytes']):>11} {mb(r['retained_activation_bytes']):>10} "
-            f"{'-' if red is None else f'{100 * red:.0f}':>10} {100 * r['gate_overhead']:>6.2f} "
-            f"{'-' if tr is None else f'{tr:.2f}':>7}"
-        )
-    return "\n".join(rows)
+# printed summary: column -> (its value from a record, tabulate float format)
+TABLE = {
+    "T": (lambda r: r["length"], ""), "B": (lambda r: r["batch"], ""), "rho": (lambda r: r["ratio"], ""),
+    "M": (lambda r: r["kept_tokens"], ""),
+    "full ms": (lambda r: 1e3 * r["full_latency_median_s"], ".1f"),
+    "ret ms": (lambda r: 1e3 * r["retained_latency_median_s"], ".1f"),
+    "speed-up": (lambda r: r["speedup"], ".2f"),
+    "act MB full": (lambda r: _mb(r["full_activation_bytes"]), ".0f"),
+    "act MB ret": (lambda r: _mb(r["retained_activation_bytes"]), ".0f"),
+    "act mem -%": (lambda r: _pct(r["activation_memory_reduction"]), ".0f"),
+    "gate %": (lambda r: 100 * r["gate_overhead"], ".2f"),
+    "train x": (lambda r: r["train_step_ratio"], ".2f"),
+}
+
+
+def _mb(v: int | None) -> float | None:
+    return None if v is None else v / 2**20
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def summary_table(records: list[dict]) -> str:
+    """The side-by-side summary printed at the end, a Markdown table (``-``: not measured)."""
+    df = pd.DataFrame([{col: get(r) for col, (get, _) in TABLE.items()} for r in records], columns=list(TABLE), dtype=object)
+    return df.to_markdown(index=False, floatfmt=tuple(fmt for _, fmt in TABLE.values()), missingval="-")

@@ -19,6 +19,8 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
+from conf.checks import ConfigError
+
 __all__ = ["main", "COMMANDS", "EXIT_CONFIG_ERROR"]
 
 EXIT_CONFIG_ERROR = 2
@@ -35,7 +37,7 @@ def sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=int, help="trials this run adds to the study (study.n_trials)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (study.timeout)")
     p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (study.workers)")
-    p.add_argument("--storage", help="Optuna storage: a *.log journal file or an RDB URL (study.storage)")
+    p.add_argument("--storage", help="Optuna storage: an RDB URL (default: SQLite file ./optuna.db) or a *.log journal file (study.storage)")
     p.add_argument("--study-name", help="study to create or resume (study.name)")
     p.add_argument("--print-config", action="store_true", help="print the resolved sweep config and exit")
     p.add_argument("overrides", nargs="*", help="study.*/base.*/search_space.* change the sweep; any other key=value the trained config")
@@ -120,8 +122,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a :class:`ConfigError` it raises is the one-line error and exit code 2."""
     args = parser().parse_args(argv)
-    return importlib.import_module(f"commands.{args.command}").run(args)
+    try:
+        return importlib.import_module(f"commands.{args.command}").run(args)
+    except ConfigError as err:
+        print(f"retention: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

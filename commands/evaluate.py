@@ -8,16 +8,17 @@ For each run, each method (the learned gate or a baseline of :mod:`retention.bas
 into the same trained encoder) and each budget ρ, the run's own test loop (``Trainer.test``) gives
 the task metric on the hard top-M path, the dense metric of the same weights, and the achieved
 retention per gated layer; the throughput ratio is the retained forward's throughput over the
-dense forward's, timed interleaved in this process. Writes ``evaluation.csv``, ``evaluation.md``,
-``pareto.png`` (metric vs retention, one line per method) and ``layer_retention.png``, and logs
-them as artifacts of every evaluated MLflow run.
+dense forward's, timed interleaved in this process with ``retention bench``'s timer. Writes
+``evaluation.csv``, ``evaluation.md`` (a Markdown table, also printed), ``pareto.png`` (metric vs
+retention, one line per method) and ``layer_retention.png``, and logs them as artifacts of every
+evaluated MLflow run.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 import lightning as L
@@ -30,9 +31,10 @@ from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
 from datamodules import build_datamodule
 from lightning_modules import build_system
 from omegaconf import OmegaConf
-from retention import Budget
-from retention.baselines import SELECTORS
-from retention.sparse import SPARSE_METHODS
+from retention.baselines import selector_for
+from retention.bench import interleaved_times
+from retention.budget import Budget
+from retention.methods import Method
 
 
 
@@ -48,10 +50,11 @@ def _check_args(args) -> None:
     bad = [b for b in args.budgets if not 0.0 < b <= 1.0]
     if bad:
         raise ValueError(f"--budgets: {bad} outside (0, 1]")
-    methods = args.methods or list(SELECTORS)
-    unknown = [m for m in methods if m not in SELECTORS]
+    valid = Method.selections()
+    methods = args.methods or [m.value for m in valid]
+    unknown = [m for m in methods if m not in valid]
     if unknown:
-        raise ValueError(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join(SELECTORS)}")
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
     if args.throughput_batches < 0:
         raise ValueError(f"--throughput-batches={args.throughput_batches}: must be >= 0")
     args.methods = methods
@@ -104,42 +107,40 @@ def _sources(args) -> list[Source]:
     return out
 
 
-def _throughput_ratio(system, dm, n_batches: int) -> float | None:
-    """thr_retained / thr_dense over the first ``n_batches`` test batches, each timed dense then hard
-    three times (interleaved, after one warm-up of each); the median of the per-batch ratios. A rough figure on
-    a shared machine: ``retention bench`` measures speed properly."""
-
+def throughput_ratio(system, dm, n_batches: int, reps: int = 3) -> float | None:
+    """thr_retained / thr_dense over the first ``n_batches`` test batches: Σ_b median dense time_b ÷
+    Σ_b median retained (hard top-M) time_b, each batch's forwards timed by
+    :func:`retention.bench.interleaved_times` (the timer of ``retention bench``: ``reps`` repetitions,
+    dense and retained interleaved in rotating order, after one warm-up of each). A rough figure on a
+    shared machine and small batches: ``retention bench`` measures speed properly. None if ``n_batches`` is 0."""
     if n_batches == 0:
         return None
-    ratios = []
+    dense = retained = 0.0
     system.eval()
-    with torch.no_grad():
-        for i, batch in enumerate(dm.test_dataloader()):
-            if i == n_batches:
-                break
-            ids, mask = batch["input_ids"], batch["attention_mask"]
-            if i == 0:  # warm-up
-                system.encoder(ids, mask, mode="dense")
-                system.encoder(ids, mask, mode="hard")
-            for _ in range(3):
-                times = {}
-                for mode in ("dense", "hard"):
-                    t0 = time.perf_counter()
+    for batch in itertools.islice(dm.test_dataloader(), n_batches):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+
+        def forward(mode: str, ids=ids, mask=mask):
+            def fn() -> None:
+                with torch.no_grad():
                     system.encoder(ids, mask, mode=mode)
-                    times[mode] = time.perf_counter() - t0
-                ratios.append(times["dense"] / times["hard"])
-    return statistics.median(ratios) if ratios else None
+            return fn
+
+        times = interleaved_times({"dense": forward("dense"), "hard": forward("hard")}, reps, 1, torch.get_num_threads())
+        dense += statistics.median(times["dense"])
+        retained += statistics.median(times["hard"])
+    return dense / retained if retained else None
 
 
 def applicable_methods(cfg, requested: list[str]) -> list[str]:
     """The baseline selectors are swapped into runs of our method with its default settings; a run
     trained as a baseline or an ablation is evaluated with its own selection only (a heuristic
-    baseline's selector, or the trained scorer: ``gate``)."""
+    baseline's selector, or ``gate``: the run's trained scorer, ours or LTP's)."""
 
-    if cfg.method == "gate" and cfg.ablation == "none":
+    if cfg.method == Method.gate and cfg.ablation == "none":
         return requested
-    own = cfg.method if cfg.method in SELECTORS else "gate"
-    return [own] if own in requested else []
+    own = Method(cfg.method).selection
+    return [own.value] if own in requested else []
 
 
 def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limit_test_batches) -> list[dict]:
@@ -151,7 +152,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     metric = system.METRIC
     trained_budget = system.encoder.budget
     rows = []
-    sparse = cfg.method in SPARSE_METHODS
+    sparse = Method(cfg.method).is_sparse
     own_paths = system.eval_paths
 
     def test(path: str) -> dict[str, float]:
@@ -167,12 +168,12 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     for method in methods:
         # A sparse-attention comparator keeps every token at the attention budget it was built with.
         for rho in [system.encoder.fraction] if sparse else budgets:
-            system.selector = method
+            system.selector = selector_for(method)
             if not sparse:
                 system.encoder.budget = Budget(ratio=rho, schedule=trained_budget.schedule, num_layers=trained_budget.num_layers)
             m = test("hard")
-            with system._selector_for(method):
-                thr = _throughput_ratio(system, dm, throughput_batches)
+            with system.selector(system.encoder):
+                thr = throughput_ratio(system, dm, throughput_batches)
             row = {
                 "run": src.label, "run_id": src.run_id, "method": method, "budget": rho,
                 "metric": metric, "value": m[f"test/{metric}_hard"], "dense": dense,
@@ -182,7 +183,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
                 row[f"retention_l{layer}"] = m[f"test/kept_fraction_l{layer}"]
             row["throughput_ratio"] = thr
             rows.append(row)
-    system.selector = "gate" if cfg.method not in SELECTORS else cfg.method
+    system.selector = selector_for(Method(cfg.method).selection)
     system.encoder.budget = trained_budget
     system.eval_paths = own_paths  # popping the instance attribute would drop a sparse system's own
     return rows
@@ -194,7 +195,7 @@ def write_outputs(rows: list[dict], out: Path) -> list[Path]:
     df = pd.DataFrame(rows)
     csv, md = out / "evaluation.csv", out / "evaluation.md"
     df.to_csv(csv, index=False)
-    md.write_text(to_markdown(df) + "\n")
+    md.write_text(markdown_table(df) + "\n")
     layer_cols = [c for c in df.columns if c.startswith("retention_l")]
     df["retention"] = df[layer_cols].mean(axis=1)
 
@@ -227,13 +228,10 @@ def write_outputs(rows: list[dict], out: Path) -> list[Path]:
     return [csv, md, pareto, per_layer]
 
 
-def to_markdown(df) -> str:
-    """A pipe table without the optional `tabulate` dependency."""
+def markdown_table(df) -> str:
+    """The evaluation table as Markdown (``DataFrame.to_markdown``; floats to 4 decimals, run id and metric name left out)."""
     cols = [c for c in df.columns if c not in ("run_id", "metric")]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
-    return "\n".join(lines)
+    return df[cols].to_markdown(index=False, floatfmt=".4f")
 
 
 def run(args) -> int:
@@ -249,7 +247,7 @@ def run(args) -> int:
         rows += evaluate_source(src, args.budgets, args.methods, args.throughput_batches, args.limit_test_batches)
     files = write_outputs(rows, Path(args.out))
 
-    print(to_markdown(pd.DataFrame(rows)))
+    print(markdown_table(pd.DataFrame(rows)))
     print("wrote " + ", ".join(str(f) for f in files))
     run_ids = [s.run_id for s in sources if s.run_id and not args.checkpoint]
     if run_ids:

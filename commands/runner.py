@@ -15,10 +15,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import OmegaConf
 
-from conf.compose import backbone_num_layers, check_backbone_supported
-from conf.schema import ConfigError, validate
-from datamodules import DATAMODULES, build_datamodule, check_data_config
+from conf.schema import validate
+from datamodules import DATAMODULES, build_datamodule
 from lightning_modules import build_system
+
+from .backbone_checks import backbone_num_layers, check_backbone_supported
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "default_tracking_uri", "flatten_params",
            "format_summary", "make_logger", "train", "warm_start"]
@@ -46,12 +47,10 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def check_config(cfg) -> None:
-    """The checks that need the data module registry and the backbone's config (no weights): the data
-    module exists and reads every ``data.*`` key set, the backbone's model type suits the task, and
-    ``gate.layers`` fit the backbone. Raises :class:`ConfigError` naming the key."""
-    if cfg.data.name not in DATAMODULES:
-        raise ConfigError(f"data.name={cfg.data.name!r} is not a known data module; allowed: {', '.join(sorted(DATAMODULES))}")
-    check_data_config(cfg)
+    """The checks that need the data module registry and the backbone's config (no weights): the
+    backbone's model type suits the data module's task, and ``gate.layers`` fit the backbone. (That
+    ``data.*`` holds only keys of the selected module, compose's typed data section has checked.)
+    Raises :class:`conf.schema.ConfigError` naming the key."""
     check_backbone_supported(cfg, getattr(DATAMODULES[cfg.data.name], "task", "classification"))
     validate(cfg, backbone_num_layers(cfg))
 

@@ -4,30 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from omegaconf import OmegaConf
 
 from conf.compose import compose
-from conf.schema import ConfigError
-
-from .cli import EXIT_CONFIG_ERROR
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = compose(args.overrides, args.config)
-    except ConfigError as err:
-        print(f"retention: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    """A :class:`ConfigError` (exit 2, one line: :func:`commands.cli.main`) comes before any work."""
+    cfg = compose(args.overrides, args.config)
     # Lightning, torch and the data modules load only once the config composes.
     from .runner import check_config, train
 
-    try:
-        check_config(cfg)
-    except ConfigError as err:
-        print(f"retention: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    check_config(cfg)
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0

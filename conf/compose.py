@@ -1,22 +1,34 @@
 """Composing the config tree: schema defaults ← conf/config.yaml ← group selections
 (``model=minilm``; presets marked ``# @package _global_`` before plain options) ← ``--config FILE``
 ← dot-list overrides (``budget.ratio=0.5``); then validation.
+
+The ``data`` section is typed by the schema of the data module finally selected (``data=kv_retrieval``
+or ``data.name=kv_retrieval``; :data:`conf.data_schema.DATA_SCHEMAS`): a key that module does not have
+is an error naming the key and the module. The section starts afresh (that module's defaults) at the
+last source that selects a module: a ``data=<name>`` option (then its preset), or a ``data.name`` that
+changes the module (so a saved ``config.yaml`` of a QASPER run, given as ``--config``, does not
+inherit the needle keys of ``conf/config.yaml``); later sources refine it.
+
+The composed config is returned with every choice as its plain string (``OmegaConf.to_container(...,
+enum_to_str=True)``, in struct mode): what the printed config, the ``config.yaml`` beside a checkpoint,
+the MLflow params and Lightning's checkpointed hyperparameters hold (torch's ``weights_only`` loading
+rejects Enum classes), and what a saved ``config.yaml`` loads back as, so the code after compose sees
+one kind of config however it was made.
 Every failure is a :class:`conf.schema.ConfigError` whose one-line message names the key."""
 
 from __future__ import annotations
 
-import functools
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from conf import CONF_DIR
-from conf.schema import Config, ConfigError, validate
+from conf.schema import Config, ConfigError, data_schema, validate
 
-__all__ = ["compose", "config_groups", "backbone_num_layers"]
+__all__ = ["compose", "config_groups", "merge"]
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -33,12 +45,16 @@ def config_groups() -> dict[str, list[str]]:
     return groups
 
 
-def merge(base: DictConfig, other, source: str) -> DictConfig:
+def merge(base: DictConfig, other, source: str, data_name: str | None = None) -> DictConfig:
+    """``OmegaConf.merge`` whose failure is a one-line :class:`ConfigError` naming ``source`` and the
+    key (for a key of the ``data`` section, also the data module ``data_name``)."""
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
         msg = str(err).splitlines()[0]
+        if data_name is not None and isinstance(err, ConfigKeyError) and key.startswith("data."):
+            msg += f" (data module {data_name!r} has no such key)"
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{msg}") from None
 
 
@@ -53,19 +69,27 @@ def _is_global(path: Path) -> bool:
         return f.readline().strip() == _GLOBAL_PACKAGE
 
 
-def _global_preset(cfg: DictConfig, key: str, path: Path) -> DictConfig:
-    """The preset's own group section replaces that section (schema defaults underneath, as for a
-    plain option); the other sections it names are merged over the current config."""
-    preset = OmegaConf.load(path)
-    if key in preset:
-        cfg[key] = OmegaConf.structured(Config)[key]
-    return preset
+@dataclass
+class _Layer:
+    """One source merged over the config: its content (rooted at the top of the tree) and the section
+    it starts afresh from the schema defaults (a group selection's own section), if any."""
+
+    source: str
+    content: DictConfig
+    resets: str | None = None
 
 
-def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None) -> DictConfig:
-    """The resolved, validated config (without the backbone-dependent check of gate layers)."""
-    cfg = OmegaConf.structured(Config)
-    cfg = merge(cfg, OmegaConf.load(CONF_DIR / "config.yaml"), "conf/config.yaml")
+def _load(path: Path, source: str) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # YAML scanner/parser errors have no common base class worth naming
+        raise ConfigError(f"{source}: cannot be read: {str(err).splitlines()[0]}") from None
+
+
+def _layers(overrides: Sequence[str], config_file: str | Path | None) -> list[_Layer]:
+    """conf/config.yaml, the group selections (presets first, so an explicit ``model=...`` wins over the
+    model a benchmark preset names), ``--config FILE``, then the dot-list overrides."""
+    layers = [_Layer("conf/config.yaml", _load(CONF_DIR / "config.yaml", "conf/config.yaml"))]
     groups = config_groups()
     dotlist, selections = [], []
     for item in overrides:
@@ -75,76 +99,63 @@ def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None
         if key in groups:
             if value not in groups[key]:
                 raise ConfigError(f"{key}={value!r} is not a known {key} config; allowed: {', '.join(groups[key])}")
-            selections.append((key, CONF_DIR / key / f"{value}.yaml"))
+            selections.append((key, value, CONF_DIR / key / f"{value}.yaml"))
         else:
             dotlist.append(item)
-    # Presets (files marked `# @package _global_`) first, so an explicit `model=...` wins over the
-    # model a benchmark preset names; dot-list overrides win over both.
-    marked = sorted(((key, path, _is_global(path)) for key, path in selections), key=lambda sel: not sel[2])
-    for key, path, is_global in marked:
-        if is_global:
-            cfg = merge(cfg, _global_preset(cfg, key, path), str(path.relative_to(CONF_DIR.parent)))
-        else:
-            cfg[key] = OmegaConf.merge(OmegaConf.structured(Config)[key], OmegaConf.load(path))
+    for key, option, path in sorted(selections, key=lambda sel: not _is_global(sel[2])):
+        source = str(path.relative_to(CONF_DIR.parent))
+        content = _load(path, source)
+        if not _is_global(path):
+            content = OmegaConf.create({key: content})
+        if key == "data" and "data" in content and "name" not in content.data:
+            content.data.name = option  # `data=<name>` selects the module <name>
+        layers.append(_Layer(source, content, key if key in content else None))
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config {str(path)!r}: no such file")
-        cfg = merge(cfg, OmegaConf.load(path), str(path))
+        layers.append(_Layer(str(path), _load(path, str(path))))
     try:
-        cli = OmegaConf.from_dotlist(dotlist)
+        layers.append(_Layer("override", OmegaConf.from_dotlist(dotlist)))
     except OmegaConfBaseException as err:
         raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
-    cfg = merge(cfg, cli, "override")
+    return layers
+
+
+def _data_module(layers: list[_Layer]) -> tuple[Any, int]:
+    """(the ``data.name`` the last layer that sets one sets, the index of the last layer that selects
+    a module: a ``data=`` option, or a ``data.name`` other than the one before)."""
+    name, start = None, 0
+    for i, layer in enumerate(layers):
+        selected = OmegaConf.select(layer.content, "data.name", default=None)
+        if layer.resets == "data" or (selected is not None and name is not None and selected != name):
+            start = i
+        name = selected if selected is not None else name
+    return name, start
+
+
+def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None) -> DictConfig:
+    """The resolved, validated config (without the backbone-dependent check of gate layers), its
+    choices as plain strings (see the module docstring)."""
+    layers = _layers(overrides, config_file)
+    name, restart = _data_module(layers)
+    schema = data_schema(name)
+
+    def fresh(section: str) -> DictConfig:
+        if section == "data":
+            return OmegaConf.merge(OmegaConf.structured(schema), {"name": name})
+        return OmegaConf.structured(Config)[section]
+
+    cfg = OmegaConf.structured(Config)
+    cfg.data = fresh("data")
+    for i, layer in enumerate(layers):
+        content = layer.content
+        if i < restart and "data" in content:  # a later module selection starts the section afresh
+            content = OmegaConf.masked_copy(content, [k for k in content if k != "data"])
+        if layer.resets is not None:
+            cfg[layer.resets] = fresh(layer.resets)
+        cfg = merge(cfg, content, layer.source, data_name=name)
     validate(cfg)
-    return cfg
-
-
-@functools.lru_cache(maxsize=8)
-def _pretrained_config(name: str):
-    """The config of a named / local backbone (no weights), read once per process."""
-    from retention.backbones import backbone_config
-
-    try:
-        return backbone_config(name)
-    except OSError as err:
-        raise ConfigError(f"model.backbone={name!r} cannot be loaded: {str(err).splitlines()[0]}") from None
-
-
-def backbone_num_layers(cfg: DictConfig) -> int:
-    """Number of transformer layers of the configured backbone, read from its config only (no weights);
-    ``data.seq_len`` must fit its position table. (Whether the wrapper supports the model type is
-    :func:`check_backbone_supported`'s job.)"""
-    if cfg.model.backbone == "random":
-        return int(cfg.model.num_layers)
-    config = _pretrained_config(cfg.model.backbone)
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None:
-        from retention.backbones import position_offset
-
-        limit -= position_offset(config.model_type)
-        if cfg.data.seq_len > limit:
-            raise ConfigError(
-                f"data.seq_len={cfg.data.seq_len} is out of range; allowed: <= {limit} "
-                f"(the positions of model.backbone={cfg.model.backbone!r})"
-            )
-    return int(config.num_hidden_layers)
-
-
-def check_backbone_supported(cfg: DictConfig, task: str) -> None:
-    """The backbone's model type must be one the retention wrapper hooks: an encoder–decoder (BART, T5)
-    for summarization, an encoder-only model for the other tasks. Read from the config only (no weights)."""
-    from retention.encoder import SEQ2SEQ_MODEL_TYPES, SUPPORTED_MODEL_TYPES
-
-    if cfg.model.backbone == "random":
-        model_type, key = cfg.model.arch, "model.arch"
-    else:
-        model_type, key = _pretrained_config(cfg.model.backbone).model_type, "model.backbone"
-    if task == "summarization":
-        allowed = SEQ2SEQ_MODEL_TYPES
-    else:
-        allowed = tuple(t for t in SUPPORTED_MODEL_TYPES if t not in SEQ2SEQ_MODEL_TYPES)
-    if model_type not in allowed:
-        value = cfg.model.arch if key == "model.arch" else cfg.model.backbone
-        raise ConfigError(f"{key}={value!r} has model type {model_type!r}, which the retention wrapper does not "
-                          f"support for {task}; supported: {', '.join(allowed)}")
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(plain, True)
+    return plain

@@ -10,7 +10,7 @@ A sweep config has three sections:
 
 OmegaConf's structured mode rejects unknown keys and wrong types here as in the train config; the
 checks that need Optuna or the train config (distributions, that every searched key exists and that
-its range passes the train config's range checks) live in :mod:`lightning_modules.sweep` and run
+its range passes the train config's range checks) live in :mod:`commands.sweep_config` and run
 before any trial.
 """
 
@@ -39,8 +39,8 @@ class ParamSpec:
 @dataclass
 class StudyConfig:
     name: str = "retention-sweep"  # re-running with the same name and storage adds trials to the study
-    storage: Optional[str] = None  # None: Optuna journal file ./optuna-journal.log; a *.log path: that
-    #                                journal file; otherwise an RDB URL (postgresql://user:pw@host/db)
+    storage: Optional[str] = None  # None: SQLite file ./optuna.db (heartbeats); a *.log path: an Optuna
+    #                                journal file (no heartbeats); otherwise an RDB URL (postgresql://user:pw@host/db)
     objectives: List[str] = field(default_factory=lambda: ["metric"])  # [metric] or [metric, retention]
     sampler: str = "auto"  # auto (TPE; NSGA-II for two objectives) | tpe | random | nsga2
     seed: Optional[int] = None  # sampler seed; worker k uses seed + k
@@ -49,7 +49,7 @@ class StudyConfig:
     n_trials: Optional[int] = 20  # trials this invocation adds (over all its workers); None: until timeout
     timeout: Optional[float] = None  # seconds; each worker stops starting trials after this
     workers: int = 1  # worker processes sharing the study on this machine
-    heartbeat_interval: int = 30  # RDB storages: seconds between a running trial's heartbeats
+    heartbeat_interval: int = 30  # RDB storages (SQLite, PostgreSQL): seconds between a running trial's heartbeats
     grace_period: Optional[int] = None  # RDB storages: a trial silent this long is failed (None: 2 × interval)
     max_retry: int = 1  # a killed worker's trial is re-run this many times with the same params
     enqueue: List[Dict[str, Any]] = field(default_factory=list)  # trials to run first: [{key: value, ...}]

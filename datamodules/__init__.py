@@ -1,16 +1,26 @@
-"""Lightning DataModules for the Adaptive Retention benchmarks."""
+"""Lightning DataModules for the Adaptive Retention benchmarks, by ``data.name``.
+
+Each is built from the fields of its typed config (:data:`conf.data_schema.DATA_SCHEMAS`, the same
+names; the module's ``CONFIG``), which ``conf.compose`` has already checked the ``data`` section
+against."""
 
 from __future__ import annotations
 
-import inspect
+from omegaconf import OmegaConf
+
+from conf.compose import merge
+from conf.schema import ConfigError, data_schema
 
 from .cuad import CUADDataModule
 from .hf import DataError, HFDataModule
+from .listops import ListOpsDataModule
 from .needle import NeedleDataModule, NeedleSpec, generate_needle
-from .synthetic import KVRetrievalDataModule, ListOpsDataModule, MQARDataModule, SyntheticQADataModule
-from .text_classification import BYODataModule, IMDbDataModule, SST2DataModule
 from .qasper import QasperDataModule
+from .recall import KVRetrievalDataModule, MQARDataModule
 from .summarization import ArxivDataModule, PubMedDataModule
+from .synthetic_qa import SyntheticQADataModule
+from .text_classification import BYODataModule, IMDbDataModule, SST2DataModule
+from .tokenizer import resolve_tokenizer_name
 
 DATAMODULES = {
     "needle": NeedleDataModule,
@@ -22,48 +32,29 @@ DATAMODULES = {
     "imdb": IMDbDataModule,
     "cuad": CUADDataModule,
     "byo": BYODataModule,
+    "qasper": QasperDataModule,
+    "arxiv": ArxivDataModule,
+    "pubmed": PubMedDataModule,
 }
-DATAMODULES["qasper"] = QasperDataModule
-DATAMODULES["arxiv"] = ArxivDataModule
-DATAMODULES["pubmed"] = PubMedDataModule
-
-
-def _accepted(cls) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters) - {"self"}
-
-
-def check_data_config(cfg) -> None:
-    """A ``data.*`` value that the selected data module does not read is an error (before any work),
-    unless it is still the schema default: nothing set by the user is ignored silently."""
-    from omegaconf import OmegaConf
-
-    from conf.schema import ConfigError, DataConfig
-
-    cls = DATAMODULES[cfg.data.name]
-    accepted = _accepted(cls) | {"name"}
-    defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig))
-    for key, value in OmegaConf.to_container(cfg.data, resolve=True).items():
-        if key not in accepted and value != defaults[key]:
-            raise ConfigError(
-                f"data.{key}={value!r} is not used by data module {cfg.data.name!r} "
-                f"(select the module with data={cfg.data.name} so the other keys reset, or remove the override)"
-            )
 
 
 def build_datamodule(cfg):
-    """The DataModule ``DATAMODULES[data.name]``: its ``from_config(cfg)`` when it has one (HF modules
-    also read ``model.backbone`` for the tokenizer), else the ``data`` fields it accepts."""
-    from omegaconf import OmegaConf
-
-    cls = DATAMODULES[cfg.data.name]
-    if hasattr(cls, "from_config"):
-        return cls.from_config(cfg)
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    return cls(**{k: v for k, v in data.items() if k in _accepted(cls)})
+    """The DataModule ``DATAMODULES[data.name]`` from the ``data`` section (composed, or a saved
+    ``config.yaml`` as ``retention evaluate`` loads it: typed by the module's schema here either way).
+    A ``data.tokenizer`` field left null becomes the tokenizer of ``model.backbone``."""
+    name = cfg.data.name
+    if name not in DATAMODULES:
+        raise ConfigError(f"data.name={name!r} is not a known data module; allowed: {', '.join(DATAMODULES)}")
+    typed = merge(OmegaConf.structured(data_schema(name)), cfg.data, "data", data_name=name)
+    data = OmegaConf.to_container(typed, resolve=True, enum_to_str=True)
+    if "tokenizer" in data:
+        data["tokenizer"] = resolve_tokenizer_name(data["tokenizer"], cfg.model.backbone)
+    return DATAMODULES[name](**data)
 
 
 __all__ = [
     "DATAMODULES", "DataError", "HFDataModule", "NeedleDataModule", "NeedleSpec", "generate_needle",
-    "SST2DataModule", "IMDbDataModule", "CUADDataModule", "BYODataModule", "build_datamodule", "check_data_config",
-    "QasperDataModule", "ArxivDataModule", "PubMedDataModule", "KVRetrievalDataModule", "MQARDataModule", "ListOpsDataModule", "SyntheticQADataModule",
+    "SST2DataModule", "IMDbDataModule", "CUADDataModule", "BYODataModule", "build_datamodule",
+    "QasperDataModule", "ArxivDataModule", "PubMedDataModule", "KVRetrievalDataModule", "MQARDataModule",
+    "ListOpsDataModule", "SyntheticQADataModule",
 ]

@@ -30,6 +30,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
+from datasets import Dataset
+
 from .hf import DataError, HFDataModule
 
 __all__ = ["CUADDataModule", "cuad_category"]
@@ -108,8 +110,6 @@ class CUADDataModule(HFDataModule):
     # ------------------------------------------------------------------ QA rows → contracts
     def convert(self, ds, split: str):
         """One row per contract: ``context`` and ``spans`` = [[category id, start, end], …] of its non-empty answers."""
-        from datasets import Dataset
-
         meta = ds.select_columns(["title", "question", "id", "answers"])
         first: dict[str, int] = {}
         spans: dict[str, list[list[int]]] = {}

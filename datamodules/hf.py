@@ -1,11 +1,6 @@
 """Shared base for Hugging Face text DataModules: load → validate → split → tokenize (cached) → batch.
 
-Loading. ``datasets.load_dataset(path, subset)`` under the dataset's public name by default
-(``DEFAULT_PATH``/``DEFAULT_SUBSET`` of the subclass; ``data.path``/``data.subset`` override them).
-``data.data_files`` (a file, a list, or a ``{split: file(s)}`` mapping of local CSV / JSON / JSONL /
-Parquet files) switches to the files: the builder is chosen from the extension (``.csv`` → csv,
-``.json``/``.jsonl`` → json, ``.parquet`` → parquet), so the very same code path reads the public
-dataset and a local file in its schema. A single file or a list becomes the ``train`` split.
+Loading: :mod:`datamodules.hf_load` (the public dataset by name, or local files in its schema).
 
 Splits (deterministic from ``data.seed``). ``data.train_split``/``val_split``/``test_split`` name
 them. A test split whose labels are all -1 (or that has no label column) is *unlabeled* — GLUE's
@@ -36,7 +31,10 @@ the data files and their modification times), which rows were kept and how the s
 tokenizer (class, name and vocabulary), max length, truncation policy, stride, columns and label set.
 A second run with the same inputs reads the cached file instead of tokenizing again.
 
-Subclassing: set ``task``, ``DEFAULT_PATH``, ``DEFAULT_SUBSET``, ``TEXT_COLUMN``, ``LABEL_COLUMN``
+Configuration: the fields of :class:`conf.data_schema.HFDataConfig` (a subclass's ``CONFIG`` adds its
+own), as keyword arguments; ``datamodules.build_datamodule`` passes the ``data`` section.
+
+Subclassing: set ``CONFIG``, ``task``, ``DEFAULT_PATH``, ``DEFAULT_SUBSET``, ``TEXT_COLUMN``, ``LABEL_COLUMN``
 (and ``LABELS`` when the label set is fixed); override :meth:`required_columns`,
 :meth:`example_problems`, :meth:`convert` (reshape validated raw rows, e.g. QA records → documents),
 :meth:`encode_batch` (tokenization) and :meth:`cache_params` as needed.
@@ -44,23 +42,25 @@ Subclassing: set ``task``, ``DEFAULT_PATH``, ``DEFAULT_SUBSET``, ``TEXT_COLUMN``
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
-import lightning as L
+import datasets
+from datasets.fingerprint import Hasher
+from transformers import DataCollatorWithPadding
 
-from .loaders import SplitLoaders
+from conf.data_schema import HFDataConfig
 
-__all__ = ["HFDataModule", "TokenizerMixin", "DataError", "resolve_tokenizer_name", "TRUNCATION_POLICIES", "ON_INVALID"]
+from .hf_load import DataError, carve, load_raw
+from .loaders import ConfiguredDataModule
+from .tokenizer import TokenizerMixin, resolve_tokenizer_name
+
+__all__ = ["HFDataModule", "DataError"]
 
 log = logging.getLogger(__name__)
 
-TRUNCATION_POLICIES = ("head", "tail", "sliding_window")
-ON_INVALID = ("error", "skip")
 UNLABELED = -1
-_EXTENSION_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _CACHE_VERSION = 1  # bump when the processing changes in a way the key does not see
 _VALIDATE_BATCH = 1000
 _DEFAULT_SPLITS = {"val": "validation", "test": "test"}
@@ -76,76 +76,10 @@ def _norm(value: Any) -> Any:
     return value
 
 
-class DataError(ValueError):
-    """Bad input data: the message names the split, the example index, the column and what was expected."""
-
-
-def resolve_tokenizer_name(tokenizer: str | None, backbone: str) -> str:
-    """The tokenizer to load: ``data.tokenizer`` if set, else the backbone's own; a randomly
-    initialised backbone has none, so it borrows the packaged MiniLM's (BERT uncased WordPiece).
-    Short names (``minilm``) resolve like backbones do."""
-    from retention.backbones import MINILM, RANDOM_INIT, resolve_backbone_path
-
-    name = tokenizer or (MINILM if backbone == RANDOM_INIT else backbone)
-    return resolve_backbone_path(name)
-
-
-def _files_of(data_files: Any) -> list[str]:
-    if isinstance(data_files, str):
-        return [data_files]
-    if isinstance(data_files, dict):
-        return [f for v in data_files.values() for f in ([v] if isinstance(v, str) else list(v))]
-    return list(data_files)
-
-
-def _builder_for(data_files: Any) -> str:
-    files = _files_of(data_files)
-    exts = {Path(f).suffix.lower() for f in files}
-    builders = {_EXTENSION_BUILDERS.get(e) for e in exts}
-    if None in builders or len(builders) != 1:
-        raise DataError(
-            f"data.data_files={data_files!r}: cannot tell the file format from the extensions {sorted(exts)}; "
-            f"expected one kind of {', '.join(sorted(_EXTENSION_BUILDERS))} (or set data.path to csv, json or parquet)"
-        )
-    return builders.pop()
-
-
-class TokenizerMixin:
-    """The tokenizer ``self.tokenizer_name`` (loaded on first use, with :meth:`tokenizer_kwargs`) and
-    what the systems read from it: vocabulary size, protected special tokens, padding id."""
-
-    _tokenizer = None
-
-    def tokenizer_kwargs(self) -> dict[str, Any]:
-        return {}
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name, **self.tokenizer_kwargs())
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def special_token_ids(self) -> tuple[int, ...]:
-        """Protected tokens: [CLS]/[SEP] (BERT) or <s>/</s> (RoBERTa) of the tokenizer."""
-        t = self.tokenizer
-        ids = {t.cls_token_id, t.sep_token_id, t.bos_token_id, t.eos_token_id} - {None}
-        return tuple(sorted(ids))
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-
-class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
+class HFDataModule(TokenizerMixin, ConfiguredDataModule):
     """Base of the text DataModules that read a Hugging Face dataset (see the module docstring)."""
 
+    CONFIG = HFDataConfig
     task = "classification"
     DEFAULT_PATH: str | None = None
     DEFAULT_SUBSET: str | None = None
@@ -153,42 +87,16 @@ class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
     LABEL_COLUMN = "label"
     LABELS: tuple[str, ...] | None = None  # fixed label names (int labels index into them)
 
-    def __init__(
-        self,
-        tokenizer: str | None = None,
-        path: str | None = None,
-        subset: str | None = None,
-        data_files: Any = None,
-        cache_dir: str | None = None,
-        train_split: str = "train",
-        val_split: str | None = "validation",
-        test_split: str | None = "test",
-        text_column: str | None = None,
-        label_column: str | None = None,
-        labels: Sequence[str] | None = None,
-        seq_len: int = 512,
-        truncation: str = "head",
-        stride: int = 128,
-        val_fraction: float = 0.1,
-        on_invalid: str = "error",
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if truncation not in TRUNCATION_POLICIES:
-            raise ValueError(f"data.truncation={truncation!r}; allowed: {', '.join(TRUNCATION_POLICIES)}")
-        if on_invalid not in ON_INVALID:
-            raise ValueError(f"data.on_invalid={on_invalid!r}; allowed: {', '.join(ON_INVALID)}")
-        self.save_hyperparameters()
-        self.tokenizer_name = tokenizer or resolve_tokenizer_name(None, "random")
-        self.path = path or self.DEFAULT_PATH
-        self.subset = subset if subset is not None else (None if path else self.DEFAULT_SUBSET)
-        self.data_files = data_files
-        self.text_column = text_column or self.TEXT_COLUMN
-        self.label_column = label_column or self.LABEL_COLUMN
-        self.configured_labels = tuple(str(v) for v in labels) if labels else None
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        c = self.config
+        self.tokenizer_name = c.tokenizer or resolve_tokenizer_name(None, "random")
+        self.path = c.path or self.DEFAULT_PATH
+        self.subset = c.subset if c.subset is not None else (None if c.path else self.DEFAULT_SUBSET)
+        self.data_files = c.data_files
+        self.text_column = c.text_column or self.TEXT_COLUMN
+        self.label_column = c.label_column or self.LABEL_COLUMN
+        self.configured_labels = tuple(str(v) for v in c.labels) if c.labels else None
         self.datasets: dict[str, Any] = {}
         self.skipped: dict[str, int] = {}
         self.split_plan: dict[str, str] = {}
@@ -198,18 +106,6 @@ class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
         self._labels_fixed = False  # names given (config, dataset, ClassLabel): int labels index into them
         self._prepared = False
         self._logged = False
-
-    # ------------------------------------------------------------------ construction from the config
-    @classmethod
-    def from_config(cls, cfg) -> "HFDataModule":
-        """Build from the ``data`` section; the tokenizer follows ``model.backbone`` unless ``data.tokenizer`` is set."""
-        from omegaconf import OmegaConf
-
-        data = OmegaConf.to_container(cfg.data, resolve=True)
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        kwargs = {k: v for k, v in data.items() if k in accepted}
-        kwargs["tokenizer"] = resolve_tokenizer_name(data.get("tokenizer"), cfg.model.backbone)
-        return cls(**kwargs)
 
     # ------------------------------------------------------------------ tokenizer
     def tokenizer_kwargs(self) -> dict[str, Any]:
@@ -315,17 +211,7 @@ class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
     # ------------------------------------------------------------------ loading and splits
     def load_raw(self):
         """The raw ``DatasetDict`` through ``datasets.load_dataset`` (public name, or local files)."""
-        import datasets
-
-        if self.data_files is not None:
-            missing = [f for f in _files_of(self.data_files) if not any(c in f for c in "*?[") and not Path(f).is_file()]
-            if missing:
-                raise DataError(f"data.data_files: no such file(s) {missing}")
-            path = self.path if self.path in ("csv", "json", "parquet") else _builder_for(self.data_files)
-            return datasets.load_dataset(path, data_files=self.data_files, cache_dir=self.hparams.cache_dir)
-        if not self.path:
-            raise DataError(f"{type(self).__name__}: set data.path (a dataset name or folder) or data.data_files (local files)")
-        return datasets.load_dataset(self.path, self.subset, cache_dir=self.hparams.cache_dir)
+        return load_raw(type(self).__name__, self.path, self.subset, self.data_files, self.hparams.cache_dir)
 
     def _validate(self, split: str, ds) -> tuple[Any, list[int]]:
         """Check every example of one raw split; returns (the kept rows, the skipped indices)."""
@@ -352,20 +238,10 @@ class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
 
     def _carve(self, ds, ident: str, n: int, what: str):
         """Deterministic split of ``ds`` into (rest, ``n`` carved rows) with ``data.seed``."""
-        from datasets.fingerprint import Hasher
-
-        if len(ds) < 2:
-            raise DataError(f"cannot carve a {what} split from {len(ds)} train example(s); provide a {what} split")
-        n = min(len(ds) - 1, max(1, n))
-        keys = [Hasher.hash([ident, what, n, self.hparams.seed, part]) for part in ("rest", "carved")]
-        parts = ds.train_test_split(test_size=n, seed=self.hparams.seed, shuffle=True,
-                                    train_new_fingerprint=keys[0], test_new_fingerprint=keys[1])
-        return (parts["train"], keys[0]), (parts["test"], keys[1])
+        return carve(ds, ident, n, what, self.hparams.seed)
 
     def plan_splits(self, raw) -> dict[str, tuple[Any, str, str]]:
         """role (train/val/test) → (validated raw rows, identity for the cache key, description)."""
-        from datasets.fingerprint import Hasher
-
         h = self.hparams
         if h.train_split not in raw:
             raise DataError(f"data.train_split={h.train_split!r} is not a split of the data; available: {list(raw)}")
@@ -407,20 +283,14 @@ class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
 
     # ------------------------------------------------------------------ tokenization with a cache
     def cache_root(self) -> Path:
-        import datasets
-
         root = Path(self.hparams.cache_dir) if self.hparams.cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
         return root / "retention"
 
     def _tokenizer_identity(self) -> list:
-        from datasets.fingerprint import Hasher
-
         t = self.tokenizer
         return [type(t).__name__, t.name_or_path, len(t), Hasher.hash(sorted(t.get_vocab().items())), t.truncation_side]
 
     def _encode(self, ds, ident: str, role: str):
-        from datasets.fingerprint import Hasher
-
         key = Hasher.hash([ident, self.cache_params()])
         path = self.cache_root() / f"{type(self).__name__.lower()}-{role}-{key}.arrow"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -459,6 +329,4 @@ class HFDataModule(TokenizerMixin, SplitLoaders, L.LightningDataModule):
     @property
     def collate_fn(self):
         """Pads each batch to its longest sequence (``DataCollatorWithPadding``)."""
-        from transformers import DataCollatorWithPadding
-
         return DataCollatorWithPadding(self.tokenizer, return_tensors="pt")

@@ -1,10 +1,18 @@
-"""The train / val / test DataLoaders every DataModule here builds the same way."""
+"""What every DataModule here shares: it is built from the fields of its typed config (a
+:mod:`conf.data_schema` dataclass), and builds its train / val / test DataLoaders the same way."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from enum import Enum
+from typing import Any
+
+import lightning as L
 from torch.utils.data import DataLoader
 
-__all__ = ["SplitLoaders"]
+from conf.data_schema import DataConfig
+
+__all__ = ["ConfiguredDataModule", "SplitLoaders"]
 
 
 class SplitLoaders:
@@ -32,3 +40,18 @@ class SplitLoaders:
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
+
+
+class ConfiguredDataModule(SplitLoaders, L.LightningDataModule):
+    """A DataModule built from the fields of its config ``CONFIG`` (its defaults for the ones not
+    given; an unknown field is a ``TypeError``, a choice outside its Enum a ``ConfigError``).
+    ``self.config`` is the typed config; ``save_hyperparameters`` records every field, choices as
+    their plain strings (a checkpoint then holds no Enum class, so torch's ``weights_only`` loading
+    reads it)."""
+
+    CONFIG: type[DataConfig] = DataConfig
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__()
+        self.config = self.CONFIG(**fields)
+        self.save_hyperparameters({k: v.value if isinstance(v, Enum) else v for k, v in asdict(self.config).items()})

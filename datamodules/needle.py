@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from conf.data_schema import NeedleDataConfig
+
 from .synthetic import CLS_ID, FIRST_TASK_TOKEN, PAD_ID, SEP_ID, SyntheticDataModule
 
 __all__ = ["NeedleSpec", "generate_needle", "NeedleDataModule", "PAD_ID", "CLS_ID", "SEP_ID"]
@@ -76,24 +78,8 @@ def generate_needle(spec: NeedleSpec, size: int, seed: int) -> dict[str, torch.T
 class NeedleDataModule(SyntheticDataModule):
     """Train / val / test splits generated from ``seed`` with a distinct stream per split."""
 
-    def __init__(
-        self,
-        seq_len: int = 512,
-        min_seq_len: int = 0,
-        vocab_size: int = 128,
-        num_classes: int = 4,
-        num_needles: int = 1,
-        tokens_per_class: int = 4,
-        train_size: int = 4096,
-        val_size: int = 512,
-        test_size: int = 1024,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-    ) -> None:
-        spec = NeedleSpec(seq_len, min_seq_len, vocab_size, num_classes, num_needles, tokens_per_class)
-        super().__init__(spec, train_size, val_size, test_size, batch_size, eval_batch_size, num_workers, seed)
+    CONFIG = NeedleDataConfig
+    SPEC = NeedleSpec
 
     def generate(self, size: int, seed: int) -> dict[str, torch.Tensor]:
         return generate_needle(self.spec, size, seed)

@@ -17,7 +17,10 @@ import functools
 import logging
 from typing import Any, Iterator
 
-from .signature import extends_signature
+import datasets
+
+from conf.data_schema import QADataConfig
+
 from .hf import DataError, HFDataModule
 from .qa_windows import QAWindowError, check_answer, collate_qa, tokenize_qa
 from .qasper_schema import QasperCounts, qasper_examples
@@ -26,21 +29,19 @@ __all__ = ["QasperDataModule"]
 
 log = logging.getLogger(__name__)
 
+# data.truncation (conf.data_schema.QATruncation) -> datamodules.qa_windows policy
 _QA_POLICIES = {"head": "truncation", "sliding_window": "sliding_window"}
 
 
-@extends_signature
 class QasperDataModule(HFDataModule):
+    CONFIG = QADataConfig
     task = "qa"
     DEFAULT_PATH = "allenai/qasper"
     WINDOW_COLUMNS = ("input_ids", "protected", "context_mask", "offsets", "start_positions", "end_positions", "example_index")
 
-    def __init__(self, *args: Any, max_answer_tokens: int = 30, **kwargs: Any) -> None:
-        HFDataModule.__init__(self, *args, **kwargs)  # not super(): see datamodules/signature.py
-        if self.hparams.truncation not in _QA_POLICIES:
-            raise ValueError(f"data.truncation={self.hparams.truncation!r} is not available for QA; "
-                             f"allowed: {', '.join(_QA_POLICIES)}")
-        self.max_answer_tokens = max_answer_tokens
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.max_answer_tokens = self.config.max_answer_tokens
         self.answer_counts: dict[str, dict[str, int]] = {}
         self._questions: dict[int, dict] = {}  # example_index → {id, context, answers}
         self._eval_examples: dict[str, dict[int, dict]] = {}
@@ -69,8 +70,6 @@ class QasperDataModule(HFDataModule):
 
     # ------------------------------------------------------------------ papers → questions → windows
     def convert(self, ds, split: str):
-        import datasets
-
         counts = QasperCounts()
         examples = [e for paper in ds for e in qasper_examples(paper, counts)]
         if not examples:

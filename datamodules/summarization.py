@@ -14,24 +14,25 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .signature import extends_signature
+from transformers import DataCollatorForSeq2Seq
+
+from conf.data_schema import SummarizationDataConfig
+
 from .hf import HFDataModule
 
 __all__ = ["SummarizationDataModule", "ArxivDataModule", "PubMedDataModule"]
 
 
-@extends_signature
 class SummarizationDataModule(HFDataModule):
+    CONFIG = SummarizationDataConfig  # truncation: head | tail (one source per target, no windows)
     task = "summarization"
     TEXT_COLUMN = "article"
     LABEL_COLUMN = "abstract"
 
-    def __init__(self, *args: Any, target_len: int = 256, num_beams: int = 1, **kwargs: Any) -> None:
-        HFDataModule.__init__(self, *args, **kwargs)  # not super(): see datamodules/signature.py
-        if self.hparams.truncation == "sliding_window":
-            raise ValueError("data.truncation='sliding_window' is not available for summarization; allowed: head, tail")
-        self.target_len = target_len
-        self.num_beams = num_beams
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.target_len = self.config.target_len
+        self.num_beams = self.config.num_beams
 
     def infer_labels(self, train) -> None:
         """Summaries have no label set."""
@@ -69,8 +70,6 @@ class SummarizationDataModule(HFDataModule):
 
     @property
     def collate_fn(self):
-        from transformers import DataCollatorForSeq2Seq
-
         return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100, return_tensors="pt")
 
 

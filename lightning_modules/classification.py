@@ -17,7 +17,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
-from .system import EVAL_PATHS, RetentionSystem
+from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
 __all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS"]
 
@@ -70,13 +70,16 @@ class DocumentMetric(Metric):
 
 
 class RetentionClassifier(RetentionSystem):
-    def __init__(self, num_labels: int, model: dict, gate: dict, budget: dict, optim: dict,
-                 vocab_size: int | None, max_positions: int, protected_token_ids: tuple[int, ...] = (),
+    """Single-label classification: a two-layer head on [CLS]'s last hidden state (dropout, d → d,
+    tanh, dropout, d → ``num_labels``), cross-entropy, accuracy. ``encoder`` and ``optim`` as in
+    :class:`RetentionSystem`; the head's width d is the encoder's hidden size."""
+
+    def __init__(self, encoder: nn.Module, optim: Optimisation, num_labels: int, dropout: float,
                  method: str = "gate") -> None:
-        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids, method)
+        super().__init__(encoder, optim, method)
         d = self.encoder.backbone.config.hidden_size
-        self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, d), nn.Tanh(),
-                                  nn.Dropout(model["dropout"]), nn.Linear(d, num_labels))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, d), nn.Tanh(),
+                                  nn.Dropout(dropout), nn.Linear(d, num_labels))
         self.loss_fn = self.make_loss()
         self.metric_names = tuple(self.make_metrics(num_labels))
         self.metrics = nn.ModuleDict({
@@ -98,20 +101,6 @@ class RetentionClassifier(RetentionSystem):
     # (logits, labels) → what the metrics take; a plain function, so metrics holding it pickle alone
     metric_inputs = staticmethod(_logits_and_labels)
     DOC_POOL = "mean"  # how DocumentMetric pools a document's window logits
-
-    @classmethod
-    def from_config(cls, cfg, dm) -> "RetentionClassifier":
-        from omegaconf import OmegaConf
-
-        c = OmegaConf.to_container(cfg, resolve=True)
-        return cls(
-            num_labels=cfg.model.num_labels or dm.num_labels,
-            model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
-            vocab_size=getattr(dm, "vocab_size", None),
-            max_positions=cfg.data.seq_len,
-            protected_token_ids=tuple(dm.special_token_ids),
-            method=cfg.method,
-        )
 
     def forward(self, input_ids, attention_mask=None, mode: str = "auto"):
         out = self.encoder(input_ids, attention_mask, mode=mode)

@@ -1,4 +1,4 @@
-"""Extractive QA with Adaptive Retention and drop-and-restore (BRIEF §2, "Dropped tokens and heads").
+"""Extractive QA with Adaptive Retention and drop-and-restore.
 
 The question (and [CLS]/[SEP]) are *protected*: never dropped, counted toward M. On the hard path the
 context tokens dropped at any gated layer keep their last hidden state and are scattered back to their
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchmetrics.text import SQuAD
 
-from .system import EVAL_PATHS, RetentionSystem
+from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
 __all__ = ["RetentionQA", "best_spans"]
 
@@ -53,30 +53,18 @@ class RetentionQA(RetentionSystem):
     METRIC = "f1"
     METRIC_LABEL = "SQuAD F1"
 
-    def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
-                 max_positions: int, protected_token_ids: tuple[int, ...] = (), max_answer_tokens: int = 30,
+    def __init__(self, encoder: nn.Module, optim: Optimisation, dropout: float, max_answer_tokens: int,
                  method: str = "gate") -> None:
-        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids, method)
+        """A span head (dropout, d → 2 logits per position) on ``encoder``'s hidden states; predicted
+        spans are at most ``max_answer_tokens`` long. ``encoder``, ``optim``, ``method``: as in
+        :class:`RetentionSystem`."""
+        super().__init__(encoder, optim, method)
         d = self.encoder.backbone.config.hidden_size
-        self.head = nn.Sequential(nn.Dropout(model["dropout"]), nn.Linear(d, 2))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, 2))
         self.max_answer_tokens = max_answer_tokens
         self.loss_fn = nn.CrossEntropyLoss()
         self.metrics = nn.ModuleDict({f"{stage}_{path}": SQuAD() for stage in ("val", "test") for path in EVAL_PATHS})
         self._candidates: dict[str, dict[int, tuple[float, int, int]]] = {}
-
-    @classmethod
-    def from_config(cls, cfg, dm) -> "RetentionQA":
-        from omegaconf import OmegaConf
-
-        c = OmegaConf.to_container(cfg, resolve=True)
-        return cls(
-            model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
-            vocab_size=getattr(dm, "vocab_size", None),
-            max_positions=cfg.data.seq_len,
-            protected_token_ids=tuple(dm.special_token_ids),
-            max_answer_tokens=getattr(dm, "max_answer_tokens", 30),
-            method=cfg.method,
-        )
 
     def forward(self, input_ids, attention_mask=None, protected=None, mode: str = "auto"):
         """(start_logits, end_logits), each (B, T) — every position, on every path — and the encoder output."""

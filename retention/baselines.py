@@ -1,13 +1,17 @@
 """Token-selection baselines behind the same budget interface as the learned gate.
 
-Every baseline is a *scorer*: a module with the gate's call signature ``scorer(h, weight) -> (B, T)``
-scores. :meth:`RetentionEncoder.forward` ranks by the scores and keeps exactly the top
-M_ℓ = ⌈ρ_ℓ·T_valid⌉ tokens per sequence (protected tokens first), physically removing the rest —
-so every method runs at the same compute. :func:`use_selector` swaps the scorers of a trained
-encoder for the duration of a ``with`` block (the kvpress idea, applied to the gate).
+A *selector* is a small dataclass in the manner of kvpress's presses (``ScorerPress``,
+``KnormPress``): the base :class:`Selector` applies it to a :class:`retention.encoder.RetentionEncoder`
+through a context manager, and each subclass overrides one scoring method,
+``score(h, weight) -> (B, T)``. Inside the block the encoder ranks tokens by those scores instead
+of its trained gates and keeps exactly the top M_ℓ = ⌈ρ_ℓ·T_valid⌉ tokens per sequence (protected
+tokens first), physically removing the rest, so every method runs at the same compute::
 
-Methods (``SELECTORS``):
-  ``gate``       the learned Adaptive Retention scorer (no swap);
+    with RandomSelector(seed=0)(encoder):
+        out = encoder(input_ids, attention_mask, mode="hard")
+
+Registry ``SELECTORS`` (keyed by :class:`retention.methods.Method`):
+  ``gate``       :class:`TrainedScorer`: the encoder's own trained scorer (ours, or LTP's);
   ``random``     uniform random scores;
   ``first``      first-M truncation: score = −position;
   ``l2``         ‖h_t‖₂ of the hidden state entering the gated layer;
@@ -15,118 +19,64 @@ Methods (``SELECTORS``):
                  averaged over heads, valid queries and the layers since the previous gate (needs
                  attention probabilities, so the backbone runs eager attention inside the block).
 
-Trained baseline (``TRAINED_METHODS``): ``ltp`` — :class:`LTPScorer`, learned thresholds on the
-attention-received score with a fixed λ penalty (``install_ltp``).
+Trained baseline ``ltp``: :class:`LTPScorer`, learned thresholds on the attention-received score with
+a fixed λ penalty; :func:`install_ltp` makes it the encoder's gates for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["SELECTORS", "TRAINED_METHODS", "RandomScorer", "FirstMScorer", "L2NormScorer", "AttentionReceivedScorer",
-           "LTPScorer", "attention_feed", "install_ltp", "use_selector"]
+from .encoder import transformer_layers
+from .methods import Method
+
+__all__ = ["Selector", "TrainedScorer", "RandomSelector", "FirstSelector", "L2NormSelector", "AttentionReceivedSelector",
+           "SELECTORS", "selector_for", "AttentionFeed", "feed_attention", "LTPScorer", "install_ltp"]
 
 
-class RandomScorer(nn.Module):
-    """Uniform random scores: random pruning at exactly M tokens."""
-
-    def __init__(self, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return torch.rand(h.shape[:2], generator=self.generator, device="cpu").to(h.device)
-
-
-class FirstMScorer(nn.Module):
-    """score_t = −t: keeps the first M tokens (truncation). Order is preserved by every gather, so
-    the current index orders tokens as the original positions do."""
-
-    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return -torch.arange(h.shape[1], device=h.device, dtype=torch.float32).expand(h.shape[:2])
-
-
-class L2NormScorer(nn.Module):
-    """score_t = ‖h_t‖₂."""
-
-    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return h.float().norm(dim=-1)
-
-
-class AttentionReceivedScorer(nn.Module):
-    """The attention token t received from the valid queries, averaged over heads, queries and the
-    layers run since the previous gate (PoWER-BERT's significance score, LTP's importance score):
+# ---------------------------------------------------------------------------- attention received
+class AttentionFeed:
+    """Attention received, accumulated by forward hooks (:func:`feed_attention`) over the layers run
+    since the previous gate and consumed by the next one (PoWER-BERT's significance score, LTP's
+    importance score):
 
         s_t = 1/(L·H·N) Σ_layers Σ_h Σ_{q valid} A_h[q → t]        (N valid queries)
 
-    Filled by forward hooks on the attention modules (:func:`attention_feed`); reset at every gate.
     A gate at layer 0 has no layer before it: there the scores are the attention that layer 0 itself
     gives on all tokens (``lookahead``, :func:`lookahead_probs`), as PoWER-BERT scores a layer's
     tokens by that layer's own attention."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.received: torch.Tensor | None = None  # (B, T_q, T_k), summed over heads and layers
+        self.received: torch.Tensor | None = None  # (B, T_q, T_k), summed over layers, mean over heads
         self.layers = 0
-        self.lookahead = None  # set by attention_feed for a gate at layer 0: h, weight -> (B, H, T, T)
+        self.lookahead = None  # for a gate at layer 0: (h, weight) -> (B, H, T, T)
+
+    def reset(self) -> None:
+        self.received, self.layers = None, 0
 
     def accumulate(self, probs: torch.Tensor) -> None:
         r = probs.float().mean(dim=1)
-        fresh = self.received is None or self.received.shape != r.shape
-        self.received = r if fresh else self.received + r
-        self.layers = 1 if fresh else self.layers + 1
+        self.received = r if self.received is None else self.received + r
+        self.layers += 1
 
     def importance(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """s_t (B, T) for the tokens entering this gate; resets the accumulator for the next gate."""
         if self.received is None and self.lookahead is not None:
             self.accumulate(self.lookahead(h, weight))
         if self.received is None:
-            raise RuntimeError("no attention probabilities reached this scorer (attention_feed was not installed)")
+            raise RuntimeError("no attention probabilities reached this gate (feed_attention was not installed)")
         if self.received.shape[-1] != h.shape[1]:
             raise RuntimeError(f"attention scores for {self.received.shape[-1]} tokens, hidden states {tuple(h.shape[:2])}")
         q = (weight > 0).to(self.received.dtype)
         scores = torch.einsum("bqk,bq->bk", self.received, q) / (q.sum(1, keepdim=True).clamp_min(1) * self.layers)
-        self.received, self.layers = None, 0
+        self.reset()
         return scores
-
-    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return self.importance(h, weight)
-
-
-class LTPScorer(AttentionReceivedScorer):
-    """LTP (Kim et al. 2022, Learned Token Pruning): a learned threshold θ_ℓ per gated layer on the
-    attention-received importance s_t; the soft mask σ((s_t − θ_ℓ)/τ) is trained with a fixed
-    λ penalty on the mean mask (our fixed-λ term with ``optim.dual_lr = 0``), not a constraint.
-
-        log α_t = (N·s_t − θ_ℓ) / τ      (N·s_t: importance relative to the mean, 1 on average)
-
-    At inference our encoder keeps the top-M by log α — the same exact budget as every method."""
-
-    def __init__(self, temperature: float = 0.1, init_threshold: float = 0.0) -> None:
-        super().__init__()
-        self.temperature = temperature
-        self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))
-
-    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """log α = (s·N − θ)/τ: importance relative to the mean (N valid keys), so θ and τ do not
-        depend on the sequence length."""
-        n = (weight > 0).sum(1, keepdim=True).to(h.dtype)
-        return (self.importance(h, weight) * n - self.threshold) / self.temperature
-
-
-SELECTORS: dict[str, type[nn.Module] | None] = {
-    "gate": None,
-    "random": RandomScorer,
-    "first": FirstMScorer,
-    "l2": L2NormScorer,
-    "attention": AttentionReceivedScorer,
-}
-# Methods that train their own scorer (selected at inference like the learned gate: method "gate").
-TRAINED_METHODS = ("ltp",)
 
 
 def _attention_probs(output) -> torch.Tensor | None:
@@ -151,65 +101,163 @@ def lookahead_probs(attn: nn.Module, h: torch.Tensor, weight: torch.Tensor) -> t
     return probs
 
 
-def attention_feed(encoder, scorers) -> list:
-    """Forward hooks that hand every layer's attention probabilities to the scorer of the next gate
-    at or after it (``scorers[k]`` belongs to ``encoder.gate_layers[k]``); a gate at layer 0 gets
-    layer 0's own attention on all tokens instead (:func:`lookahead_probs`). Returns the hook
-    handles. The backbone must run eager attention (SDPA returns no probabilities)."""
-    from .encoder import transformer_layers
-
+def feed_attention(encoder, feed: AttentionFeed) -> list:
+    """Forward hooks that hand the attention probabilities of every layer before the last gate to
+    ``feed`` (each gate consumes what the layers since the previous gate gave), and reset it when a
+    forward pass starts; a gate at layer 0 gets layer 0's own attention on all tokens
+    (:func:`lookahead_probs`). Returns the hook handles. The backbone must run eager attention
+    (SDPA returns no probabilities)."""
     if getattr(encoder.backbone.config, "_attn_implementation", None) != "eager":
         raise ValueError("attention-based scores need eager attention (model.attn_implementation=eager)")
     layers = transformer_layers(encoder.backbone)
-    for k, g in enumerate(encoder.gate_layers):
-        if g == 0:  # a plain function, not a submodule: the scorer's state_dict stays its own
-            scorers[k].lookahead = functools.partial(lookahead_probs, _attention_module(layers[0]))
-    handles = []
-    for i, layer in enumerate(layers):
-        nxt = next((k for k, g in enumerate(encoder.gate_layers) if g > i), None)
-        if nxt is None:
-            continue
-        attn = _attention_module(layer)
+    feed.reset()
+    feed.lookahead = functools.partial(lookahead_probs, _attention_module(layers[0])) if 0 in encoder.gate_layers else None
 
-        def hook(module, args, output, _k=nxt):
-            probs = _attention_probs(output)
-            if probs is None:
-                raise RuntimeError("attention module returned no probabilities; eager attention is required")
-            scorers[_k].accumulate(probs)
+    def hook(module, args, output):
+        probs = _attention_probs(output)
+        if probs is None:
+            raise RuntimeError("attention module returned no probabilities; eager attention is required")
+        feed.accumulate(probs)
 
-        handles.append(attn.register_forward_hook(hook))
+    handles = [encoder.backbone.register_forward_pre_hook(lambda module, args: feed.reset())]
+    handles += [_attention_module(layer).register_forward_hook(hook) for layer in layers[: max(encoder.gate_layers)]]
     return handles
 
 
 @contextlib.contextmanager
-def use_selector(encoder, method: str, seed: int = 0) -> Iterator[None]:
-    """Within the block, ``encoder`` (a :class:`retention.RetentionEncoder`) selects tokens with
-    ``method`` instead of its learned gates; budgets, protection and physical removal unchanged."""
-    if method not in SELECTORS:
-        raise ValueError(f"unknown selection method {method!r}; valid: {', '.join(SELECTORS)}")
-    if method == "gate":
-        yield
-        return
-    cls = SELECTORS[method]
-    g = torch.Generator().manual_seed(seed)
-    scorers = [cls(g) if cls is RandomScorer else cls() for _ in encoder.gate_layers]
-    saved = encoder.gates
-    handles = []
-    backbone = encoder.backbone
-    attn_before = getattr(backbone.config, "_attn_implementation", None)
+def _eager_attention(backbone: nn.Module) -> Iterator[None]:
+    """Within the block the backbone runs eager attention (it returns probabilities); restored after."""
+    before = getattr(backbone.config, "_attn_implementation", None)
+    if before != "eager":
+        backbone.set_attn_implementation("eager")
     try:
-        encoder.gates = nn.ModuleList(scorers)
-        if method == "attention":
-            if attn_before != "eager":
-                backbone.set_attn_implementation("eager")
-            handles = attention_feed(encoder, scorers)
         yield
     finally:
-        for h in handles:
-            h.remove()
-        encoder.gates = saved
-        if attn_before and getattr(backbone.config, "_attn_implementation", None) != attn_before:
-            backbone.set_attn_implementation(attn_before)
+        if before and getattr(backbone.config, "_attn_implementation", None) != before:
+            backbone.set_attn_implementation(before)
+
+
+# ---------------------------------------------------------------------------- selectors
+@dataclass
+class Selector:
+    """Base selector: ``with selector(encoder): ...`` makes ``encoder`` rank tokens by
+    :meth:`score` at every gate; budgets, protection and physical removal are unchanged.
+    A subclass overrides :meth:`score` (and :meth:`attach` if it needs set-up, as attention does)."""
+
+    def score(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Scores (B, T) of the hidden states ``h`` (B, T, d) entering a gate; ``weight`` (B, T) > 0 marks
+        valid tokens. Higher is kept first."""
+        raise NotImplementedError
+
+    def attach(self, encoder, stack: contextlib.ExitStack) -> None:
+        """Set-up for one application to ``encoder``, its undo pushed on ``stack`` (none by default)."""
+
+    @contextlib.contextmanager
+    def __call__(self, encoder) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            self.attach(encoder, stack)
+            previous = encoder.selector
+            encoder.selector = self
+            stack.callback(setattr, encoder, "selector", previous)
+            yield
+
+
+@dataclass
+class TrainedScorer(Selector):
+    """The encoder's own trained scorer at every gate — ours, or LTP's thresholds in an LTP run
+    (``method=gate`` at evaluation). Applying it changes nothing."""
+
+    @contextlib.contextmanager
+    def __call__(self, encoder) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class RandomSelector(Selector):
+    """Uniform random scores: random pruning at exactly M tokens. The generator is reseeded with
+    ``seed`` every time the selector is applied, so each application draws the same scores."""
+
+    seed: int = 0
+    generator: torch.Generator = field(default_factory=torch.Generator, init=False, repr=False, compare=False)
+
+    def attach(self, encoder, stack: contextlib.ExitStack) -> None:
+        self.generator.manual_seed(self.seed)
+
+    def score(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.rand(h.shape[:2], generator=self.generator, device="cpu").to(h.device)
+
+
+@dataclass
+class FirstSelector(Selector):
+    """score_t = −t: keeps the first M tokens (truncation). Order is preserved by every gather, so
+    the current index orders tokens as the original positions do."""
+
+    def score(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return -torch.arange(h.shape[1], device=h.device, dtype=torch.float32).expand(h.shape[:2])
+
+
+@dataclass
+class L2NormSelector(Selector):
+    """score_t = ‖h_t‖₂ (kvpress's KnormPress scores keys by their norm; here the hidden state)."""
+
+    def score(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return h.float().norm(dim=-1)
+
+
+@dataclass
+class AttentionReceivedSelector(Selector):
+    """score_t = s_t, the attention token t received (:class:`AttentionFeed`). Inside the block the
+    backbone runs eager attention and hooks feed its probabilities; both are undone after."""
+
+    feed: AttentionFeed = field(default_factory=AttentionFeed, init=False, repr=False, compare=False)
+
+    def attach(self, encoder, stack: contextlib.ExitStack) -> None:
+        stack.enter_context(_eager_attention(encoder.backbone))
+        for handle in feed_attention(encoder, self.feed):
+            stack.callback(handle.remove)
+
+    def score(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.feed.importance(h, weight)
+
+
+SELECTORS: dict[Method, type[Selector]] = {
+    Method.gate: TrainedScorer,
+    Method.random: RandomSelector,
+    Method.first: FirstSelector,
+    Method.l2: L2NormSelector,
+    Method.attention: AttentionReceivedSelector,
+}
+
+def selector_for(method: Method | str, seed: int = 0) -> Selector:
+    """The selector of ``method`` (a name of ``SELECTORS``); ``seed`` seeds the random one."""
+    if method not in SELECTORS:
+        raise ValueError(f"unknown selection method {method!r}; valid: {', '.join(SELECTORS)}")
+    cls = SELECTORS[Method(method)]
+    return cls(seed=seed) if cls is RandomSelector else cls()
+
+
+# ---------------------------------------------------------------------------- LTP, a trained scorer
+class LTPScorer(nn.Module):
+    """LTP (Kim et al. 2022, Learned Token Pruning): a learned threshold θ_ℓ per gated layer on the
+    attention-received importance s_t; the soft mask σ((s_t − θ_ℓ)/τ) is trained with a fixed
+    λ penalty on the mean mask (our fixed-λ term with ``optim.dual_lr = 0``), not a constraint.
+
+        log α_t = (N·s_t − θ_ℓ) / τ      (N·s_t: importance relative to the mean, 1 on average)
+
+    At inference our encoder keeps the top-M by log α — the same exact budget as every method.
+    ``feed`` (shared by the gates of one encoder) supplies s_t; it is not part of the state dict."""
+
+    def __init__(self, feed: AttentionFeed, temperature: float = 0.1, init_threshold: float = 0.0) -> None:
+        super().__init__()
+        self.feed = feed
+        self.temperature = temperature
+        self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))
+
+    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """log α = (s·N − θ)/τ: importance relative to the mean (N valid keys), so θ and τ do not
+        depend on the sequence length."""
+        n = (weight > 0).sum(1, keepdim=True).to(h.dtype)
+        return (self.feed.importance(h, weight) * n - self.threshold) / self.temperature
 
 
 def install_ltp(encoder, temperature: float = 0.1) -> list:
@@ -217,5 +265,6 @@ def install_ltp(encoder, temperature: float = 0.1) -> list:
     attention probabilities (eager attention is switched on). Returns the hook handles."""
     if getattr(encoder.backbone.config, "_attn_implementation", None) != "eager":
         encoder.backbone.set_attn_implementation("eager")
-    encoder.gates = nn.ModuleList(LTPScorer(temperature) for _ in encoder.gate_layers)
-    return attention_feed(encoder, list(encoder.gates))
+    feed = AttentionFeed()
+    encoder.gates = nn.ModuleList(LTPScorer(feed, temperature) for _ in encoder.gate_layers)
+    return feed_attention(encoder, feed)

@@ -12,7 +12,8 @@ Memory is measured per phase: on CUDA ``max_memory_allocated`` after a reset; on
 RSS (``VmHWM``) in a fresh subprocess per (T, B), reset with ``/proc/self/clear_refs`` after each
 phase's own warm-up forward, with glibc's dynamic mmap threshold pinned so
 freed tensors go back to the OS. "Activation memory" is the peak minus what was resident before the
-forward (weights, inputs, the runtime). No Lightning here: the CLI lives in ``lightning_modules/bench.py``.
+forward (weights, inputs, the runtime). No Lightning here: the CLI lives in :mod:`commands.bench`, the
+records (derived figures, CSV, plot) in :mod:`retention.bench_records`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,12 +34,13 @@ import torch
 from torch import nn
 
 from .backbones import MINILM, RANDOM_INIT, backbone_config, build_backbone, position_offset
+from .bench_records import environment, memory_fields, timing_fields
 from .budget import Budget, keep_counts
 from .encoder import RetentionEncoder, transformer_layers
 from .fastpath import compile_layers
 
-__all__ = ["BenchSpec", "validate_spec", "run_bench", "record_fields", "memory_reductions", "write_csv", "plot_records",
-           "extend_position_embeddings", "kept_per_layer"]
+__all__ = ["BenchSpec", "validate_spec", "run_bench", "interleaved_times", "build_encoder", "make_inputs",
+           "extend_position_embeddings", "kept_per_layer", "gate_overhead", "train_steps", "measure_memory"]
 
 _PAD_ID_OFFSET = 5  # random input ids start here, clear of pad/special ids
 
@@ -196,7 +197,7 @@ def kept_per_layer(enc: RetentionEncoder, ids: torch.Tensor, prot: torch.Tensor,
     return seen
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int, threads: int) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: int, threads: int) -> dict[str, list[float]]:
     """Wall time of each function (which synchronises the device itself), one call per repetition, repetitions
     interleaved with a rotating order, all with ``threads`` torch threads. (``torch.utils.benchmark.Timer.timeit``
     is not used: it defaults to one thread and runs two untimed calls before every timed one.)"""
@@ -213,11 +214,6 @@ def _interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int, t
                 times[k].append(t)
     return times
 
-
-def _stats(prefix: str, times: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
-    return {f"{prefix}_latency_median_s": statistics.median(times), f"{prefix}_latency_iqr_s": q[2] - q[0],
-            f"{prefix}_latency_min_s": min(times), f"{prefix}_latency_max_s": max(times)}
 
 
 @contextlib.contextmanager
@@ -270,7 +266,7 @@ def train_steps(enc: RetentionEncoder, ids: torch.Tensor, prot: torch.Tensor, sp
         _sync(spec)
 
     try:
-        times = _interleaved({"dense": lambda: step("dense"), "gated": lambda: step("soft")},
+        times = interleaved_times({"dense": lambda: step("dense"), "gated": lambda: step("soft")},
                              spec.train_reps, max(1, spec.warmup), spec.threads)
     finally:
         enc.eval()
@@ -345,34 +341,11 @@ def measure_memory(spec: BenchSpec, length: int, batch: int) -> dict[str, dict[s
 
 
 # ----------------------------------------------------------------------------------------- driver
-def environment(spec: BenchSpec) -> dict[str, object]:
-    """Where the numbers come from."""
-    import transformers
-
-    if spec.device.startswith("cuda"):
-        device_name = torch.cuda.get_device_name(spec.device)
-    else:
-        device_name = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            with open("/proc/cpuinfo") as f:
-                names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-            device_name = names[0] if names else device_name
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "device": spec.device, "device_name": device_name, "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "threads": spec.threads, "cpu_cores": cores, "dtype": _dtype_name(spec), "compile": spec.compile,
-        "load_average_start": list(os.getloadavg()), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "memory_method": ("cuda max_memory_allocated after reset" if spec.device.startswith("cuda")
-                          else "VmHWM in a fresh subprocess per (T, B), reset by /proc/self/clear_refs after each phase's warm-up forward"),
-    }
-
-
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, object]:
     """Measure every (length, batch, ratio) configuration; returns ``{"environment": …, "records": […]}``."""
     validate_spec(spec)
     torch.set_num_threads(spec.threads)
-    env = environment(spec)
+    env = environment(spec, _dtype_name(spec))
     enc, extended = build_encoder(spec, spec.ratios[0])
     env["positions_extended"] = extended
     env["parameters"] = sum(p.numel() for p in enc.backbone.parameters())
@@ -399,7 +372,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, 
                 _sync(spec)
 
             log(f"T={length} B={batch}: timing full and retained {list(spec.ratios)} ({spec.reps} interleaved reps)")
-            times = _interleaved({"full": full, **{f"r{r}": retained(r) for r in spec.ratios}},
+            times = interleaved_times({"full": full, **{f"r{r}": retained(r) for r in spec.ratios}},
                                  spec.reps, spec.warmup, spec.threads)
             train = {"train_dense_step_s": None, "train_gated_step_s": None, "train_step_ratio": None}
             if length <= spec.train_max_length:
@@ -419,25 +392,10 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, 
                     "kept_tokens": int(keep_counts(r, torch.tensor([length]), torch.tensor([2]))[0]),
                     "kept_per_layer": layers_len, "reps": spec.reps, "warmup": spec.warmup,
                 }
-                full_s = _stats("full", times["full"])
-                ret_s = _stats("retained", times[f"r{r}"])
-                rec.update(full_s)
-                rec.update(ret_s)
-                for p in ("full", "retained"):
-                    lat = rec[f"{p}_latency_median_s"]
-                    rec[f"{p}_seq_per_s"] = batch / lat
-                    rec[f"{p}_tok_per_s"] = batch * length / lat
-                rec["speedup"] = rec["retained_seq_per_s"] / rec["full_seq_per_s"]
+                rec.update(timing_fields(batch, length, times["full"], times[f"r{r}"]))
                 rec["gate_overhead"] = overhead
                 rec["gate_time_median_s"] = gate_s
-                if spec.memory:
-                    for p, m in (("full", mem["full"]), ("retained", mem[str(r)])):
-                        rec[f"{p}_peak_bytes"] = m["peak_bytes"]
-                        rec[f"{p}_resident_bytes"] = m["resident_bytes"]
-                        rec[f"{p}_activation_bytes"] = m["activation_bytes"]
-                    rec.update(memory_reductions(mem["full"], mem[str(r)]))
-                else:
-                    rec.update({key: None for key in record_fields() if "bytes" in key or key.endswith("memory_reduction")})
+                rec.update(memory_fields(mem["full"], mem[str(r)]) if spec.memory else memory_fields(None, None))
                 rec.update(train)
                 records.append(rec)
                 red = rec["activation_memory_reduction"]
@@ -449,80 +407,3 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, 
     return {"environment": env, "spec": asdict(spec), "records": records}
 
 
-def memory_reductions(full: dict[str, int], retained: dict[str, int]) -> dict[str, float | None]:
-    """Relative reductions of the retained phase against the full one: ``1 - retained / full`` for the
-    total peak and for the activation memory (peak minus resident).
-
-    ``activation_memory_reduction`` is ``None`` when the full forward's activation memory is not
-    positive: at tiny shapes on CPU the forward fits in memory the allocator already holds, so the
-    RSS peak does not rise above what was resident and the ratio is undefined (not 0, not infinite).
-    """
-    act = full["activation_bytes"]
-    return {
-        "memory_reduction": 1.0 - retained["peak_bytes"] / full["peak_bytes"],
-        "activation_memory_reduction": 1.0 - retained["activation_bytes"] / act if act > 0 else None,
-    }
-
-
-def record_fields() -> list[str]:
-    """The CSV columns, in order (every record has every one of these keys)."""
-    lat = [f"{p}_latency_{s}" for p in ("full", "retained") for s in ("median_s", "iqr_s", "min_s", "max_s")]
-    return [
-        "backbone", "length", "batch", "ratio", "gate_layers", "kept_tokens", "kept_per_layer", "reps", "warmup",
-        *lat, "full_seq_per_s", "full_tok_per_s", "retained_seq_per_s", "retained_tok_per_s", "speedup",
-        "gate_overhead", "gate_time_median_s",
-        "full_peak_bytes", "full_resident_bytes", "full_activation_bytes",
-        "retained_peak_bytes", "retained_resident_bytes", "retained_activation_bytes",
-        "memory_reduction", "activation_memory_reduction",
-        "train_dense_step_s", "train_gated_step_s", "train_step_ratio",
-    ]
-
-
-def write_csv(records: list[dict], path: str) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=record_fields())
-        w.writeheader()
-        for rec in records:
-            w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in rec.items()})
-
-
-def plot_records(records: list[dict], path: str, title: str = "") -> None:
-    """Speed-up and activation-memory reduction against T, one line per budget (and batch size)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    batches = sorted({r["batch"] for r in records})
-    for ratio in sorted({r["ratio"] for r in records}):
-        for batch in batches:
-            rows = sorted((r for r in records if r["ratio"] == ratio and r["batch"] == batch), key=lambda r: r["length"])
-            label = f"rho = {ratio}" + (f", B = {batch}" if len(batches) > 1 else "")
-            xs = [r["length"] for r in rows]
-            ax1.plot(xs, [r["speedup"] for r in rows], marker="o", label=label)
-            measured = [r for r in rows if r.get("activation_memory_reduction") is not None]
-            if measured:
-                ax2.plot([r["length"] for r in measured], [100 * r["activation_memory_reduction"] for r in measured],
-                         marker="o", label=label)
-    ax1.axhline(1.0, color="grey", lw=0.8)
-    ax1.set(xlabel="sequence length T", ylabel="speed-up (retained / full throughput)", title="throughput")
-    ax2.set(xlabel="sequence length T", ylabel="activation-memory reduction (%)", title="peak memory", ylim=(0, 100))
-    lengths = sorted({r["length"] for r in records})
-    for ax in (ax1, ax2):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [str(t) for t in lengths])
-        ax.minorticks_off()
-    if not ax2.lines:
-        ax2.text(0.5, 0.5, "memory not measured", ha="center", va="center", transform=ax2.transAxes)
-    for ax in (ax1, ax2):
-        if ax.lines:
-            ax.legend()
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""The retention budget and its Lagrangian (BRIEF §2, "Budget and Lagrangian")."""
+"""The retention budget and its Lagrangian (Adaptive Retention, Rafiuddin & Khan, EMNLP 2025
+Findings, arXiv 2510.08798: the budget constraint ĝ_ℓ ≤ ρ_ℓ and its dual variables λ_ℓ)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from torch import nn
 from .budget import Budget, expected_retention, keep_counts, threshold_counts
 from .fastpath import SOFT_GATE_ATTENTION, use_soft_gate_attention
 from .gate import ContextScorer
-from .hard_concrete import HardConcrete
+from .hard_concrete import HardConcrete, Relaxation
 from .selection import gather_tokens, scatter_tokens, select_top_m
 
 __all__ = ["RetentionEncoder", "RetentionOutput", "SEQ2SEQ_MODEL_TYPES", "SUPPORTED_MODEL_TYPES", "transformer_layers"]
@@ -80,23 +80,28 @@ class RetentionOutput:
 
     ``last_hidden_state`` (B, T_out, d): T_out = T on the soft and dense paths, the retained
     length M_max on the hard path. ``positions`` (B, T_out): original position of each row.
-    ``valid`` (B, T_out): real (non-padding) rows. ``expected_retention`` (K,): ĝ_ℓ per gated
-    layer (differentiable, soft path) or the achieved kept fraction (hard path).
-    ``kept_fraction`` (K,): achieved fraction of valid tokens whose gate is open (soft: z̃ > 0)
-    or that were kept (hard). ``targets`` (K,): ρ_ℓ for this batch. ``log_alpha``: per gated
-    layer, the scores of the tokens that entered it (B, T_ℓ). ``restored_hidden_state``
-    (B, T, d), only with ``restore=True`` on the hard path: every dropped token's last hidden
-    state scattered back to its original position (drop-and-restore).
+    ``valid`` (B, T_out): real (non-padding) rows.
+    ``achieved_retention`` (K,): per gated layer, the achieved fraction of valid tokens still in
+    play, mean over the batch — soft path: gate open (cumulative z̃ > 0); hard path: retained
+    (M_ℓ / T_valid); dense path: 1. ``targets`` (K,): ρ_ℓ for this batch.
+    ``expected_retention`` (K,): ĝ_ℓ, the mean of the cumulative P(z̃ > 0) over valid tokens,
+    differentiable — the left-hand side of the budget constraint; soft path, and 1 on the dense
+    path (every P(kept) = 1). None on the hard path, which samples nothing: its fraction is
+    ``achieved_retention``.
+    ``log_alpha``: per gated layer, the scores of the tokens that entered it (B, T_ℓ).
+    ``retained_counts``, hard path: per gated layer, the tokens retained per sequence (B,).
+    ``restored_hidden_state`` (B, T, d), only with ``restore=True`` on the hard path: every dropped
+    token's last hidden state scattered back to its original position (drop-and-restore).
     """
 
     last_hidden_state: torch.Tensor
     positions: torch.Tensor
     valid: torch.Tensor
-    expected_retention: torch.Tensor
-    kept_fraction: torch.Tensor
+    achieved_retention: torch.Tensor
     targets: torch.Tensor
+    expected_retention: torch.Tensor | None = None
     log_alpha: list[torch.Tensor] = field(default_factory=list)
-    kept_counts: list[torch.Tensor] = field(default_factory=list)
+    retained_counts: list[torch.Tensor] = field(default_factory=list)
     restored_hidden_state: torch.Tensor | None = None
     gate_values: torch.Tensor | None = None  # soft path: cumulative z̃ (B, T) after the last gate
 
@@ -116,8 +121,8 @@ class _State:
     z_cum: torch.Tensor | None = None  # soft: (B, T)
     p_cum: torch.Tensor | None = None  # soft: (B, T)
     mask: torch.Tensor | None = None
-    expected: list[torch.Tensor] = field(default_factory=list)
-    kept: list[torch.Tensor] = field(default_factory=list)
+    expected: list[torch.Tensor] = field(default_factory=list)  # soft: ĝ_ℓ
+    achieved: list[torch.Tensor] = field(default_factory=list)  # achieved retention per gate
     log_alpha: list[torch.Tensor] = field(default_factory=list)
     counts: list[torch.Tensor] = field(default_factory=list)
     restore_buffer: torch.Tensor | None = None
@@ -130,6 +135,10 @@ class RetentionEncoder(nn.Module):
     hard top-M path in eval mode; ``"soft"`` forces the soft path (sampled in training mode,
     deterministic in eval mode); ``"hard"`` forces top-M removal; ``"dense"`` runs the stock
     model untouched (the same weights, nothing dropped).
+
+    ``relaxation`` is the gate distribution of the soft path (Hard-Concrete by default).
+    ``selector``: None, or a :class:`retention.baselines.Selector` applied with ``with
+    selector(encoder):``, whose ``score(h, weight)`` then replaces the trained gates' scores.
     """
 
     def __init__(
@@ -137,7 +146,7 @@ class RetentionEncoder(nn.Module):
         backbone: nn.Module,
         gate_layers: Sequence[int],
         budget: Budget,
-        hard_concrete: HardConcrete | None = None,
+        relaxation: Relaxation | None = None,
         protected_token_ids: Sequence[int] = (),
         scorer_hidden: int | None = None,
         context: str = "mean",
@@ -166,7 +175,8 @@ class RetentionEncoder(nn.Module):
         self.backbone = backbone
         self.gate_layers = gate_layers
         self.budget = budget
-        self.hc = hard_concrete or HardConcrete()
+        self.relaxation = relaxation or HardConcrete()
+        self.selector = None
         self.bias_eps = bias_eps
         self.register_buffer("protected_token_ids", torch.tensor(sorted(set(protected_token_ids)), dtype=torch.long), persistent=False)
         d = backbone.config.hidden_size
@@ -247,27 +257,28 @@ class RetentionEncoder(nn.Module):
 
     def _apply_gate(self, k: int, h: torch.Tensor, st: _State) -> torch.Tensor:
         weight = st.valid if st.z_cum is None else st.valid * st.z_cum
-        log_alpha = self.gates[k](h, weight).float()
+        scorer = self.gates[k] if self.selector is None else self.selector.score
+        log_alpha = scorer(h, weight).float()
         st.log_alpha.append(log_alpha)
         if st.hard:
             return self._hard_gate(k, h, log_alpha, st)
         keep_prot = st.protected & st.valid
-        z = self.hc.sample(log_alpha) if st.sample else self.hc.deterministic(log_alpha)
-        p = self.hc.prob_nonzero(log_alpha)
+        z = self.relaxation.sample(log_alpha) if st.sample else self.relaxation.deterministic(log_alpha)
+        p = self.relaxation.prob_nonzero(log_alpha)
         one = torch.ones_like(z)
         z = torch.where(keep_prot, one, z)
         p = torch.where(keep_prot, one, p)
         st.z_cum = z if st.z_cum is None else st.z_cum * z
         st.p_cum = p if st.p_cum is None else st.p_cum * p
         st.expected.append(expected_retention(st.p_cum, st.valid))
-        st.kept.append(expected_retention((st.z_cum > 0).float(), st.valid).detach())
+        st.achieved.append(expected_retention((st.z_cum > 0).float(), st.valid).detach())
         st.mask = self._additive_mask(st.valid, torch.log(st.z_cum + self.bias_eps), h.dtype)
         return h * st.z_cum.unsqueeze(-1).to(h.dtype)
 
     def _hard_gate(self, k: int, h: torch.Tensor, log_alpha: torch.Tensor, st: _State) -> torch.Tensor:
         ratio = self.budget.layer_ratio(k, st.n_valid)
         if self.inference == "threshold":  # ablation: no exact budget
-            counts = threshold_counts(self.hc.prob_nonzero(log_alpha), st.valid, st.protected)
+            counts = threshold_counts(self.relaxation.prob_nonzero(log_alpha), st.valid, st.protected)
         else:
             counts = keep_counts(ratio, st.n_valid, st.n_protected)
         counts = torch.minimum(counts, st.valid.sum(1))  # cumulative: never more than survived
@@ -278,12 +289,10 @@ class RetentionEncoder(nn.Module):
             )
         h = gather_tokens(h, sel.index)
         st.positions = gather_tokens(st.positions, sel.index)
-        st.protected = gather_tokens(st.protected, sel.index) & sel.kept
-        st.valid = sel.kept
+        st.protected = gather_tokens(st.protected, sel.index) & sel.filled
+        st.valid = sel.filled
         st.counts.append(counts)
-        frac = (counts.float() / st.n_valid.clamp_min(1).float()).mean()
-        st.expected.append(frac)
-        st.kept.append(frac)
+        st.achieved.append((counts.float() / st.n_valid.clamp_min(1).float()).mean())
         st.mask = self._additive_mask(st.valid, None, h.dtype)
         return h
 
@@ -312,7 +321,8 @@ class RetentionEncoder(nn.Module):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
             full = torch.ones(self.num_gates, device=device)
             positions = torch.arange(t, device=device).expand(b, t)
-            return RetentionOutput(out.last_hidden_state, positions, valid, full, full, targets)
+            return RetentionOutput(out.last_hidden_state, positions, valid, achieved_retention=full, targets=targets,
+                                   expected_retention=full)
         if mode == "auto":
             mode = "soft" if self.training else "hard"
         if mode not in ("soft", "hard"):
@@ -339,11 +349,11 @@ class RetentionEncoder(nn.Module):
             last_hidden_state=hidden,
             positions=state.positions,
             valid=state.valid,
-            expected_retention=torch.stack(state.expected),
-            kept_fraction=torch.stack(state.kept),
+            achieved_retention=torch.stack(state.achieved),
             targets=targets,
+            expected_retention=torch.stack(state.expected) if state.expected else None,
             log_alpha=state.log_alpha,
-            kept_counts=state.counts,
+            retained_counts=state.counts,
             restored_hidden_state=restored,
             gate_values=state.z_cum,
         )

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 __all__ = ["SOFT_GATE_ATTENTION", "soft_gate_sdpa", "use_soft_gate_attention", "compile_layers"]
 
@@ -63,8 +66,6 @@ def _is_key_bias(mask: torch.Tensor | None, key: torch.Tensor) -> bool:
 def soft_gate_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                    is_causal: bool | None = None, **kwargs):
     """transformers' SDPA attention, with a soft-gate key bias folded into the head dimension (see module doc)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if not _is_key_bias(attention_mask, key) or kwargs.get("position_bias") is not None or query.shape[1] != key.shape[1]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
@@ -87,9 +88,6 @@ def register_soft_gate_attention() -> None:
     """Register :func:`soft_gate_sdpa` under ``SOFT_GATE_ATTENTION`` with transformers' attention
     (and mask) interfaces. Runs on import of this module, so every process that unpickles a wrapped
     backbone (a ``ddp_spawn`` worker, a DataLoader worker) knows the name before its first forward."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
     AttentionInterface.register(SOFT_GATE_ATTENTION, soft_gate_sdpa)
     AttentionMaskInterface.register(SOFT_GATE_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 

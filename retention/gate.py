@@ -1,4 +1,5 @@
-"""The context-aware scorer that gives every token its log α (BRIEF §2, "Scorer")."""
+"""The context-aware scorer that gives every token its log α (Adaptive Retention, Rafiuddin & Khan,
+EMNLP 2025 Findings, arXiv 2510.08798: the scorer and its context vector, Eq. 3 for the causal one)."""
 
 from __future__ import annotations
 

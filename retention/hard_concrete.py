@@ -1,22 +1,41 @@
-"""Hard-Concrete gates (Louizos, Welling & Kingma 2018), BRIEF §2.
+"""Gate relaxations: Hard-Concrete gates (Louizos, Welling & Kingma 2018), as Adaptive Retention
+(Rafiuddin & Khan, EMNLP 2025 Findings, arXiv 2510.08798) uses them, and the ablations' gates.
 
 A Hard-Concrete variable is a stretched and clipped binary-Concrete variable. It has
 point mass at exactly 0 and at exactly 1 and a reparameterised sample, so a gate can be
-trained by back-propagation and still switch a token fully off.
+trained by back-propagation and still switch a token fully off. Every relaxation is a
+:class:`Relaxation`: a training sample, P(gate open) and a deterministic test-time gate from log α.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["HardConcrete", "SigmoidGate", "StraightThroughGate", "RELAXATIONS", "make_relaxation"]
+__all__ = ["Relaxation", "HardConcrete", "SigmoidGate", "StraightThroughGate", "RELAXATIONS", "make_relaxation"]
+
+
+class Relaxation(ABC):
+    """A gate distribution over z ∈ [0, 1] parameterised by each token's log α."""
+
+    @abstractmethod
+    def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """The gate in training (differentiable in log α)."""
+
+    @abstractmethod
+    def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """P(z > 0): the probability the token is kept, whose mean is the expected retention ĝ."""
+
+    @abstractmethod
+    def deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """The noise-free gate of soft evaluation."""
 
 
 @dataclass(frozen=True)
-class HardConcrete:
+class HardConcrete(Relaxation):
     """Hard-Concrete distribution with temperature ``beta`` and stretch interval (``gamma``, ``zeta``).
 
     Defaults are Louizos et al.'s: β = 2/3, γ = −0.1, ζ = 1.1. ``eps`` bounds the uniform noise
@@ -66,7 +85,7 @@ class HardConcrete:
 
 # ---------------------------------------------------------------------------- ablations
 @dataclass(frozen=True)
-class SigmoidGate:
+class SigmoidGate(Relaxation):
     """Ablation "no relaxation": a plain sigmoid gate, no noise and no stretch.
 
         z = σ(log α),  P(kept) = σ(log α)
@@ -102,7 +121,7 @@ class StraightThroughGate(SigmoidGate):
 RELAXATIONS = {"hard_concrete": HardConcrete, "sigmoid": SigmoidGate, "straight_through": StraightThroughGate}
 
 
-def make_relaxation(name: str, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1):
+def make_relaxation(name: str, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1) -> Relaxation:
     """The gate distribution by config name (``gate.relaxation``)."""
     if name not in RELAXATIONS:
         raise ValueError(f"unknown relaxation {name!r}; valid: {', '.join(RELAXATIONS)}")

@@ -16,13 +16,13 @@ __all__ = ["Selection", "select_top_m", "gather_tokens", "scatter_tokens"]
 class Selection:
     """Result of :func:`select_top_m` for a batch.
 
-    ``index`` (B, M_max): kept positions in the *input* sequence, ascending (original order);
-    slots past a sequence's own M hold a valid dummy index and are marked False in ``kept``.
-    ``kept`` (B, M_max) bool: which slots are real tokens. ``counts`` (B,): M per sequence.
+    ``index`` (B, M_max): selected positions in the *input* sequence, ascending (original order);
+    slots past a sequence's own M hold a valid dummy index and are marked False in ``filled``.
+    ``filled`` (B, M_max) bool: which slots hold a selected token. ``counts`` (B,): M per sequence.
     """
 
     index: torch.Tensor
-    kept: torch.Tensor
+    filled: torch.Tensor
     counts: torch.Tensor
 
 
@@ -41,11 +41,11 @@ def select_top_m(
     m_max = int(counts.max())
     top = ranked.topk(m_max, dim=1, sorted=True).indices  # best first
     slot = torch.arange(m_max, device=scores.device).expand(b, m_max)
-    kept = slot < counts.unsqueeze(1)
+    filled = slot < counts.unsqueeze(1)
     # Unused slots sort to the end (index t), then point at a harmless real index.
-    index = torch.where(kept, top, torch.full_like(top, t)).sort(dim=1).values
-    index = torch.where(kept, index, torch.zeros_like(index))
-    return Selection(index=index, kept=kept, counts=counts)
+    index = torch.where(filled, top, torch.full_like(top, t)).sort(dim=1).values
+    index = torch.where(filled, index, torch.zeros_like(index))
+    return Selection(index=index, filled=filled, counts=counts)
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -56,14 +56,14 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, expanded)
 
 
-def scatter_tokens(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Write ``src`` (B, M, ...) back into a copy of ``dest`` (B, T, ...) at positions ``index`` where ``kept``.
+def scatter_tokens(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    """Write ``src`` (B, M, ...) back into a copy of ``dest`` (B, T, ...) at positions ``index`` where ``filled``.
 
     Used for drop-and-restore: dropped tokens keep the state they had when they were dropped.
     """
     t = dest.shape[1]
     # Unused slots write into an extra trash position T, which is cut off again: no duplicate writes.
-    target = torch.where(kept, index, torch.full_like(index, t))
+    target = torch.where(filled, index, torch.full_like(index, t))
     padded = torch.cat([dest, dest[:, :1]], dim=1)
     expanded = target.view(*target.shape, *([1] * (src.dim() - 2))).expand_as(src)
     return padded.scatter(1, expanded, src)[:, :t]

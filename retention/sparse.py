@@ -11,9 +11,9 @@ about ρ·T keys:
   exceed (5 + 2r)·b or BigBird falls back to full attention (an error here instead).
 
 :class:`SparseAttentionEncoder` presents the interface the Lightning systems use from a
-:class:`retention.RetentionEncoder` (``backbone``, ``gates``, ``gate_layers``, ``budget``, ``forward``
-returning a :class:`retention.RetentionOutput`) and always runs the sparse model on every token; its
-``kept_fraction`` is the attended-key fraction, the x-coordinate at which it is compared.
+:class:`retention.encoder.RetentionEncoder` (``backbone``, ``gates``, ``gate_layers``, ``budget``, ``forward``
+returning a :class:`retention.encoder.RetentionOutput`) and always runs the sparse model on every token; its
+``achieved_retention`` is the attended-key fraction, the x-coordinate at which it is compared.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from transformers import AutoConfig, AutoModel
 from .backbones import position_offset
 from .budget import Budget
 from .encoder import RetentionOutput
+from .methods import Method
 
 __all__ = ["SPARSE_ARCHS", "SPARSE_METHODS", "sparse_attention_config", "attention_fraction", "SparseAttentionEncoder", "build_sparse_encoder"]
 
 SPARSE_ARCHS = ("longformer", "big_bird")
-# config ``method`` name -> architecture
-SPARSE_METHODS = {"longformer": "longformer", "bigbird": "big_bird"}
+# the sparse comparator ``Method`` -> its Hugging Face architecture
+SPARSE_METHODS = {Method.longformer: "longformer", Method.bigbird: "big_bird"}
 _BIGBIRD_RANDOM_BLOCKS = 3
 
 
@@ -136,7 +137,7 @@ class SparseAttentionEncoder(nn.Module):
         frac = torch.full((self.num_gates,), self.fraction, device=input_ids.device)
         positions = torch.arange(t, device=input_ids.device).expand(b, t)
         hidden = out.last_hidden_state
-        return RetentionOutput(hidden, positions, valid, frac, frac, frac,
+        return RetentionOutput(hidden, positions, valid, achieved_retention=frac, targets=frac,
                                restored_hidden_state=hidden if restore else None)
 
 

@@ -1,10 +1,14 @@
 """Baselines behind the budget interface: each keeps exactly M tokens per sequence, physically."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder
-from retention.baselines import SELECTORS, use_selector
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
+from retention.baselines import SELECTORS, RandomSelector, Selector, TrainedScorer, selector_for
+from retention.methods import Method
 from retention.backbones import build_backbone
 
 CLS, SEP = 1, 2
@@ -35,14 +39,14 @@ def _batch(b=4, t=40):
 def test_every_selector_keeps_exactly_m(method, arch):
     enc = _encoder(arch)
     ids, mask, lengths = _batch()
-    with torch.no_grad(), use_selector(enc, method):
+    with torch.no_grad(), selector_for(method)(enc):
         out = enc(ids, mask, mode="hard")
-    for k, layer_counts in enumerate(out.kept_counts):
+    for k, layer_counts in enumerate(out.retained_counts):
         expected = enc.budget.targets(lengths)[k]  # per-layer ratio
         m = torch.ceil(expected * lengths - 1e-6).long()
         assert torch.equal(layer_counts, torch.maximum(m, torch.full_like(m, 2)))
-    assert out.last_hidden_state.shape[1] == int(out.kept_counts[-1].max())  # physically removed
-    assert torch.equal(out.valid.sum(1), out.kept_counts[-1])
+    assert out.last_hidden_state.shape[1] == int(out.retained_counts[-1].max())  # physically removed
+    assert torch.equal(out.valid.sum(1), out.retained_counts[-1])
     # protected tokens survive every method
     assert ((out.positions == 0) & out.valid).sum(1).eq(1).all()
     assert ((out.positions == (lengths - 1)[:, None]) & out.valid).sum(1).eq(1).all()
@@ -53,12 +57,12 @@ def test_every_selector_keeps_exactly_m(method, arch):
 def test_first_keeps_a_prefix_and_l2_keeps_the_largest_norms():
     enc = _encoder("bert", gate_layers=(1,))
     ids, mask, lengths = _batch()
-    with torch.no_grad(), use_selector(enc, "first"):
+    with torch.no_grad(), selector_for("first")(enc):
         out = enc(ids, mask, mode="hard")
     for row, n, pos, valid in zip(range(4), lengths, out.positions, out.valid):
         kept = sorted(set(pos[valid].tolist()) - {0, int(n) - 1})
         assert kept == list(range(1, len(kept) + 1))
-    with torch.no_grad(), use_selector(enc, "l2"):
+    with torch.no_grad(), selector_for("l2")(enc):
         out = enc(ids, mask, mode="hard")
         h1 = {}
         layer0 = enc.backbone.encoder.layer[0]
@@ -77,7 +81,7 @@ def test_attention_selector_switches_to_eager_and_back():
     ids, mask, _ = _batch()
     before = enc.backbone.config._attn_implementation
     assert before != "eager"
-    with torch.no_grad(), use_selector(enc, "attention"):
+    with torch.no_grad(), selector_for("attention")(enc):
         assert enc.backbone.config._attn_implementation == "eager"
         enc(ids, mask, mode="hard")
     assert enc.backbone.config._attn_implementation == before
@@ -96,7 +100,7 @@ def test_attention_selector_at_layer_0_keeps_the_tokens_layer_0_attends_to_most(
     with torch.no_grad():
         enc(ids, mask, mode="dense")
         handle.remove()
-        with use_selector(enc, "attention"):
+        with selector_for("attention")(enc):
             out = enc(ids, mask, mode="hard")
     q = mask.float()
     received = torch.einsum("bqk,bq->bk", probs["p"].mean(1), q) / q.sum(1, keepdim=True)
@@ -107,9 +111,57 @@ def test_attention_selector_at_layer_0_keeps_the_tokens_layer_0_attends_to_most(
         assert min(received[i, sorted(kept)]) >= max(received[i, sorted(dropped)])
 
 
+def test_one_registry_of_dataclass_selectors_each_overriding_only_score():
+    assert tuple(SELECTORS) == Method.selections() == tuple(m for m in Method if m.is_heuristic or m == Method.gate)
+    for method, cls in SELECTORS.items():
+        assert dataclasses.is_dataclass(cls) and issubclass(cls, Selector)
+        if cls is not TrainedScorer:
+            assert "score" in vars(cls), method  # its own scoring method ...
+            assert "__call__" not in vars(cls), method  # ... applied by the base's context manager
+        assert type(selector_for(method)) is cls
+
+
+def test_applying_a_selector_swaps_the_scores_and_restores_the_encoder_after_an_error():
+    enc = _encoder("bert", gate_layers=(1,))
+    ids, mask, _ = _batch()
+    with torch.no_grad():
+        own = enc(ids, mask, mode="hard").positions
+        with pytest.raises(RuntimeError, match="inside"), selector_for("first")(enc):
+            assert isinstance(enc.selector, Selector)
+            raise RuntimeError("inside")
+        assert enc.selector is None
+        assert torch.equal(enc(ids, mask, mode="hard").positions, own)
+        with TrainedScorer()(enc):  # the trained gates: nothing swapped
+            assert enc.selector is None and torch.equal(enc(ids, mask, mode="hard").positions, own)
+
+
+def test_random_selector_draws_the_same_tokens_at_every_application_of_a_seed():
+    enc = _encoder("bert", gate_layers=(1,))
+    ids, mask, _ = _batch()
+    picks = []
+    with torch.no_grad():
+        for seed in (0, 0, 1):
+            with RandomSelector(seed=seed)(enc):
+                picks.append(enc(ids, mask, mode="hard").positions)
+    assert torch.equal(picks[0], picks[1]) and not torch.equal(picks[0], picks[2])
+
+
+def test_attention_received_is_not_carried_over_from_a_dense_pass():
+    """The feed restarts with every forward: a dense pass before the hard one changes nothing."""
+    enc = _encoder("bert", gate_layers=(1, 2), attn="eager")
+    ids, mask, _ = _batch()
+    with torch.no_grad(), selector_for("attention")(enc):
+        alone = enc(ids, mask, mode="hard")
+        enc(ids, mask, mode="dense")
+        after_dense = enc(ids, mask, mode="hard")
+    assert torch.equal(alone.positions, after_dense.positions)
+    for a, b in zip(alone.log_alpha, after_dense.log_alpha):
+        torch.testing.assert_close(a, b)
+
+
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="random, first"), use_selector(_encoder("bert"), "magic"):
-        pass
+    with pytest.raises(ValueError, match="random, first"):
+        selector_for("magic")
 
 
 def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m():
@@ -117,7 +169,7 @@ def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m()
     from retention.hard_concrete import SigmoidGate
 
     enc = _encoder("bert", gate_layers=(1,))
-    enc.hc = SigmoidGate()
+    enc.relaxation = SigmoidGate()
     install_ltp(enc, temperature=0.1)
     assert enc.backbone.config._attn_implementation == "eager" and isinstance(enc.gates[0], LTPScorer)
     ids, mask, lengths = _batch()
@@ -129,7 +181,7 @@ def test_ltp_thresholds_learn_from_the_soft_mask_and_inference_keeps_exactly_m()
     with torch.no_grad():
         out = enc(ids, mask, mode="hard")
     m = torch.ceil(0.5 * lengths - 1e-6).long()
-    assert torch.equal(out.kept_counts[0], m)
+    assert torch.equal(out.retained_counts[0], m)
 
 
 @pytest.mark.parametrize("arch,ratio,t", [("longformer", 0.3, 1024), ("longformer", 0.1, 2048), ("big_bird", 0.3, 1024), ("big_bird", 0.5, 4096)])

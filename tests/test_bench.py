@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 
-from commands import cli, runner
-from retention.bench import (BenchSpec, build_encoder, kept_per_layer, make_inputs, memory_reductions, plot_records,
-                             record_fields)
+from commands import bench, cli
+from retention.bench import BenchSpec, build_encoder, kept_per_layer, make_inputs
+from retention.bench_records import memory_reductions, plot_records, record_fields
+
+from .helpers import markdown_rows
 
 TINY = ["--backbone", "random", "--layers", "3", "--hidden", "32", "--heads", "2", "--intermediate", "64",
         "--vocab", "64"]
@@ -78,7 +80,11 @@ def test_quick_bench_writes_json_csv_png_with_consistent_ratios(tmp_path, capsys
                                                                               rel=1e-12)
         assert row["kept_per_layer"] == " ".join(map(str, rec["kept_per_layer"]))
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "speed-up" in capsys.readouterr().out
+    rows = markdown_rows(capsys.readouterr().out)
+    assert list(rows[0])[:7] == ["T", "B", "rho", "M", "full ms", "ret ms", "speed-up"] and len(rows) == len(records)
+    for row, rec in zip(rows, records):  # the printed Markdown summary shows the records' figures
+        assert (int(row["T"]), int(row["M"])) == (rec["length"], rec["kept_tokens"])
+        assert row["speed-up"] == f"{rec['speedup']:.2f}" and row["train x"] == f"{rec['train_step_ratio']:.2f}"
 
 
 def test_bench_without_memory_or_training_still_consistent(tmp_path):
@@ -102,7 +108,7 @@ def test_retained_forward_computes_on_exactly_m_tokens_per_layer(gate_layers, ra
     with torch.no_grad():
         out = enc(ids, None, protected=prot, mode="hard")
     assert out.last_hidden_state.shape[:2] == (3, m)
-    assert all(c.tolist() == [m] * 3 for c in out.kept_counts)
+    assert all(c.tolist() == [m] * 3 for c in out.retained_counts)
     assert bool(out.valid.all())  # equal lengths: no padding after selection
 
 
@@ -129,12 +135,10 @@ BAD = [
 
 @pytest.mark.parametrize("argv,message", BAD)
 def test_invalid_arguments_exit_2_with_clear_message(argv, message, tmp_path, capsys, monkeypatch):
-    import retention.bench
-
     def boom(*a, **k):
         raise AssertionError("work started before the arguments were validated")
 
-    monkeypatch.setattr(retention.bench, "run_bench", boom)
+    monkeypatch.setattr(bench, "run_bench", boom)
     args = ["bench", "--backbone", "random", "--layers", "3", "--hidden", "32", "--heads", "2"]
     assert cli.main([*args, *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

@@ -9,13 +9,14 @@ import mlflow
 import pytest
 import torch
 from torchmetrics.classification import MultilabelF1Score
+from torchmetrics.functional.classification import multilabel_f1_score
 
-from datamodules import CUADDataModule
 from commands import cli, runner
-from lightning_modules import TASK_SYSTEMS, RetentionMultiLabelClassifier, build_system
+from lightning_modules import RetentionMultiLabelClassifier, build_system
 from datamodules import build_datamodule
 from conf.compose import compose
 
+from .helpers import load_trained, top_m_fraction
 from .hf_fixtures import byo_rows, cuad_records, write_csv, write_imdb, write_jsonl, write_sst2
 
 TINY_MODEL = [
@@ -43,12 +44,42 @@ def _fixture_files(name: str, tmp_path) -> dict[str, str] | str:
     return write_csv(tmp_path / "mine.csv", ["text", "label"], byo_rows(48))
 
 
+def metrics_by_hand(checkpoint) -> dict[str, float]:
+    """The test metrics of a classification run recomputed from its checkpoint's logits on the whole
+    test split: accuracy = mean(argmax = label); multi-label F1 by torchmetrics' functional on σ(logits)
+    over all rows at once, and per contract on window logits and labels pooled by max; the hard path's
+    kept fraction = the mean over rows of clamp(⌈ρ·T_valid⌉, n_protected, T_valid)/T_valid."""
+    cfg, dm, system = load_trained(checkpoint)
+    logits, labels, docs, kept = {p: [] for p in ("soft", "hard", "dense")}, [], [], []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            for path in logits:
+                logits[path].append(system.classify(batch, path)[0])
+            labels.append(batch["labels"])
+            docs.append(batch.get("doc_id", torch.zeros(0)))
+            kept += top_m_fraction(cfg.budget.ratio, batch["attention_mask"], system.encoder.protected_mask(batch["input_ids"]))
+    labels, docs = torch.cat(labels), torch.cat(docs)
+    out = {"test/kept_fraction_l1": sum(kept) / len(kept)}
+    for path, chunks in logits.items():
+        z = torch.cat(chunks)
+        if labels.dim() == 1:
+            out[f"test/acc_{path}"] = float((z.argmax(-1) == labels).float().mean())
+            continue
+        n = labels.shape[1]
+        doc_z = torch.stack([z[docs == d].amax(0) for d in docs.unique()]) if len(docs) else z
+        doc_y = torch.stack([labels[docs == d].amax(0) for d in docs.unique()]) if len(docs) else labels
+        for avg in ("micro", "macro"):
+            out[f"test/f1_{avg}_{path}"] = float(multilabel_f1_score(torch.sigmoid(z), labels.long(), n, average=avg))
+            out[f"test/f1_{avg}_{path}_doc"] = float(multilabel_f1_score(torch.sigmoid(doc_z), doc_y.long(), n, average=avg))
+    return out
+
+
 def test_multilabel_system_loss_and_metrics(tmp_path):
     train, _ = cuad_records(10)  # 8 train contracts after carving val and test (1 each)
     files = {"train": write_jsonl(tmp_path / "t.jsonl", train)}
     cfg = compose(["data=cuad", *TINY_MODEL, *FAST, f"data.data_files={json.dumps(files)}", f"data.cache_dir={tmp_path}"])
-    dm = CUADDataModule.from_config(cfg)
-    system = TASK_SYSTEMS[dm.task].from_config(cfg, dm)
+    dm = build_datamodule(cfg)
+    system = build_system(cfg, dm)
     assert isinstance(system, RetentionMultiLabelClassifier) and system.METRIC == "f1_micro"
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
@@ -105,7 +136,8 @@ def test_retention_train_data_benchmark_end_to_end(name, tmp_path, monkeypatch, 
     files = _fixture_files(name, tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["train", f"data={name}", *TINY_MODEL, *FAST, f"data.data_files={json.dumps(files)}",
-            f"data.cache_dir={tmp_path / 'cache'}", f"logging.tracking_uri={uri}", f"logging.experiment={name}"]
+            f"data.cache_dir={tmp_path / 'cache'}", f"logging.tracking_uri={uri}", f"logging.experiment={name}",
+            "trainer.val_check_interval=4"]  # validate at the last step: a best checkpoint to recompute from
     if name == "cuad":  # contracts cut into windows: metrics also per contract (…_doc)
         args += ["data.truncation=sliding_window", "data.stride=8"]
     assert cli.main(args) == 0
@@ -117,12 +149,13 @@ def test_retention_train_data_benchmark_end_to_end(name, tmp_path, monkeypatch, 
     exp = client.get_experiment_by_name(name)
     (run,) = client.search_runs([exp.experiment_id])
     metrics = run.data.metrics
-    for path in ("soft", "hard", "dense"):
-        assert 0.0 <= metrics[f"test/{metric}_{path}"] <= 1.0
+    expected = metrics_by_hand(run.data.tags["checkpoint_path"])
+    keys = [f"test/{metric}_{path}" for path in ("soft", "hard", "dense")]
     if name == "cuad":
-        for key in ("test/f1_macro_hard", "test/f1_micro_hard_doc", "test/f1_macro_dense_doc"):
-            assert 0.0 <= metrics[key] <= 1.0
-    assert 0.0 < metrics["test/kept_fraction_l1"] < 0.6
+        keys += ["test/f1_macro_hard", "test/f1_micro_hard_doc", "test/f1_macro_dense_doc"]
+    for key in keys:
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert metrics["test/kept_fraction_l1"] == pytest.approx(expected["test/kept_fraction_l1"], rel=1e-5)
     assert run.data.params["data.name"] == name
 
 

@@ -30,6 +30,27 @@ BAD = [
     ("trainer.limit_val_batches=-1", "trainer.limit_val_batches", "int >= 0"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval", "int >= 1"),
     ("trainer.limit_test_batches=abc", "trainer.limit_test_batches", "float in (0, 1]"),
+    ("gate.context=max", "gate.context", "mean, running, none"),
+    ("gate.relaxation=gumbel", "gate.relaxation", "hard_concrete, sigmoid, straight_through"),
+    ("budget.schedule=cubic", "budget.schedule", "constant, linear"),
+    ("budget.inference=sample", "budget.inference", "top_m, threshold"),
+    ("optim.scheduler=step", "optim.scheduler", "linear, cosine, constant"),
+    ("model.attn_implementation=flash", "model.attn_implementation", "sdpa, eager"),
+    ("model.arch=gpt2", "model.arch", "xlm-roberta"),
+    ("optim.betas=[0.9]", "optim.betas", "two values in [0, 1)"),
+    ("data.min_seq_len=600", "data.min_seq_len", "<= data.seq_len (512)"),
+    ("data.num_pairs=3", "data.num_pairs", "data module 'needle'"),
+]
+
+# A key of the selected data module only: (overrides, key, what the message says is allowed)
+BAD_DATA = [
+    (["data=needle", "data.num_pairs=3"], "data.num_pairs", "data module 'needle'"),
+    (["data=synthetic_qa", "data.num_pairs=3"], "data.num_pairs", "num_facts"),
+    (["data=qasper", "data.truncation=tail"], "data.truncation", "head, sliding_window"),
+    (["data=arxiv", "data.truncation=sliding_window"], "data.truncation", "head, tail"),
+    (["data=imdb", "data.truncation=sliding_window", "data.stride=300"], "data.stride", "< data.seq_len // 2 (256)"),
+    (["data=imdb", "data.on_invalid=ignore"], "data.on_invalid", "error, skip"),
+    (["data=kv_retrieval", "data.truncation=head"], "data.truncation", "data module 'kv_retrieval'"),
 ]
 
 
@@ -51,6 +72,63 @@ def test_bad_config_exits_2_naming_key(override, key, allowed, capsys, no_work):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert key in err and allowed in err
+
+
+@pytest.mark.parametrize("overrides,key,allowed", BAD_DATA)
+def test_bad_data_key_exits_2_naming_key_and_module(overrides, key, allowed, capsys, no_work):
+    assert cli.main(["train", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert key in err and allowed in err
+
+
+def test_data_section_holds_the_selected_modules_keys_only():
+    """``data=<name>`` and ``data.name=<name>`` type the section by that module's schema; the registries
+    of data configs (conf) and DataModules agree."""
+    from conf.compose import compose
+    from conf.data_schema import DATA_SCHEMAS
+    from datamodules import DATAMODULES
+
+    assert DATAMODULES.keys() == DATA_SCHEMAS.keys()
+    for name, cls in DATAMODULES.items():
+        assert cls.CONFIG is DATA_SCHEMAS[name], name
+    assert set(compose(["data=needle"]).data) == {
+        "name", "seq_len", "min_seq_len", "vocab_size", "num_classes", "num_needles", "tokens_per_class",
+        "train_size", "val_size", "test_size", "batch_size", "eval_batch_size", "num_workers", "seed"}
+    # a data.name that changes the module starts the section from its defaults, as data=<name> does;
+    # later sources refine it
+    kv = compose(["data.name=kv_retrieval", "data.train_size=100"])
+    assert (kv.data.seq_len, kv.data.train_size, kv.data.num_pairs, kv.data.num_keys) == (1024, 100, 4, 32)
+    assert compose(["data=needle"]).data.train_size == 4096 and compose([]).data.train_size == 8192
+    assert compose(["data=synthetic_qa", "data.num_facts=3"]).data.num_facts == 3
+
+
+def test_schema_archs_are_the_wrappers_model_types():
+    """model.arch is a string checked against ARCHS (not an Enum: "xlm-roberta" is no member name)."""
+    from conf.schema import ARCHS
+    from retention.encoder import SUPPORTED_MODEL_TYPES
+
+    assert sorted(ARCHS) == sorted(SUPPORTED_MODEL_TYPES)
+
+
+def test_choices_come_out_as_plain_strings_and_a_saved_config_composes_again(tmp_path):
+    """The composed config, its YAML and its MLflow params hold the strings users type; the
+    ``config.yaml`` saved beside a checkpoint composes back to the same config."""
+    from omegaconf import OmegaConf
+
+    from conf.compose import compose
+
+    cfg = compose(["data=qasper", "model=tiny", "gate.context=running", "ablation=no_relaxation"])
+    for key, value in (("gate.context", "running"), ("gate.relaxation", "sigmoid"), ("ablation", "no_relaxation"),
+                       ("budget.inference", "top_m"), ("data.truncation", "sliding_window"), ("data.on_invalid", "error")):
+        got = OmegaConf.select(cfg, key)
+        assert got == value and type(got) is str, key
+    assert "context: running" in OmegaConf.to_yaml(cfg)
+    params = runner.flatten_params(OmegaConf.to_container(cfg, resolve=True))
+    assert params["gate.context"] == "running" and str(params["data.truncation"]) == "sliding_window"
+    saved = tmp_path / runner.CONFIG_NEXT_TO_CHECKPOINT
+    OmegaConf.save(cfg, saved, resolve=True)
+    assert compose([], config_file=saved) == cfg
 
 
 @pytest.mark.parametrize("value,expected", [("20", 20), ("0.25", 0.25), ("1", 1), ("1.0", 1.0)])
@@ -101,6 +179,7 @@ def test_tiny_train_run_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
     run = runs.iloc[0]
     assert run["run_id"] in out
     assert run["params.budget.ratio"] == "0.3" and run["params.gate.layers"] == "[1]"
+    assert run["params.gate.context"] == "mean" and run["params.budget.schedule"] == "constant"
     for metric in ("train/task_loss_step", "train/lambda_l1", "train/expected_retention_l1_step",
                    "test/acc_dense", "test/acc_hard", "test/acc_soft", "test/kept_fraction_l1", "val/acc_hard"):
         assert f"metrics.{metric}" in runs.columns and runs[f"metrics.{metric}"].notna().all(), metric
@@ -126,7 +205,7 @@ def test_every_preset_group_option_composes():
             stage2 = compose([f"experiment={name.removesuffix('_pretrain')}"])
             assert cfg.data.seq_len < stage2.data.seq_len == cfg.model.max_positions == stage2.model.max_positions
             assert cfg.budget.dense_steps >= 10**6 and stage2.budget.dense_steps == 0
-        else:  # the results page's long-context settings (issue 4: the needle at T >= 1024)
+        else:  # the results page's long-context settings (the needle at T >= 1024)
             assert cfg.data.seq_len >= (1024 if cfg.data.name == "needle" else 512)
     for name in groups["method"]:
         assert compose([f"method={name}"]).method == name

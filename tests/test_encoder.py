@@ -1,40 +1,16 @@
 """The wrapper on stock Hugging Face encoders: hard path == stock model on the retained
 sub-sequence, ρ = 1 == stock model, soft zero gates remove tokens from attention."""
 
+import math
+
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder, transformer_layers
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone
 
-ARCHS = ["bert", "roberta", "distilbert"]
-CLS, SEP = 5, 6
-
-
-def tiny(arch, layers=3, attn="sdpa"):
-    torch.manual_seed(0)
-    return build_backbone("random", attn_implementation=attn, arch=arch, vocab_size=50, hidden_size=32,
-                          num_layers=layers, num_heads=4, intermediate_size=64, max_positions=64).eval()
-
-
-def batch(b=4, t=24, pad=True):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(7, 50, (b, t), generator=g)
-    lengths = torch.tensor([t, t - 5, t - 11, t][:b]) if pad else torch.full((b,), t)
-    mask = (torch.arange(t).expand(b, t) < lengths[:, None]).long()
-    ids[:, 0] = CLS
-    ids[torch.arange(b), lengths - 1] = SEP
-    ids = ids.masked_fill(mask == 0, 0 if True else 1)
-    return ids, mask
-
-
-def wrap(model, layers, ratio, schedule="constant"):
-    enc = RetentionEncoder(model, layers, Budget(ratio=ratio, schedule=schedule, num_layers=len(layers)),
-                           protected_token_ids=[CLS, SEP])
-    for g in enc.gates:  # informative random scores
-        torch.nn.init.normal_(g.v.weight, std=1.0)
-    return enc.eval()
-
+from .retention_fixtures import ARCHS, CLS, SEP, batch, tiny, wrap
 
 def reference_on_subsequence(model, ids, mask, gate_layer, positions, valid):
     """Stock layers run on the gathered sub-sequence, starting from the stock hidden state entering the gated layer."""
@@ -98,7 +74,7 @@ def test_cumulative_linear_schedule_counts():
         out = enc(ids, mask, mode="hard", restore=True)
     n = mask.sum(1)
     for k, frac in enumerate([0.75, 0.5, 0.25]):
-        assert out.kept_counts[k].tolist() == [max(2, -(-int(frac * 100) * int(v) // 100)) for v in n]
+        assert out.retained_counts[k].tolist() == [max(2, -(-int(frac * 100) * int(v) // 100)) for v in n]
     # drop-and-restore: a full-length tensor, kept rows equal the final states
     r = out.restored_hidden_state
     assert r.shape[:2] == ids.shape
@@ -141,7 +117,29 @@ def test_soft_training_path_gradients_reach_gates_and_expected_retention():
     assert out.last_hidden_state.shape[:2] == ids.shape  # length unchanged while training
     (out.last_hidden_state[:, 0].sum() + out.expected_retention.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.gates.parameters())
-    assert 0 < float(out.expected_retention.detach()) <= 1
+    # ĝ = mean_b Σ_t P(z̃ > 0)/T_valid, P = σ(log α − β·log(−γ/ζ)) (β = 2/3, γ = −0.1, ζ = 1.1); [CLS]/[SEP] count 1
+    p = torch.sigmoid(out.log_alpha[0].detach() - (2 / 3) * math.log(0.1 / 1.1))
+    p = torch.where(torch.isin(ids, torch.tensor([CLS, SEP])), 1.0, p) * mask
+    torch.testing.assert_close(out.expected_retention.detach(), (p.sum(1) / mask.sum(1)).mean().reshape(1))
+
+
+def test_expected_and_achieved_retention_on_each_path():
+    """Scorer v = 0, bias −3: log α = −3 for every token. Soft (deterministic, eval mode): ĝ = mean_b of
+    (n_prot + (n − n_prot)·P(z̃ > 0 | −3)) / n, and the achieved fraction counts open gates, here only
+    [CLS] and [SEP] (ẑ = clamp(1.2·σ(−3) − 0.1, 0, 1) = 0). Hard: ⌈0.3·n⌉ / n, no ĝ. Dense: 1 and 1."""
+    enc = wrap(tiny("bert"), [1], 0.3)
+    torch.nn.init.zeros_(enc.gates[0].v.weight)
+    torch.nn.init.constant_(enc.gates[0].v.bias, -3.0)
+    ids, mask = batch()
+    n = mask.sum(1).double()
+    p = float(enc.relaxation.prob_nonzero(torch.tensor(-3.0)))
+    with torch.no_grad():
+        soft, hard, dense = (enc(ids, mask, mode=mode) for mode in ("soft", "hard", "dense"))
+    torch.testing.assert_close(soft.expected_retention, torch.tensor([((2 + (n - 2) * p) / n).mean().item()]))
+    torch.testing.assert_close(soft.achieved_retention, torch.tensor([(2 / n).mean().item()]))
+    assert hard.expected_retention is None
+    torch.testing.assert_close(hard.achieved_retention, torch.tensor([(torch.ceil(0.3 * n - 1e-6) / n).mean().item()]))
+    assert dense.expected_retention.tolist() == dense.achieved_retention.tolist() == [1.0]
 
 
 def test_unsupported_model_type_lists_supported():

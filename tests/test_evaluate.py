@@ -5,13 +5,14 @@ import math
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
-from conf.schema import METHODS
-from commands import cli, runner
-from retention.baselines import SELECTORS, TRAINED_METHODS
-from retention.sparse import SPARSE_METHODS
+from commands import cli
+from commands.evaluate import throughput_ratio
+from retention.baselines import SELECTORS
+from retention.methods import Method
 
-from .helpers import TINY
+from .helpers import TINY, load_trained, markdown_rows
 
 
 def _train(tmp_path, *extra, experiment="ev") -> str:
@@ -22,8 +23,21 @@ def _train(tmp_path, *extra, experiment="ev") -> str:
     return runs.iloc[0]["run_id"]
 
 
-def test_schema_methods_match_the_selectors():
-    assert (*SELECTORS, *TRAINED_METHODS, *SPARSE_METHODS) == METHODS
+def threshold_kept_fraction(checkpoint) -> float:
+    """Threshold inference by hand: the mean over test rows of
+    |{t valid : protected or σ(log α_t − β·log(−γ/ζ)) >= 1/2}| / T_valid, with the log α the trained
+    gate gives on the hard path."""
+    cfg, dm, system = load_trained(checkpoint)
+    shift = cfg.gate.beta * math.log(-cfg.gate.gamma / cfg.gate.zeta)
+    kept = []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            ids, valid = batch["input_ids"], batch["attention_mask"].bool()
+            _, out = system.classify(batch, "hard")
+            p_kept = torch.sigmoid(out.log_alpha[0] - shift)
+            keep = valid & (system.encoder.protected_mask(ids) | (p_kept >= 0.5))
+            kept += (keep.sum(1) / valid.sum(1)).tolist()
+    return sum(kept) / len(kept)
 
 
 @pytest.mark.slow
@@ -43,7 +57,10 @@ def test_evaluate_writes_table_plots_and_mlflow_artifacts(tmp_path, monkeypatch,
         assert row.retention_l1 == pytest.approx(math.ceil(row.budget * 32 - 1e-6) / 32)
         assert row.pct_of_dense == pytest.approx(100 * row.value / row.dense)
         assert row.throughput_ratio > 0
-    assert "| gate | 0.1000 |" in printed
+    shown = [r for r in markdown_rows(printed) if r["method"] == "gate" and r["budget"] == "0.1000"]
+    gate = df[(df["method"] == "gate") & (df["budget"] == 0.1)].iloc[0]
+    assert len(shown) == 1 and shown[0]["value"] == f"{gate.value:.4f}" and "run_id" not in shown[0]
+    assert markdown_rows((out / "evaluation.md").read_text()) == markdown_rows(printed)
     arts = [a.path for a in mlflow.tracking.MlflowClient(uri).list_artifacts(run_id, "evaluation")]
     assert sorted(arts) == sorted(f"evaluation/{n}" for n in ("evaluation.csv", "evaluation.md", "pareto.png", "layer_retention.png"))
 
@@ -53,7 +70,9 @@ def test_evaluate_writes_table_plots_and_mlflow_artifacts(tmp_path, monkeypatch,
     ["method=random"], ["method=first"], ["method=l2"], ["method=attention"], ["method=ltp"],
     ["method=longformer", "data.seq_len=64"], ["method=bigbird", "data.seq_len=512"],
     ["ablation=no_relaxation"], ["ablation=straight_through"], ["ablation=fixed_lambda"],
-    ["ablation=threshold_inference"], ["ablation=no_context"],
+    # log α starts just above the threshold β·log(−γ/ζ) ≈ −1.599, so after training some tokens pass
+    # P(kept) >= 1/2 and some do not (at the default 2.0 every token passes: the check would be 1 == 1)
+    ["ablation=threshold_inference", "gate.init_log_alpha=-1.565"], ["ablation=no_context"],
 ], ids=lambda e: e[0])
 def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -61,12 +80,12 @@ def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatc
     ckpt = next((tmp_path / "checkpoints" / run_id).glob("best.ckpt"))
     out = tmp_path / "ev"
     method = extra[0].split("=")[1] if extra[0].startswith("method=") else "gate"
-    method = "gate" if method in ("ltp", *SPARSE_METHODS) else method  # selected like the gate
+    method = Method(method).selection  # ltp and the sparse comparators: their own trained model, "gate"
     assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--budgets", "0.3", "--methods", method,
                      "--out", str(out), "--throughput-batches", "0"]) == 0
     row = pd.read_csv(out / "evaluation.csv").iloc[0]
-    if extra == ["ablation=threshold_inference"]:
-        assert 0 < row.retention_l1 <= 1  # no exact budget: whatever passes P(kept) >= 1/2
+    if extra[0] == "ablation=threshold_inference":  # no exact budget: whatever passes P(kept) >= 1/2
+        assert row.retention_l1 == pytest.approx(threshold_kept_fraction(ckpt), rel=1e-5)
     elif extra[0] in ("method=longformer", "method=bigbird"):  # every token kept, ~0.3·T keys per query
         assert row.retention_l1 == pytest.approx(0.3, abs=0.06) and row.budget == row.retention_l1
         assert pd.isna(row.dense) and pd.isna(row.pct_of_dense)  # no dense path of its own
@@ -75,6 +94,36 @@ def test_baselines_and_ablations_train_then_evaluate(extra, tmp_path, monkeypatc
     if extra == ["ablation=fixed_lambda"]:
         lam = mlflow.search_runs(experiment_names=["ev"]).iloc[0]["metrics.train/lambda_l1"]
         assert lam == pytest.approx(1.0)  # the dual variable never moved
+
+
+class _ModeLog:
+    """A stand-in system whose encoder records the mode of every forward and the batches it was given."""
+
+    def __init__(self) -> None:
+        self.modes: list[str] = []
+        self.batches: set[int] = set()
+        self.encoder = self
+
+    def eval(self):
+        return self
+
+    def __call__(self, ids, mask, mode):
+        self.modes.append(mode)
+        self.batches.add(int(ids[0, 0]))
+
+
+class _Batches:
+    def test_dataloader(self):
+        return ({"input_ids": torch.full((1, 4), i), "attention_mask": torch.ones(1, 4)} for i in range(5))
+
+
+def test_throughput_ratio_times_dense_and_hard_interleaved_like_bench():
+    system = _ModeLog()
+    assert throughput_ratio(system, _Batches(), 2, reps=3) > 0
+    # per batch: one warm-up + 3 repetitions, the order rotated each repetition (retention.bench.interleaved_times)
+    assert system.modes == ["dense", "hard", "hard", "dense", "dense", "hard", "hard", "dense"] * 2
+    assert system.batches == {0, 1}  # only the first two test batches
+    assert throughput_ratio(system, _Batches(), 0) is None and len(system.modes) == 16
 
 
 def test_unknown_method_or_bad_source_fails_clearly(tmp_path, capsys):

@@ -1,15 +1,19 @@
 """The soft path's key bias folded into SDPA's head dimension: the same outputs and gradients as the
 stock eager attention, and no SDPA call receives a mask that requires grad (the math-path fallback)."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone
 from retention import fastpath
-from retention.fastpath import SOFT_GATE_ATTENTION
+from retention.fastpath import SOFT_GATE_ATTENTION, compile_layers
 
-from .test_encoder import ARCHS, CLS, SEP, batch
+from .retention_fixtures import ARCHS, CLS, SEP, batch, tiny, wrap
 
 
 def wrapped(arch, attn):
@@ -63,3 +67,43 @@ def test_dense_and_hard_paths_use_stock_sdpa_unchanged():
         for mode in ("dense", "hard"):
             a, b = fast(ids, mask, mode=mode), ref(ids, mask, mode=mode)
             torch.testing.assert_close(a.last_hidden_state[a.valid], b.last_hidden_state[b.valid], atol=1e-4, rtol=1e-4)
+
+
+def _compiled_twin(backend: str):
+    """Two identical wrapped encoders, the second with its transformer layers compiled."""
+    ref, enc = wrap(tiny("bert"), [1], 0.3), wrap(tiny("bert"), [1], 0.3)
+    compile_layers(transformer_layers(enc.backbone), backend=backend)
+    return ref, enc
+
+
+def _assert_same_outputs(ref, enc):
+    """Every path, and a second sequence length (the compiled layers are dynamic in T)."""
+    with torch.no_grad():
+        for (ids, mask), mode in [(batch(), "hard"), (batch(), "soft"), (batch(), "dense"), (batch(t=40), "hard")]:
+            a, b = enc(ids, mask, mode=mode), ref(ids, mask, mode=mode)
+            assert torch.equal(a.positions, b.positions)
+            torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_layers_compiles_exactly_the_transformer_layers():
+    """Dynamo's own ``eager`` backend (no C++ toolchain needed): the layers' insides run compiled;
+    the embeddings and the retention pre-hooks, which gather and mask between layers, run outside."""
+    ref, enc = _compiled_twin("eager")
+    seen = []
+    layers = transformer_layers(enc.backbone)
+    enc.backbone.embeddings.register_forward_hook(lambda m, a, o: seen.append(("embeddings", torch.compiler.is_compiling())))
+    for i, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda m, a, i=i: seen.append((f"pre{i}", torch.compiler.is_compiling())))
+        layer.intermediate.register_forward_hook(lambda m, a, o, i=i: seen.append((f"inside{i}", torch.compiler.is_compiling())))
+    ids, mask = batch()
+    with torch.no_grad():
+        enc(ids, mask, mode="hard")
+    assert dict(seen) == {"embeddings": False, **{f"pre{i}": False for i in range(3)}, **{f"inside{i}": True for i in range(3)}}
+    _assert_same_outputs(ref, enc)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor on CPU needs a C++ compiler")
+def test_compile_layers_with_inductor_equals_eager():
+    """The default backend (inductor): the same outputs as the uncompiled encoder, to float tolerance (~45 s on CPU)."""
+    _assert_same_outputs(*_compiled_twin("inductor"))

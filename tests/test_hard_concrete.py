@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from retention import HardConcrete
+from retention.hard_concrete import RELAXATIONS, HardConcrete, Relaxation, SigmoidGate, StraightThroughGate, make_relaxation
 
 
 @pytest.mark.parametrize("log_alpha", [-4.0, -2.0, -0.5, 0.0, 0.7, 2.0, 4.0])
@@ -60,3 +60,32 @@ def test_deterministic_gate_monotone_and_clipped():
 def test_invalid_parameters_rejected(kwargs):
     with pytest.raises(ValueError):
         HardConcrete(**kwargs)
+
+
+def test_straight_through_is_hard_forward_and_sigmoid_gradient_backward():
+    """z = 1[σ(log α) > ½] in the forward pass; ∂z/∂log α = σ'(log α) in the backward pass."""
+    la = torch.tensor([-2.0, -0.1, 0.3, 3.0], requires_grad=True)
+    upstream = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    z = StraightThroughGate().sample(la)
+    assert z.tolist() == [0.0, 0.0, 1.0, 1.0]
+    (grad,) = torch.autograd.grad((z * upstream).sum(), la)
+    ref = la.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((torch.sigmoid(ref) * upstream).sum(), ref)
+    torch.testing.assert_close(grad, expected)
+    assert torch.equal(StraightThroughGate().deterministic(la), z)  # soft evaluation uses the same hard gate
+    torch.testing.assert_close(StraightThroughGate().prob_nonzero(la), torch.sigmoid(la))
+
+
+def test_sigmoid_gate_is_sigmoid_everywhere():
+    la = torch.linspace(-3, 3, 7)
+    for value in (SigmoidGate().sample(la), SigmoidGate().prob_nonzero(la), SigmoidGate().deterministic(la)):
+        torch.testing.assert_close(value, torch.sigmoid(la))
+
+
+def test_every_relaxation_is_a_relaxation_built_by_name():
+    for name, cls in RELAXATIONS.items():
+        relaxation = make_relaxation(name, beta=0.5)
+        assert isinstance(relaxation, Relaxation) and type(relaxation) is cls
+    assert make_relaxation("hard_concrete", beta=0.5) == HardConcrete(beta=0.5)
+    with pytest.raises(ValueError, match="hard_concrete, sigmoid, straight_through"):
+        make_relaxation("magic")

@@ -136,21 +136,32 @@ def test_unknown_split_name_is_an_error(tmp_path):
         SST2DataModule(data_files=files, val_split="dev", cache_dir=str(tmp_path / "c")).setup()
 
 
-def test_config_builds_module_with_backbone_tokenizer_and_rejects_unused_keys(tmp_path):
+def test_config_builds_module_with_backbone_tokenizer_and_rejects_keys_of_other_modules(tmp_path):
     from conf.schema import ConfigError
-    from datamodules import check_data_config
 
     files = write_sst2(tmp_path)
     cfg = compose(["data=sst2", "model=tiny", f"data.data_files={files}", f"data.cache_dir={tmp_path}"])
     assert cfg.optim.lr == 3e-5 and cfg.trainer.max_epochs == 3 and cfg.model.backbone == "random"
-    check_data_config(cfg)
     dm = build_datamodule(cfg)
     assert isinstance(dm, SST2DataModule) and dm.tokenizer.cls_token_id == 101 and dm.vocab_size == 30522
+    # the module records its config's fields, choices as plain strings (a checkpoint holds no Enum)
+    assert dm.hparams.truncation == "head" and type(dm.hparams.truncation) is str and dm.hparams.seq_len == 128
+    assert set(dm.hparams) == set(cfg.data) and "vocab_size" not in dm.hparams
     preset_model = compose(["model=tiny", "data=sst2"])  # order does not matter: the explicit model wins
     assert preset_model.model.backbone == "random"
     assert compose(["data=sst2"]).model.backbone == "distilbert-base-uncased"
-    with pytest.raises(ConfigError, match="data.vocab_size=7 is not used by data module 'sst2'"):
-        check_data_config(compose(["data=sst2", "data.vocab_size=7"]))
+    with pytest.raises(ConfigError, match=r"data.vocab_size: Key 'vocab_size' not in 'HFDataConfig'.*data module 'sst2'"):
+        compose(["data=sst2", "data.vocab_size=7"])
+
+
+def test_choices_outside_the_enum_fail_when_built_in_python(tmp_path):
+    """Built directly (not through compose), a DataModule's choice fields are checked by its config."""
+    from conf.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="data.truncation='middle'.*one of head, tail, sliding_window"):
+        SST2DataModule(data_files=write_sst2(tmp_path), truncation="middle")
+    with pytest.raises(TypeError, match="vocab_size"):
+        SST2DataModule(vocab_size=7)
 
 
 def test_missing_or_unknown_data_files_are_clear_errors(tmp_path):

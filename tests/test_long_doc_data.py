@@ -7,11 +7,14 @@ import json
 import mlflow
 import pytest
 import torch
+from torchmetrics.functional.text import rouge_score, squad
 
 from datamodules import DATAMODULES, DataError
 from commands import cli, runner
+from lightning_modules.qa import best_spans
+from lightning_modules.system import EVAL_PATHS
 
-from .helpers import TINY
+from .helpers import TINY, load_trained, top_m_fraction
 from .long_doc_fixtures import qasper_paper, summary_record, write_jsonl, write_qasper, write_summarization
 
 
@@ -131,20 +134,69 @@ def run_cli(tmp_path, data, extra):
             "data.eval_batch_size=4", f"data.cache_dir={tmp_path / 'cache'}", f"logging.tracking_uri={uri}",
             f"logging.checkpoint_dir={tmp_path / 'ckpt'}", "optim.lr=1e-3", *extra]
     assert cli.main(args) == 0
-    run = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("adaptive-retention").experiment_id])[0]
-    return run.data.metrics
+    return mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("adaptive-retention").experiment_id])[0]
+
+
+def summaries_by_hand(checkpoint) -> dict[str, float]:
+    """A summarization run's test metrics recomputed from its checkpoint: ROUGE-1/2/L F of each path by
+    torchmetrics' functional ``rouge_score`` over all test summaries at once (ids generated on that
+    path and the labels both decoded by the run's tokenizer without special tokens), and the hard
+    path's kept fraction, the mean over rows of clamp(⌈ρ·T_valid⌉, n_protected, T_valid)/T_valid."""
+    cfg, dm, system = load_trained(checkpoint)
+    tok = dm.tokenizer
+    preds, refs, kept = {path: [] for path in EVAL_PATHS}, [], []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+            refs += tok.batch_decode(labels.masked_fill(labels < 0, tok.pad_token_id), skip_special_tokens=True)
+            for path in preds:
+                preds[path] += tok.batch_decode(system.generate(ids, mask, mode=path), skip_special_tokens=True)
+            kept += top_m_fraction(cfg.budget.ratio, mask, system.encoder.protected_mask(ids))
+    out = {"test/kept_fraction_l1": sum(kept) / len(kept)}
+    for path, texts in preds.items():
+        scores = rouge_score(texts, refs, rouge_keys=("rouge1", "rouge2", "rougeL"))
+        out.update({f"test/{key}_{path}": float(scores[f"{key}_fmeasure"]) for key in ("rouge1", "rouge2", "rougeL")})
+    return out
+
+
+def squad_by_hand(checkpoint) -> dict[str, float]:
+    """A QA run's test metrics recomputed from its checkpoint: per question the best-scoring span over
+    all its windows (on each path), decoded through the offsets, scored by torchmetrics' functional
+    ``squad`` against every gold answer (reported on 0–1), and the hard path's kept fraction with the
+    batch's protected question."""
+    cfg, dm, system = load_trained(checkpoint)
+    examples = dm.eval_examples("test")
+    best, kept = {path: {} for path in EVAL_PATHS}, []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            for path, spans in best.items():
+                start, end, _ = system(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path)
+                score, i, j = best_spans(start, end, batch["context_mask"].bool(), system.max_answer_tokens)
+                for w, ex in enumerate(batch["example_index"].tolist()):
+                    if ex not in spans or float(score[w]) > spans[ex][0]:
+                        spans[ex] = (float(score[w]), int(batch["offsets"][w, i[w], 0]), int(batch["offsets"][w, j[w], 1]))
+            kept += top_m_fraction(cfg.budget.ratio, batch["attention_mask"], batch["protected"])
+    out = {"test/kept_fraction_l1": sum(kept) / len(kept)}
+    for path, spans in best.items():
+        preds = [{"prediction_text": examples[ex]["context"][cs:ce], "id": examples[ex]["id"]} for ex, (_, cs, ce) in spans.items()]
+        target = [{"answers": {"text": list(examples[ex]["answers"]), "answer_start": [0] * len(examples[ex]["answers"])},
+                   "id": examples[ex]["id"]} for ex in spans]
+        result = squad(preds, target)
+        out[f"test/f1_{path}"], out[f"test/em_{path}"] = float(result["f1"]) / 100, float(result["exact_match"]) / 100
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bart", "t5"])
 def test_cli_trains_and_generates_summaries(tmp_path, arch, capsys):
     files = write_summarization(tmp_path)
-    metrics = run_cli(tmp_path, "arxiv", [f"model.arch={arch}", "data.target_len=8", "data.num_beams=2",
-                                          *files_overrides(files)])
+    run = run_cli(tmp_path, "arxiv", [f"model.arch={arch}", "data.target_len=8", "data.num_beams=2",
+                                      *files_overrides(files)])
+    metrics, expected = run.data.metrics, summaries_by_hand(run.data.tags["checkpoint_path"])
     for path in ("soft", "hard", "dense"):
         for key in ("rouge1", "rouge2", "rougeL"):
-            assert 0.0 <= metrics[f"test/{key}_{path}"] <= 1.0
-    assert metrics["test/kept_fraction_l1"] == pytest.approx(0.3, abs=0.02)
+            assert metrics[f"test/{key}_{path}"] == pytest.approx(expected[f"test/{key}_{path}"], abs=1e-6)
+    assert metrics["test/kept_fraction_l1"] == pytest.approx(expected["test/kept_fraction_l1"], rel=1e-5)
     assert "train/task_loss_step" in metrics
     assert "retained ROUGE-1 F" in capsys.readouterr().out
 
@@ -152,8 +204,11 @@ def test_cli_trains_and_generates_summaries(tmp_path, arch, capsys):
 @pytest.mark.slow
 def test_cli_trains_qasper(tmp_path, capsys):
     files = write_qasper(tmp_path)
-    metrics = run_cli(tmp_path, "qasper", ["model.arch=bert", "data.stride=32", *files_overrides(files)])
+    run = run_cli(tmp_path, "qasper", ["model.arch=bert", "data.stride=32", *files_overrides(files)])
+    metrics, expected = run.data.metrics, squad_by_hand(run.data.tags["checkpoint_path"])
     for path in ("soft", "hard", "dense"):
-        assert 0.0 <= metrics[f"test/f1_{path}"] <= 1.0 and 0.0 <= metrics[f"test/em_{path}"] <= 1.0
+        for key in (f"test/f1_{path}", f"test/em_{path}"):
+            assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert metrics["test/kept_fraction_l1"] == pytest.approx(expected["test/kept_fraction_l1"], rel=1e-5)
     assert metrics["data/qasper_train_yes_no"] == 3.0
     assert "retained SQuAD F1" in capsys.readouterr().out

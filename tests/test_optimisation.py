@@ -1,4 +1,7 @@
-"""The dual variable: three param groups, projected ascent, clipping and schedules leave η alone."""
+"""The dual variable: three param groups, projected ascent, clipping and schedules leave η alone;
+the primal LR schedule and the budget warm-up after the dense phase, at exact steps."""
+
+import math
 
 import lightning as L
 import pytest
@@ -8,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from datamodules import build_datamodule
 from lightning_modules import build_system
 from conf.compose import compose
-from lightning_modules.system import DUAL_GROUP
+from lightning_modules.system import DUAL_GROUP, lr_factor
 
 from .helpers import TINY
 
@@ -57,6 +60,70 @@ def test_clipping_touches_only_primal_groups():
     primal = [p for g in opt.param_groups[:DUAL_GROUP] for p in g["params"]]
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in primal]))
     assert total.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_cosine_lr_factor_exact_values():
+    """W = 4 warm-up steps of a 12-step fit: (s + 1)/W, then ½(1 + cos(π·p)) with p = (s − 4)/8."""
+    f = [lr_factor(s, warmup_steps=4, total_steps=12, scheduler="cosine") for s in range(14)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4] == 1.0  # p = 0
+    assert f[6] == pytest.approx(0.5 + math.sqrt(2) / 4, abs=1e-15)  # p = 1/4: cos(π/4) = √2/2
+    assert f[8] == pytest.approx(0.5, abs=1e-15)  # p = 1/2, mid-way
+    assert f[10] == pytest.approx(0.5 - math.sqrt(2) / 4, abs=1e-15)  # p = 3/4
+    assert f[12] == 0.0 and f[13] == 0.0  # p = 1 at the end, and clamped after it
+    assert [lr_factor(s, 4, 12, "linear") for s in (6, 8, 10, 12, 13)] == [0.75, 0.5, 0.25, 0.0, 0.0]
+    assert lr_factor(0, 0, 12, "constant") == lr_factor(12, 0, 12, "constant") == 1.0
+
+
+class LrTrace(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, *args):
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+
+def test_fit_schedules_primal_lr_over_the_trainers_steps_and_keeps_eta():
+    """In a fit of 8 steps with 2 warm-up steps the primal lr at step s is lr·lr_factor(s, 2, 8, cosine):
+    the system takes the total from the Trainer's estimate."""
+    _, dm, system = make("optim.scheduler=cosine", "optim.warmup_steps=2", "optim.lr=0.01", "optim.gate_lr=0.1",
+                         "optim.dual_lr=0.05", "data.train_size=128")
+    trace = LrTrace()
+    L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu").fit(system, datamodule=dm)
+    factors = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(2, 8)]
+    assert factors[5] == pytest.approx(0.5)  # s = 5: mid-way through the decay
+    assert [lr[0] for lr in trace.lrs] == pytest.approx([0.01 * f for f in factors], rel=1e-12)
+    assert [lr[1] for lr in trace.lrs] == pytest.approx([0.1 * f for f in factors], rel=1e-12)
+    assert {lr[DUAL_GROUP] for lr in trace.lrs} == {0.05}
+
+
+def test_budget_warmup_counts_from_the_end_of_the_dense_phase():
+    """dense_steps = 10, budget warm-up 20, ρ = 0.3: ρ(t) = 1 − 0.7·min(1, max(0, step − 10)/20)."""
+    _, _, system = make("budget.dense_steps=10", "budget.warmup_steps=20")
+    rho = torch.tensor([0.3])
+    expected = {0: 1.0, 9: 1.0, 10: 1.0, 15: 1 - 0.7 * 0.25, 20: 0.65, 25: 1 - 0.7 * 0.75, 30: 0.3, 50: 0.3}
+    for step, target in expected.items():
+        torch.testing.assert_close(system.training_targets(rho, step), torch.tensor([target]))
+
+
+class TargetTrace(Callback):
+    def __init__(self):
+        self.targets = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.targets.append(trainer.callback_metrics.get("train/target_l1"))
+
+
+def test_training_logs_the_warmed_up_target_after_the_dense_phase():
+    """dense_steps = 2, budget warm-up 4: no Lagrangian (no target logged) at steps 0 and 1, then the
+    target the constraint used at steps 2..7 is 1, 0.825, 0.65, 0.475, 0.3, 0.3."""
+    _, dm, system = make("budget.dense_steps=2", "budget.warmup_steps=4", "data.train_size=128")
+    trace = TargetTrace()
+    L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu").fit(system, datamodule=dm)
+    assert trace.targets[:2] == [None, None]
+    torch.testing.assert_close(torch.stack(trace.targets[2:]), torch.tensor([1.0, 0.825, 0.65, 0.475, 0.3, 0.3]))
 
 
 class LambdaTrace(Callback):

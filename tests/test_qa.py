@@ -9,20 +9,27 @@ from transformers import AutoTokenizer
 from datamodules.qa_windows import QAWindowError, check_answer, collate_qa, tokenize_qa
 from datamodules.qasper_schema import QasperCounts, qasper_examples
 from lightning_modules.qa import RetentionQA, best_spans
-from retention.backbones import resolve_backbone_path
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
+from retention.backbones import build_backbone, resolve_backbone_path
 
-from .helpers import section
+from .helpers import optimisation
 from .long_doc_fixtures import qasper_paper
-
-MODEL = dict(backbone="random", arch="bert", hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
-             max_positions=512, attn_implementation="sdpa", dropout=0.0)
-GATE = section("gate", layers=[1])
-BUDGET = section("budget", ratio=0.3)
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_backbone_path("minilm"))
+
+
+def qa_system(tokenizer) -> RetentionQA:
+    """A span head on a random 3-layer BERT (d = 32) gated at layer 1 with ρ = 0.3, the tokenizer's
+    special tokens protected."""
+    backbone = build_backbone("random", arch="bert", vocab_size=len(tokenizer), hidden_size=32, num_layers=3,
+                              num_heads=4, intermediate_size=64, max_positions=512)
+    encoder = RetentionEncoder(backbone, gate_layers=[1], budget=Budget(ratio=0.3),
+                               protected_token_ids=tokenizer.all_special_ids)
+    return RetentionQA(encoder, optimisation(), dropout=0.0, max_answer_tokens=30)
 
 
 def fixture_examples():
@@ -64,8 +71,7 @@ def test_gold_span_survives_drop_and_restore_at_rho_03(tokenizer, policy):
         assert len(windows) > len(examples)  # long contexts are split
     batch = collate_qa(windows, tokenizer.pad_token_id)
     torch.manual_seed(0)
-    system = RetentionQA(MODEL, GATE, BUDGET, optim={}, vocab_size=len(tokenizer), max_positions=512,
-                         protected_token_ids=tuple(tokenizer.all_special_ids)).eval()
+    system = qa_system(tokenizer).eval()
     for g in system.encoder.gates:
         torch.nn.init.normal_(g.v.weight, std=1.0)  # informative random scores: many context tokens dropped
     ids, mask, prot = batch["input_ids"], batch["attention_mask"], batch["protected"]
@@ -117,12 +123,11 @@ def test_best_span_is_banded_and_inside_the_context():
 
 
 @pytest.mark.parametrize("path", ["soft", "hard", "dense"])
-def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path):
+def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path, monkeypatch):
     """Span logits peaked at the gold tokens → best window span → char offsets → EM = F1 = 100."""
     examples, _ = fixture_examples()
     batch = collate_qa(tokenize_qa(examples, tokenizer, 128, "sliding_window", 32), tokenizer.pad_token_id)
-    system = RetentionQA(MODEL, GATE, BUDGET, optim={}, vocab_size=len(tokenizer), max_positions=512,
-                         protected_token_ids=tuple(tokenizer.all_special_ids)).eval()
+    system = qa_system(tokenizer).eval()
     real_forward = system.forward
 
     def gold_logits(ids, mask, prot, mode):
@@ -136,9 +141,9 @@ def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path):
         e[rows[has], batch["end_positions"][has]] = 10.0
         return s, e, out
 
-    system.forward = gold_logits
+    monkeypatch.setattr(system, "forward", gold_logits)
     with torch.no_grad():
-        system._evaluate("val", batch)
+        system.validation_step(batch, 0)
     result = system.squad_scores(f"val_{path}", examples)
     assert float(result["exact_match"]) == 100.0 and float(result["f1"]) == 100.0
     assert system.squad_scores(f"val_{path}", examples) is None  # collected candidates are consumed

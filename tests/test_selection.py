@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retention import gather_tokens, keep_counts, scatter_tokens, select_top_m
+from retention.budget import keep_counts
+from retention.selection import gather_tokens, scatter_tokens, select_top_m
 
 
 @st.composite
@@ -37,7 +38,7 @@ def test_exact_m_protected_kept_order_preserved(batch):
     for b in range(scores.shape[0]):
         m_expected = min(max(math.ceil(round(ratio * int(n_valid[b]), 9)), int(n_prot[b])), int(n_valid[b]))
         assert int(counts[b]) == m_expected
-        idx = sel.index[b][sel.kept[b]].tolist()
+        idx = sel.index[b][sel.filled[b]].tolist()
         assert len(idx) == m_expected  # exactly M
         assert idx == sorted(idx) and len(set(idx)) == len(idx)  # original order, no duplicates
         assert all(valid[b, i] for i in idx)  # never padding
@@ -48,7 +49,7 @@ def test_exact_m_protected_kept_order_preserved(batch):
         if free and dropped:
             assert min(scores[b, free]) >= max(scores[b, dropped])
     # kept slots are a prefix of each row
-    assert torch.equal(sel.kept, torch.arange(sel.kept.shape[1]).expand_as(sel.kept) < counts[:, None])
+    assert torch.equal(sel.filled, torch.arange(sel.filled.shape[1]).expand_as(sel.filled) < counts[:, None])
 
 
 def test_ceil_is_exact_for_round_products():
@@ -63,9 +64,9 @@ def test_gather_then_scatter_restores_positions():
     valid = torch.ones(3, 10, dtype=torch.bool)
     sel = select_top_m(torch.randn(3, 10), valid, torch.zeros_like(valid), torch.tensor([3, 5, 1]))
     short = gather_tokens(x, sel.index)
-    back = scatter_tokens(torch.zeros_like(x), sel.index, short, sel.kept)
+    back = scatter_tokens(torch.zeros_like(x), sel.index, short, sel.filled)
     for b in range(3):
-        kept = sel.index[b][sel.kept[b]]
+        kept = sel.index[b][sel.filled[b]]
         assert torch.equal(back[b, kept], x[b, kept])
         others = torch.ones(10, dtype=torch.bool)
         others[kept] = False

@@ -5,10 +5,11 @@ cross-attends to exactly the retained encoder states, in training and in generat
 import pytest
 import torch
 
-from retention import Budget, RetentionEncoder, transformer_layers
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder, transformer_layers
 from retention.backbones import build_backbone, build_seq2seq
 
-from .helpers import section
+from .helpers import optimisation
 
 ARCHS = ["bart", "t5"]
 BOS, EOS = 1, 2
@@ -76,17 +77,20 @@ def test_hard_encoder_equals_stock_encoder_with_dropped_tokens_masked(arch, laye
 
 
 def test_t5_relative_bias_uses_original_positions():
-    """Without the T5 branch the gated block 0 recomputes the bias from the shortened length (and a later
-    gated block would get the full T×T bias): the hard path is then wrong."""
+    """With the gate at block 0, block 0 would otherwise compute T5's relative position bias from the
+    shortened sequence, i.e. give exactly the stock encoder run on the kept tokens as if they were
+    adjacent. The hard path instead equals the stock encoder with the dropped tokens masked out
+    (original positions), and the two differ: the test above is not vacuous for T5."""
     encoder = tiny_seq2seq("t5").get_encoder()
     ids, mask = batch()
     r = wrap(encoder, 0)
-    r._t5 = False
     with torch.no_grad():
         out = r(ids, mask, mode="hard")
         ref = stock_with_dropped_keys_masked(encoder, ids, mask, 0, kept_mask(out, ids.shape[1]))
+        adjacent = encoder(input_ids=ids.gather(1, out.positions), attention_mask=out.valid.long()).last_hidden_state
     ref = ref.gather(1, out.positions[..., None].expand(-1, -1, ref.shape[-1]))
-    assert not torch.allclose(out.last_hidden_state[out.valid], ref[out.valid], atol=1e-3)
+    torch.testing.assert_close(out.last_hidden_state[out.valid], ref[out.valid], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(adjacent[out.valid], ref[out.valid], atol=1e-3)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -120,12 +124,10 @@ def cross_attention_keys(model):
 def test_decoder_cross_attends_only_to_retained_states(arch):
     from lightning_modules.summarization import RetentionSummarizer
 
-    model = dict(backbone="random", arch=arch, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                 max_positions=64, attn_implementation="sdpa", dropout=0.0)
-    gate = section("gate", layers=[1])
-    budget = section("budget", ratio=0.3)
-    system = RetentionSummarizer(model, gate, budget, optim={}, vocab_size=60, max_positions=64,
-                                 protected_token_ids=(BOS, EOS), special_ids=SPECIAL,
+    seq2seq = build_seq2seq("random", arch=arch, vocab_size=60, hidden_size=32, num_layers=2, num_heads=4,
+                            intermediate_size=64, max_positions=64, special_ids=SPECIAL)
+    encoder = RetentionEncoder(seq2seq.get_encoder(), [1], Budget(ratio=0.3), protected_token_ids=[BOS, EOS])
+    system = RetentionSummarizer(encoder, seq2seq, optimisation(),
                                  generation={"max_new_tokens": 5, "num_beams": 2}).eval()
     for g in system.encoder.gates:
         torch.nn.init.normal_(g.v.weight, std=1.0)
@@ -136,7 +138,7 @@ def test_decoder_cross_attends_only_to_retained_states(arch):
     with torch.no_grad():
         _, out = system(ids, mask, labels, mode="hard")
         m_max = int(out.valid.sum(1).max())
-        assert m_max == int(out.kept_counts[0].max()) < ids.shape[1]
+        assert m_max == int(out.retained_counts[0].max()) < ids.shape[1]
         assert lengths == [m_max]
         lengths.clear()
         generated = system.generate(ids, mask, mode="hard")
@@ -157,7 +159,7 @@ def test_encoder_only_task_rejects_seq2seq_backbone():
                       intermediate_size=64, max_positions=64)
 
 
-def test_rouge_of_generated_text_equal_to_reference_is_one():
+def test_rouge_of_generated_text_equal_to_reference_is_one(monkeypatch):
     """The evaluation plumbing: ids → text (special tokens and -100 padding removed) → ROUGE."""
     from transformers import AutoTokenizer
 
@@ -165,20 +167,18 @@ def test_rouge_of_generated_text_equal_to_reference_is_one():
     from retention.backbones import resolve_backbone_path
 
     tok = AutoTokenizer.from_pretrained(resolve_backbone_path("minilm"))
-    model = dict(backbone="random", arch="bart", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                 max_positions=64, attn_implementation="sdpa", dropout=0.0)
-    gate = section("gate", layers=[0])
-    budget = section("budget", ratio=0.5)
-    system = RetentionSummarizer(model, gate, budget, optim={}, vocab_size=len(tok), max_positions=64,
-                                 protected_token_ids=(tok.cls_token_id, tok.sep_token_id),
-                                 special_ids={"pad": 0, "bos": tok.cls_token_id, "eos": tok.sep_token_id}).eval()
-    system.tokenizer = tok
+    seq2seq = build_seq2seq("random", arch="bart", vocab_size=len(tok), hidden_size=16, num_layers=1, num_heads=2,
+                            intermediate_size=32, max_positions=64,
+                            special_ids={"pad": 0, "bos": tok.cls_token_id, "eos": tok.sep_token_id})
+    encoder = RetentionEncoder(seq2seq.get_encoder(), [0], Budget(ratio=0.5),
+                               protected_token_ids=(tok.cls_token_id, tok.sep_token_id))
+    system = RetentionSummarizer(encoder, seq2seq, optimisation(), tokenizer=tok).eval()
     src = tok(["a long article about gates", "another article"], padding=True, return_tensors="pt")
     labels = tok(text_target=["gates keep tokens", "short summary here"], padding=True, return_tensors="pt")["input_ids"]
     labels = labels.masked_fill(labels == tok.pad_token_id, -100)
-    system.generate = lambda ids, mask, mode: labels.masked_fill(labels < 0, tok.pad_token_id)
+    monkeypatch.setattr(system, "generate", lambda ids, mask, mode: labels.masked_fill(labels < 0, tok.pad_token_id))
     with torch.no_grad():
-        system._evaluate("val", {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels})
+        system.validation_step({"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels}, 0)
     for path in ("soft", "hard", "dense"):
         scores = system.metrics[f"val_{path}"].compute()
         assert float(scores["rouge1_fmeasure"]) == 1.0 and float(scores["rougeL_fmeasure"]) == 1.0

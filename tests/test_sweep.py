@@ -25,7 +25,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from commands import cli, sweep
+from commands import cli, sweep, sweep_config, sweep_study
 from commands.compare import pareto_front
 
 from .helpers import TINY
@@ -39,7 +39,7 @@ SPACE = {  # the default search space, narrowed so tiny trials stay tiny
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    """cwd = a fresh folder (journal + MLflow SQLite land there); one torch thread, also for subprocesses."""
+    """cwd = a fresh folder (the Optuna and MLflow SQLite files land there); one torch thread, also for subprocesses."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -69,8 +69,8 @@ def uri(workdir, mlflow_db_template) -> str:
 
 
 def load(name: str, storage=None):
-    return optuna.load_study(study_name=name, storage=storage or optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(Path.cwd() / sweep.DEFAULT_JOURNAL))))
+    """The study from ``storage`` (default: the sweep's default, ``./optuna.db``)."""
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{Path.cwd() / sweep_study.DEFAULT_STORAGE}")
 
 
 def trial_runs(uri: str, parent: str):
@@ -81,7 +81,7 @@ def trial_runs(uri: str, parent: str):
 
 def assert_trials_tracked(study, uri: str, states=("COMPLETE",)) -> None:
     """Every trial is a nested run of the study's parent with its params, number and final state."""
-    parent = study.user_attrs[sweep.PARENT_ATTR]
+    parent = study.user_attrs[sweep_study.PARENT_ATTR]
     runs = trial_runs(uri, parent).set_index("tags.optuna.trial_number")
     assert sorted(runs.index) == sorted(str(t.number) for t in study.trials)
     for t in study.trials:
@@ -121,12 +121,12 @@ def test_bad_sweep_config_fails_before_any_trial(override, entry, detail, workdi
     def boom(*a, **k):
         raise AssertionError("the study was opened before the sweep config was validated")
 
-    monkeypatch.setattr(sweep, "_study_handles", boom)
+    monkeypatch.setattr(sweep, "open_study", boom)
     monkeypatch.setattr(sweep, "run_worker", boom)
     assert cli.main(["sweep", *TINY, override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and entry in err and detail in err, err
-    assert not list(workdir.iterdir())  # no journal, no MLflow store
+    assert not list(workdir.iterdir())  # no Optuna or MLflow store
 
 
 def test_config_groups_are_schema_sections_only():
@@ -137,10 +137,10 @@ def test_config_groups_are_schema_sections_only():
 
 def test_packaged_sweep_configs_resolve(capsys):
     for name in ("default", "pareto"):
-        scfg = sweep.compose_sweep(name, ["study.n_trials=3", "trainer.max_epochs=1"])
+        scfg = sweep_config.compose_sweep(name, ["study.n_trials=3", "trainer.max_epochs=1"])
         assert scfg.base.overrides[-1] == "trainer.max_epochs=1" and scfg.study.n_trials == 3
-        assert set(sweep.check_sweep(scfg)) == {"gate.beta", "budget.ratio", "optim.dual_lr"}
-    assert sweep.compose_sweep("pareto").study.objectives == ["metric", "retention"]
+        assert set(sweep_config.check_sweep(scfg)) == {"gate.beta", "budget.ratio", "optim.dual_lr"}
+    assert sweep_config.compose_sweep("pareto").study.objectives == ["metric", "retention"]
 
 
 def test_pareto_front():
@@ -149,9 +149,21 @@ def test_pareto_front():
     assert sorted(pareto_front(retention, metric)) == [1, 3, 4]
 
 
-# --------------------------------------------------------------------------- journal storage
+# --------------------------------------------------------------------------- storages
+def test_default_storage_is_sqlite_with_heartbeats_and_a_log_path_a_journal(workdir):
+    study = sweep_config.compose_sweep(None, ["study.heartbeat_interval=7", "study.grace_period=9"]).study
+    assert sweep_study.storage_url(None) == f"sqlite:///{workdir / 'optuna.db'}"
+    rdb = sweep_study.make_storage(study)
+    assert isinstance(rdb, optuna.storages.RDBStorage) and rdb.url == f"sqlite:///{workdir / 'optuna.db'}"
+    assert rdb.get_heartbeat_interval() == 7
+    study.storage = "runs/j.log"
+    assert sweep_study.storage_url(study.storage) == f"journal:{workdir / 'runs' / 'j.log'}"
+    assert sweep_study.rdb_url("postgresql://u:pw@h/db") == "postgresql+psycopg://u:pw@h/db"
+    assert sweep_study.storage_url("postgresql://u:pw@h/db") == "postgresql+psycopg://u:***@h/db"
+
+
 @pytest.mark.slow
-def test_two_worker_processes_share_one_journal_study(workdir, uri):
+def test_two_worker_processes_share_one_sqlite_study(workdir, uri):
     cfg = write_sweep(workdir / "s.yaml", {"name": "two", "seed": 0, "pruner": "none"})
     assert cli.main(["sweep", "--config", cfg, "--workers", "2", "--n-trials", "4", f"logging.tracking_uri={uri}"]) == 0
     study = load("two")
@@ -159,7 +171,7 @@ def test_two_worker_processes_share_one_journal_study(workdir, uri):
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two processes ran them
     assert_trials_tracked(study, uri)
     client = mlflow.tracking.MlflowClient(uri)
-    parent = client.get_run(study.user_attrs[sweep.PARENT_ATTR])
+    parent = client.get_run(study.user_attrs[sweep_study.PARENT_ATTR])
     assert parent.data.tags["sweep.role"] == "parent" and parent.info.status == "FINISHED"
     assert parent.data.tags["best_trial_number"] == str(study.best_trial.number)
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
@@ -182,16 +194,16 @@ def test_failed_and_nan_trials_recorded_others_complete_and_resume_adds(workdir,
     assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert "num_needles=40" in study.trials[0].user_attrs["fail_reason"]
     assert "training loss is nan" in study.trials[1].user_attrs["fail_reason"]
-    runs = trial_runs(uri, study.user_attrs[sweep.PARENT_ATTR]).set_index("tags.optuna.trial_number")
+    runs = trial_runs(uri, study.user_attrs[sweep_study.PARENT_ATTR]).set_index("tags.optuna.trial_number")
     assert runs.loc["0", "status"] == "FAILED" and "num_needles=40" in runs.loc["0", "tags.optuna.fail_reason"]
     assert runs.loc["1", "status"] == "FAILED" and "nan" in runs.loc["1", "tags.optuna.fail_reason"]
     assert runs.loc["2", "status"] == "FINISHED"
-    parent = study.user_attrs[sweep.PARENT_ATTR]
+    parent = study.user_attrs[sweep_study.PARENT_ATTR]
 
     assert cli.main([*args[:3], "--n-trials", "2", *args[3:]]) == 0  # the same sweep again: two more trials
     study = load("fail")
     assert len(study.trials) == 5 and [t.state for t in study.trials[:3]] == states  # added, nothing lost
-    assert study.user_attrs[sweep.PARENT_ATTR] == parent
+    assert study.user_attrs[sweep_study.PARENT_ATTR] == parent
     assert_trials_tracked(study, uri, states=("COMPLETE", "FAIL"))
 
 
@@ -200,22 +212,28 @@ def test_pruning_prunes_a_trial_that_cannot_learn(workdir, uri):
     space = {"optim.lr": {"type": "categorical", "choices": [0.005, 0.0]}}
     easy = ["data.seq_len=16", "data.train_size=512", "data.val_size=64", "model.hidden_size=32",
             "optim.scheduler=constant", "trainer.max_epochs=3", "optim.gate_lr=0.0"]
-    cfg = write_sweep(workdir / "s.yaml", {"name": "prune", "pruner": "median",
+    cfg = write_sweep(workdir / "s.yaml", {"name": "prune", "pruner": "median", "storage": "prune.log",
                                            "pruner_args": {"n_startup_trials": 1, "n_warmup_steps": 0},
                                            "enqueue": [{"optim.lr": 0.005}, {"optim.lr": 0.0}]}, space, easy)
     assert cli.main(["sweep", "--config", cfg, "--n-trials", "2", f"logging.tracking_uri={uri}"]) == 0
-    study = load("prune")
+    study = load("prune", optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend("prune.log")))
+    assert not (workdir / sweep_study.DEFAULT_STORAGE).exists()  # a *.log storage is a journal file
     good, bad = study.trials
     assert good.state == TrialState.COMPLETE and good.value > 0.5  # the needle task is learned
     assert bad.state == TrialState.PRUNED and max(bad.intermediate_values.values()) < good.value
     assert_trials_tracked(study, uri, states=("COMPLETE", "PRUNED"))
-    run = trial_runs(uri, study.user_attrs[sweep.PARENT_ATTR]).set_index("tags.optuna.trial_number").loc["1"]
+    run = trial_runs(uri, study.user_attrs[sweep_study.PARENT_ATTR]).set_index("tags.optuna.trial_number").loc["1"]
     assert run["status"] == "KILLED" and "pruned" in run["tags.optuna.prune_reason"]
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
 def test_killed_worker_trial_failed_and_retried_completed_trial_kept(workdir, uri):
-    cfg = write_sweep(workdir / "s.yaml", {"name": "kill", "seed": 0, "pruner": "none"})
+    """A worker killed with SIGKILL mid-trial stops its heartbeat; the next sweep fails the silent trial
+    (Optuna's fail_stale_trials), marks its MLflow run failed and runs the re-queued retry."""
+    grace = 2
+    cfg = write_sweep(workdir / "s.yaml", {"name": "kill", "seed": 0, "pruner": "none",
+                                           "heartbeat_interval": 1, "grace_period": grace})
     args = ["sweep", "--config", cfg, "--n-trials", "1", f"logging.tracking_uri={uri}"]
     assert cli.main(args) == 0  # trial 0 completes
     # A worker running a long trial (500 epochs) is killed with SIGKILL mid-trial.
@@ -237,37 +255,18 @@ def test_killed_worker_trial_failed_and_retried_completed_trial_kept(workdir, ur
         proc.wait()
     killed = load("kill").trials[1]
     assert killed.state == TrialState.RUNNING  # nothing else can know yet
-    assert cli.main(args) == 0  # the next sweep on this machine fails it and runs the retry
+    time.sleep(grace + 1)  # the last heartbeat is now older than the grace period
+    assert cli.main(args) == 0  # the next sweep fails it and runs the retry
     study = load("kill")
     t0, t1, t2 = study.trials
     assert t0.state == TrialState.COMPLETE
-    assert t1.state == TrialState.FAIL and f":{proc.pid} died" in t1.user_attrs["fail_reason"]
+    assert t1.state == TrialState.FAIL and t1.user_attrs["worker"].endswith(f":{proc.pid}")
     assert t2.state == TrialState.COMPLETE and t2.params == t1.params
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t2) == 1
-    runs = trial_runs(uri, study.user_attrs[sweep.PARENT_ATTR]).set_index("tags.optuna.trial_number")
-    assert runs.loc["1", "status"] == "FAILED" and "died" in runs.loc["1", "tags.optuna.fail_reason"]
+    runs = trial_runs(uri, study.user_attrs[sweep_study.PARENT_ATTR]).set_index("tags.optuna.trial_number")
+    reason = runs.loc["1", "tags.optuna.fail_reason"]
+    assert runs.loc["1", "status"] == "FAILED" and f"no heartbeat for {grace} s" in reason and f":{proc.pid}" in reason
     assert runs.loc["2", "tags.optuna.retry_of"] == "1" and runs.loc["2", "status"] == "FINISHED"
-
-
-@pytest.mark.slow
-def test_rdb_heartbeat_fails_stale_trial_marks_run_and_requeues(workdir, uri):
-    """Optuna's own heartbeat machinery on an RDB storage calls our handler for a silent trial."""
-    scfg = sweep.compose_sweep(write_sweep(workdir / "s.yaml", {
-        "name": "hb", "storage": f"sqlite:///{workdir / 'optuna.db'}", "heartbeat_interval": 1, "grace_period": 2}),
-        [f"logging.tracking_uri={uri}"])
-    sweep.check_sweep(scfg)
-    study, handler, tracking_uri, exp_id = sweep._study_handles(scfg)
-    client = mlflow.tracking.MlflowClient(tracking_uri)
-    run_id = client.create_run(exp_id).info.run_id
-    trial = study.ask({k: d for k, d in sweep.build_distributions(scfg).items()})
-    trial.set_user_attr("mlflow_run_id", run_id)
-    study._storage.record_heartbeat(trial._trial_id)
-    time.sleep(3.5)
-    optuna.storages.fail_stale_trials(study)
-    t0, retry = study.trials
-    assert t0.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.params == t0.params
-    run = client.get_run(run_id)
-    assert run.info.status == "FAILED" and "no heartbeat" in run.data.tags["optuna.fail_reason"]
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -307,11 +306,11 @@ def test_two_workers_share_a_postgresql_study(workdir, uri, postgres_url):
     cfg = write_sweep(workdir / "s.yaml", {"name": "pg", "seed": 0, "pruner": "none"})
     assert cli.main(["sweep", "--config", cfg, "--storage", postgres_url, "--workers", "2", "--n-trials", "2",
                      f"logging.tracking_uri={uri}"]) == 0
-    study = optuna.load_study(study_name="pg", storage=sweep._rdb_url(postgres_url))
+    study = optuna.load_study(study_name="pg", storage=sweep_study.rdb_url(postgres_url))
     assert len(study.trials) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
     assert_trials_tracked(study, uri)
-    assert not (workdir / sweep.DEFAULT_JOURNAL).exists()
+    assert not (workdir / sweep_study.DEFAULT_STORAGE).exists()
 
 
 # --------------------------------------------------------------------------- MLflow server + compare
@@ -345,7 +344,7 @@ def test_sweep_logs_to_tracking_server_and_compare_reads_it(workdir, mlflow_serv
     assert cli.main(["sweep", "--config", cfg, "--n-trials", "2", f"logging.tracking_uri={mlflow_server}"]) == 0
     study = load("http")
     assert_trials_tracked(study, mlflow_server)
-    parent = study.user_attrs[sweep.PARENT_ATTR]
+    parent = study.user_attrs[sweep_study.PARENT_ATTR]
     assert "optimization_history.png" in {a.path for a in mlflow.tracking.MlflowClient(mlflow_server).list_artifacts(parent)}
     capsys.readouterr()
     out = workdir / "cmp"

@@ -1,0 +1,102 @@
+"""The summary of a ``retention sweep`` study, logged to its MLflow parent run and printed.
+
+Counts per trial state (metrics ``trials_<state>``), the best trial (metric ``best_value``, tags
+``best_trial_number``, ``best_run_id``, ``best.<param>``, ``best_trial.json``) or, with two objectives,
+the Pareto set (``pareto_set.json``, tag ``pareto_trials``), ``trials.csv`` and Optuna's plots as PNG:
+optimisation history, parameter importances, Pareto front.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+from optuna.trial import TrialState
+from optuna.visualization import matplotlib as ov
+
+from commands.sweep_study import storage_url
+
+__all__ = ["summarize"]
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def summarize(study, scfg, client, parent_run_id: str) -> str:
+    """Log the study's state to the parent run (counts, best trial or Pareto set, the trials table,
+    Optuna's plots as PNG), mark the parent run finished and return a printable summary."""
+    s = scfg.study
+    trials = study.get_trials(deepcopy=False)
+    counts = {st: sum(t.state == getattr(TrialState, st) for t in trials) for st in STATES}
+    step = len(trials)
+    for st, n in counts.items():
+        client.log_metric(parent_run_id, f"trials_{st.lower()}", n, step=step)
+    lines = [f"study {s.name!r} ({storage_url(s.storage)}): {len(trials)} trials: "
+             + ", ".join(f"{n} {st.lower()}" for st, n in counts.items() if n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if counts["COMPLETE"]:
+            lines += _best(study, s.objectives, client, parent_run_id, step, out)
+        study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+        for name, make in _plots(study, s.objectives).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    ax = make()
+                except Exception as err:  # e.g. importances need two completed trials
+                    lines.append(f"  (plot {name}.png not made: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+                    continue
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
+        for f in sorted(out.iterdir()):
+            client.log_artifact(parent_run_id, str(f))
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            lines.append(f"  trial {t.number} failed: {t.user_attrs.get('fail_reason', 'see its MLflow run / the log')}")
+    client.set_terminated(parent_run_id, status="FINISHED")
+    lines.append(f"MLflow parent run {parent_run_id} (artifacts: trials.csv, plots)")
+    return "\n".join(lines)
+
+
+def _best(study, objectives: Sequence[str], client, parent_run_id: str, step: int, out: Path) -> list[str]:
+    """The best trial (one objective) or the Pareto set (two): written to ``out``, tagged on the parent run."""
+    multi = len(objectives) > 1
+    best = study.best_trials if multi else [study.best_trial]
+    rows = [{"number": t.number, "values": dict(zip(objectives, t.values)), "params": t.params,
+             "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in best]
+    (out / ("pareto_set.json" if multi else "best_trial.json")).write_text(json.dumps(rows, indent=2))
+    if multi:
+        client.set_tag(parent_run_id, "pareto_trials", ",".join(str(r["number"]) for r in rows))
+        lines = [f"Pareto set ({', '.join(objectives)}):"]
+    else:
+        b = rows[0]
+        client.log_metric(parent_run_id, "best_value", best[0].value, step=step)
+        client.set_tag(parent_run_id, "best_trial_number", str(b["number"]))
+        client.set_tag(parent_run_id, "best_run_id", str(b["mlflow_run_id"]))
+        for k, v in b["params"].items():
+            client.set_tag(parent_run_id, f"best.{k}", str(v))
+        lines = ["best trial:"]
+    for r in rows:
+        vals = ", ".join(f"{k} = {v:.4f}" for k, v in r["values"].items())
+        ps = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in r["params"].items())
+        lines.append(f"  #{r['number']}: {vals}; {ps}; MLflow run {r['mlflow_run_id']}")
+    return lines
+
+
+def _plots(study, objectives: Sequence[str]) -> dict[str, Any]:
+    """Plot name -> a function drawing it with ``optuna.visualization.matplotlib``."""
+    plots: dict[str, Any] = {}
+    for i, name in enumerate(objectives):
+        suffix = "" if len(objectives) == 1 else f"_{name}"
+        target = None if len(objectives) == 1 else (lambda t, i=i: t.values[i])
+        plots[f"optimization_history{suffix}"] = lambda target=target, name=name: ov.plot_optimization_history(
+            study, target=target, target_name=name)
+        plots[f"param_importances{suffix}"] = lambda target=target, name=name: ov.plot_param_importances(
+            study, target=target, target_name=name)
+    if len(objectives) > 1:
+        plots["pareto_front"] = lambda: ov.plot_pareto_front(study, target_names=list(objectives))
+    return plots

@@ -1,0 +1,61 @@
+"""Budgets: the absolute token budget Budget(tokens=M) and the threshold-inference ablation's counts."""
+
+import pytest
+import torch
+
+from retention.budget import Budget, keep_counts, threshold_counts
+from retention.encoder import RetentionEncoder
+
+from .retention_fixtures import CLS, SEP, batch, tiny
+
+
+def test_token_budget_keeps_m_per_sequence_and_never_fewer_than_the_protected():
+    """M tokens of every sequence (all of a shorter one), never fewer than its protected tokens."""
+    budget = Budget(ratio=None, tokens=5)
+    n_valid = torch.tensor([3, 5, 12, 40, 1000])
+    n_protected = torch.tensor([2, 2, 7, 2, 2])
+    counts = keep_counts(budget.layer_ratio(0, n_valid), n_valid, n_protected)
+    assert counts.tolist() == [3, 5, 7, 5, 5]
+    assert budget.targets(n_valid).tolist() == pytest.approx([(1 + 1 + 5 / 12 + 5 / 40 + 5 / 1000) / 5])
+
+
+def test_token_budget_with_a_linear_schedule_reaches_m_at_the_last_gate():
+    budget = Budget(ratio=None, tokens=6, schedule="linear", num_layers=3)
+    n_valid = torch.tensor([24])
+    counts = [int(keep_counts(budget.layer_ratio(k, n_valid), n_valid, torch.tensor([0]))[0]) for k in range(3)]
+    # ρ_k = 1 − (1 − 6/24)·(k + 1)/3: 0.75, 0.5, 0.25 of 24 tokens
+    assert counts == [18, 12, 6]
+
+
+def test_token_budget_on_the_hard_path():
+    enc = RetentionEncoder(tiny("bert"), [1], Budget(ratio=None, tokens=8), protected_token_ids=[CLS, SEP]).eval()
+    ids, mask = batch()  # lengths 24, 19, 13, 24
+    with torch.no_grad():
+        out = enc(ids, mask, mode="hard")
+    assert out.retained_counts[0].tolist() == [8, 8, 8, 8]
+    assert out.last_hidden_state.shape[1] == 8
+    torch.testing.assert_close(out.achieved_retention, torch.tensor([(8 / 24 + 8 / 19 + 8 / 13 + 8 / 24) / 4]))
+
+
+def test_threshold_counts_keep_the_protected_and_every_gate_at_least_half_open():
+    p_keep = torch.tensor([[0.9, 0.5, 0.49, 0.1, 0.8],
+                           [0.2, 0.7, 0.0, 0.6, 0.3]])
+    valid = torch.tensor([[True, True, True, True, False],  # the 0.8 is padding
+                          [True, True, True, True, True]])
+    protected = torch.tensor([[False, False, False, True, False],
+                              [True, False, False, False, False]])
+    assert threshold_counts(p_keep, valid, protected).tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("bias,kept", [(-3.0, "protected"), (0.0, "all")])
+def test_threshold_inference_on_the_hard_path(bias, kept):
+    """Scorer v = 0, bias b: log α = b for every token, so P(z̃ > 0) = σ(b − β·log(−γ/ζ)) is 0.20 at
+    b = −3 (only [CLS] and [SEP] kept) and 0.83 at b = 0 (every valid token kept), whatever ρ says."""
+    enc = RetentionEncoder(tiny("bert"), [1], Budget(ratio=0.3), protected_token_ids=[CLS, SEP], inference="threshold")
+    torch.nn.init.zeros_(enc.gates[0].v.weight)
+    torch.nn.init.constant_(enc.gates[0].v.bias, bias)
+    ids, mask = batch()
+    with torch.no_grad():
+        out = enc.eval()(ids, mask, mode="hard")
+    expected = [2, 2, 2, 2] if kept == "protected" else mask.sum(1).tolist()
+    assert out.retained_counts[0].tolist() == expected
