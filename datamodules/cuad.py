@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 from datasets import Dataset
 
-from .hf import DataError, HFDataModule
+from .hf import HFDataModule
 
 __all__ = ["CUADDataModule", "cuad_category"]
 

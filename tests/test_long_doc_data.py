@@ -2,7 +2,6 @@
 on small JSONL files the tests write in those datasets' own schemas; bad data names split and index;
 end-to-end `retention train data=qasper|arxiv|pubmed` on the fixtures (tiny random-init models)."""
 
-import json
 
 import mlflow
 import pytest
@@ -10,7 +9,7 @@ import torch
 from torchmetrics.functional.text import rouge_score, squad
 
 from datamodules import DATAMODULES, DataError
-from commands import cli, runner
+from commands import cli
 from lightning_modules.qa import best_spans
 from lightning_modules.system import EVAL_PATHS
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from commands import cli, runner
 from datamodules import build_datamodule
 from lightning_modules import build_system
 from conf.compose import compose
@@ -181,8 +182,6 @@ class _SameLambdaOnEveryRank(Callback):
 def test_ddp_spawn_two_processes_train_and_keep_lambda_identical(tmp_path, monkeypatch):
     """Every parameter takes part in the loss (no pooler, gates and λ kept in the graph on dense
     steps), so DDP runs without find_unused_parameters; λ is averaged, hence identical on both ranks."""
-    from commands import cli, runner
-
     monkeypatch.chdir(tmp_path)
     cfg = compose([*TINY, "budget.dense_steps=1", "trainer.strategy=ddp_spawn", "trainer.devices=2",
                    "logging.save_checkpoint=false", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
@@ -196,8 +195,6 @@ class _FirstWeights(Callback):
 
 @pytest.mark.slow
 def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkeypatch, capsys):
-    from commands import cli, runner
-
     monkeypatch.chdir(tmp_path)
     uri = f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"
     first = runner.train(compose([*TINY, uri]))
@@ -212,7 +209,5 @@ def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkey
 
 
 def test_warm_start_from_a_missing_file_is_a_config_error(capsys):
-    from commands import cli, runner
-
     assert cli.main(["train", "model.init_from=/nonexistent/best.ckpt"]) == 2
     assert "model.init_from" in capsys.readouterr().err
