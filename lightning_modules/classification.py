@@ -19,14 +19,16 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
-__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS"]
+__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS",
+           "logits_and_labels", "probabilities_and_int_labels"]
 
 
-def _logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-label metric inputs: the logits and the labels as class indices."""
     return logits, labels.long()
 
 
-def _probabilities_and_int_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def probabilities_and_int_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # probabilities, not logits: torchmetrics applies the sigmoid only when a value lies outside [0, 1]
     return torch.sigmoid(logits), labels.long()
 
@@ -99,7 +101,7 @@ class RetentionClassifier(RetentionSystem):
         return {"acc": MulticlassAccuracy(num_classes=num_labels, average="micro")}
 
     # (logits, labels) → what the metrics take; a plain function, so metrics holding it pickle alone
-    metric_inputs = staticmethod(_logits_and_labels)
+    metric_inputs = staticmethod(logits_and_labels)
     DOC_POOL = "mean"  # how DocumentMetric pools a document's window logits
 
     def forward(self, input_ids, attention_mask=None, mode: str = "auto"):
@@ -147,7 +149,7 @@ class RetentionMultiLabelClassifier(RetentionClassifier):
         return {"f1_micro": MultilabelF1Score(num_labels, average="micro"),
                 "f1_macro": MultilabelF1Score(num_labels, average="macro")}
 
-    metric_inputs = staticmethod(_probabilities_and_int_labels)
+    metric_inputs = staticmethod(probabilities_and_int_labels)
     DOC_POOL = "amax"
 
 

@@ -8,11 +8,12 @@ import json
 import mlflow
 import pytest
 import torch
-from torchmetrics.classification import MultilabelF1Score
+from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 from torchmetrics.functional.classification import multilabel_f1_score
 
 from commands import cli, runner
 from lightning_modules import RetentionMultiLabelClassifier, build_system
+from lightning_modules.classification import DocumentMetric, logits_and_labels, probabilities_and_int_labels
 from datamodules import build_datamodule
 from conf.compose import compose
 
@@ -100,16 +101,12 @@ def test_multilabel_system_loss_and_metrics(tmp_path):
 
 
 def test_document_metric_pools_windows_per_document():
-    from torchmetrics.classification import MulticlassAccuracy
-
-    from lightning_modules.classification import DocumentMetric, _logits_and_labels, _probabilities_and_int_labels
-
-    m = DocumentMetric(MulticlassAccuracy(num_classes=2, average="micro"), _logits_and_labels, "mean")
+    m = DocumentMetric(MulticlassAccuracy(num_classes=2, average="micro"), logits_and_labels, "mean")
     # doc 7: windows vote 0 (+2) and 1 (+1) → mean says 0 = its label; doc 3: both windows say 1, label 0
     m.update(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), torch.tensor([7, 7]))
     m.update(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0]), torch.tensor([3, 3]))
     assert m.compute() == 0.5  # per window it would be 1/4
-    ml = DocumentMetric(MultilabelF1Score(2, average="micro"), _probabilities_and_int_labels, "amax")
+    ml = DocumentMetric(MultilabelF1Score(2, average="micro"), probabilities_and_int_labels, "amax")
     # one contract, clause 0 seen only in window 1, clause 1 only in window 2: pooled by max → both found
     ml.update(torch.tensor([[5.0, -5.0], [-5.0, 5.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
     assert ml.compute() == 1.0
