@@ -19,6 +19,7 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
+from commands.quiet import silence_library_noise
 from conf.checks import ConfigError
 
 __all__ = ["main", "COMMANDS", "EXIT_CONFIG_ERROR"]
@@ -122,8 +123,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; a :class:`ConfigError` it raises is the one-line error and exit code 2."""
+    """Run the command; a :class:`ConfigError` it raises is the one-line error and exit code 2.
+    Library noise (:mod:`commands.quiet`) is silenced first."""
     args = parser().parse_args(argv)
+    silence_library_noise()
     try:
         return importlib.import_module(f"commands.{args.command}").run(args)
     except ConfigError as err:

@@ -11,39 +11,56 @@ retention per gated layer; the throughput ratio is the retained forward's throug
 dense forward's, timed interleaved in this process with ``retention bench``'s timer. Writes
 ``evaluation.csv``, ``evaluation.md`` (a Markdown table, also printed), ``pareto.png`` (metric vs
 retention, one line per method) and ``layer_retention.png``, and logs them as artifacts of every
-evaluated MLflow run.
+evaluated MLflow run. A row names its run by the MLflow run name and the run id's first 8
+characters (``run``, unique per run, see :func:`label_sources`) and says what the run trained
+(``trained``: our method, a trained baseline or an ablation, and the seed).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 import sys
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
 import lightning as L
-import logging
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from omegaconf import OmegaConf
+
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
 from datamodules import build_datamodule
 from lightning_modules import build_system
-from omegaconf import OmegaConf
 from retention.baselines import selector_for
 from retention.bench import interleaved_times
 from retention.budget import Budget
 from retention.methods import Method
 
 
+MARKERS = "osD^vP*Xh<>"  # one per run in pareto.png
+
 
 @dataclass
 class Source:
-    label: str
+    """One evaluated run: its config, best checkpoint, run id (a bare checkpoint's: its folder's
+    name) and MLflow run name (None for a bare checkpoint); ``label`` is set by :func:`label_sources`."""
+
     config: object  # DictConfig
     checkpoint: Path
     run_id: str | None
+    run_name: str | None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.run_name or self.config.logging.get("run_name") or describe(self.config)
 
 
 def _check_args(args) -> None:
@@ -60,14 +77,27 @@ def _check_args(args) -> None:
     args.methods = methods
 
 
-def _label(cfg) -> str:
-    """What distinguishes a run in the table: a trained baseline or an ablation, and the seed."""
+def describe(cfg) -> str:
+    """What a run trained, from its config: our method, a trained baseline or an ablation, and the seed."""
     name = "adaptive-retention"
     if cfg.method != "gate":
         name = f"trained:{cfg.method}"
     elif cfg.ablation != "none":
         name = f"ablation:{cfg.ablation}"
     return f"{name} seed={cfg.seed}"
+
+
+def label_sources(sources: list[Source]) -> None:
+    """Set each source's ``label``, the ``run`` column and plot legend: ``<name> [<id[:8]>]``, with
+    the MLflow run name (or, for a bare checkpoint, ``logging.run_name`` or :func:`describe` of its
+    config) and the run id (a checkpoint's folder name). Labels that still coincide (ids or folders
+    alike in their first 8 characters) get the whole run id, or the checkpoint path."""
+    for src in sources:
+        src.label = f"{src.name} [{src.run_id[:8]}]" if src.run_id else src.name
+    counts = Counter(src.label for src in sources)
+    for src in sources:
+        if counts[src.label] > 1:
+            src.label = f"{src.name} [{src.run_id if src.run_name else src.checkpoint}]"
 
 
 def _sources(args) -> list[Source]:
@@ -81,7 +111,8 @@ def _sources(args) -> list[Source]:
             if not cfg_path.is_file():
                 raise ValueError(f"--checkpoint {ck}: no {CONFIG_NEXT_TO_CHECKPOINT} beside it (written by `retention train`)")
             cfg = OmegaConf.load(cfg_path)
-            out.append(Source(_label(cfg), cfg, path, path.parent.name))
+            out.append(Source(cfg, path, path.parent.name, None))
+        label_sources(out)
         return out
 
     client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
@@ -103,7 +134,8 @@ def _sources(args) -> list[Source]:
         if not ck or not Path(ck).is_file():
             raise ValueError(f"--run-id {run_id}: the run has no checkpoint on this machine (tag checkpoint_path={ck!r})")
         cfg = OmegaConf.load(Path(ck).parent / CONFIG_NEXT_TO_CHECKPOINT)
-        out.append(Source(_label(cfg), cfg, Path(ck), run_id))
+        out.append(Source(cfg, Path(ck), run_id, run.info.run_name))
+    label_sources(out)
     return out
 
 
@@ -175,7 +207,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
             with system.selector(system.encoder):
                 thr = throughput_ratio(system, dm, throughput_batches)
             row = {
-                "run": src.label, "run_id": src.run_id, "method": method, "budget": rho,
+                "run": src.label, "run_id": src.run_id, "trained": describe(cfg), "method": method, "budget": rho,
                 "metric": metric, "value": m[f"test/{metric}_hard"], "dense": dense,
             }
             row["pct_of_dense"] = 100.0 * row["value"] / row["dense"] if row["dense"] else float("nan")
@@ -199,31 +231,33 @@ def write_outputs(rows: list[dict], out: Path) -> list[Path]:
     layer_cols = [c for c in df.columns if c.startswith("retention_l")]
     df["retention"] = df[layer_cols].mean(axis=1)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # colour = selection method, marker = run; the legend beside the axes, where it hides no point
+    methods = list(dict.fromkeys(df["method"]))
+    runs = list(dict.fromkeys(df["run"]))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for (run, method), g in df.groupby(["run", "method"], sort=False):
         g = g.sort_values("retention")
-        ax.plot(g["retention"], g["value"], marker="o", label=f"{method} ({run})")
+        ax.plot(g["retention"], g["value"], color=plt.cm.tab10(methods.index(method) % 10),
+                marker=MARKERS[runs.index(run) % len(MARKERS)], alpha=0.85, label=f"{method} ({run})")
     ax.set_xlabel("achieved retention (mean over gated layers)")
     ax.set_ylabel(f"test {df['metric'].iloc[0]} (hard top-M path)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     pareto = out / "pareto.png"
-    fig.tight_layout()
-    fig.savefig(pareto, dpi=120)
+    fig.savefig(pareto, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(df)), 4))
     labels = [f"{r.method} ({r.run}) ρ={r.budget}" for r in df.itertuples()]
     width = 0.8 / max(1, len(layer_cols))
     for j, col in enumerate(layer_cols):
         ax.bar([i + j * width for i in range(len(df))], df[col], width=width, label=col.replace("retention_l", "layer "))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(df))])
-    ax.set_xticklabels(labels, rotation=75, fontsize=6)
+    ax.set_xticklabels(labels, rotation=75, fontsize=6, ha="right", rotation_mode="anchor")
     ax.set_ylabel("achieved retention")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     per_layer = out / "layer_retention.png"
-    fig.savefig(per_layer, dpi=120)
+    fig.savefig(per_layer, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return [csv, md, pareto, per_layer]
 
@@ -235,7 +269,11 @@ def markdown_table(df) -> str:
 
 
 def run(args) -> int:
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one Trainer per row: no banners
+    # Every row tests with a fresh CPU Trainer: Lightning's INFO lines (device banner, litlogger tip,
+    # "Restoring states ...") would repeat per row, and its warning "GPU available but not used" is
+    # not a mistake here (evaluation and its throughput timing run on the CPU by design).
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="GPU available but not used", category=PossibleUserWarning)
     try:
         _check_args(args)
         sources = _sources(args)
@@ -251,8 +289,6 @@ def run(args) -> int:
     print("wrote " + ", ".join(str(f) for f in files))
     run_ids = [s.run_id for s in sources if s.run_id and not args.checkpoint]
     if run_ids:
-
-
         client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
         for run_id in run_ids:
             for f in files:

@@ -28,6 +28,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from commands.quiet import silence_library_noise
 from commands.sweep_config import build_distributions, check_sweep, compose_sweep
 from commands.sweep_report import summarize
 from commands.sweep_study import PARENT_ATTR, Objective, ensure_parent_run, open_study, storage_url
@@ -38,6 +39,7 @@ __all__ = ["run", "run_worker"]
 
 def run_worker(scfg_container: dict, index: int, n_trials: int | None, timeout: float | None, threads: int | None) -> None:
     """One worker: load the study and run trials (a spawned process, or the sweep's own process)."""
+    silence_library_noise()  # a spawned worker has not run commands.cli.main
     scfg = OmegaConf.merge(OmegaConf.structured(SweepConfig), scfg_container)
     if threads:
         torch.set_num_threads(threads)

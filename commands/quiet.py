@@ -1,0 +1,79 @@
+"""What the command line silences: library messages that repeat on every run and say nothing about it.
+
+:func:`silence_library_noise` runs once at the start of every command (``commands.cli.main``) and in
+every spawned sweep worker. It imports neither Lightning nor torch (so ``--help`` stays fast): a
+:mod:`logging` filter attaches to a logger by name before the library creates it, and a
+:mod:`warnings` filter matches the warning's text, category and the module it is attributed to.
+Each filter is as narrow as one message; every other warning and log line of the libraries still
+shows.
+
+- The litlogger tip (Lightning 2.6 logs it at INFO for every ``Trainer`` without a ``LitLogger``): an
+  advertisement, dropped.
+- The ``LeafSpec`` deprecation (a ``FutureWarning`` torch ≥ 2.10 raises when Lightning's own
+  ``lightning/pytorch/utilities/_pytree.py`` builds a ``LeafSpec``): about Lightning's code, nothing a
+  user can change, dropped.
+- The device banner (``GPU available: …, used: …``, ``TPU available: …``, ``LOCAL_RANK: … -
+  CUDA_VISIBLE_DEVICES: …``), which Lightning logs for every ``Trainer``: shown once per process (it
+  says whether the run uses the GPU), its repeats dropped (a sweep builds one Trainer per trial).
+  ``retention evaluate``, which tests on the CPU with a Trainer per row, shows none.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+__all__ = ["DEVICE_BANNER", "LITLOGGER_TIP", "silence_library_noise"]
+
+# The logger Lightning's rank_zero_info writes to (the tip and the GPU / TPU lines), and the CUDA
+# accelerator's own logger (the LOCAL_RANK line).
+RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+CUDA_LOGGER = "lightning.pytorch.accelerators.cuda"
+
+LITLOGGER_TIP = "💡 Tip: For seamless cloud logging and experiment tracking"
+DEVICE_BANNER = ("GPU available: ", "TPU available: ", "LOCAL_RANK: ")
+LEAFSPEC_DEPRECATION = "`isinstance(treespec, LeafSpec)` is deprecated"
+
+
+class DropLitLoggerTip(logging.Filter):
+    """Drops the record whose message starts with :data:`LITLOGGER_TIP`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LITLOGGER_TIP)
+
+
+class DeviceBannerOnce(logging.Filter):
+    """Passes each line of the device banner (:data:`DEVICE_BANNER`) the first time this process
+    logs it, and drops it when it comes again; passes every other record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(DEVICE_BANNER):
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _add_once(logger_name: str, kind: type[logging.Filter]) -> None:
+    """Attach a ``kind`` filter to the logger unless it has one (main may run more than once in a process)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
+
+
+def silence_library_noise() -> None:
+    """Install the filters described in the module docstring (idempotent)."""
+    _add_once(RANK_ZERO_LOGGER, DropLitLoggerTip)
+    _add_once(RANK_ZERO_LOGGER, DeviceBannerOnce)
+    _add_once(CUDA_LOGGER, DeviceBannerOnce)
+    # torch's deprecation of LeafSpec, raised from Lightning's _pytree helper (not from our code):
+    # only that message, only that category, only when attributed to that Lightning module.
+    warnings.filterwarnings("ignore", message=re.escape(LEAFSPEC_DEPRECATION), category=FutureWarning,
+                            module=r"lightning\.pytorch\.utilities\._pytree")
