@@ -5,13 +5,16 @@
                       [--params KEY ...] [--metrics KEY ...] [--out DIR]
 
 Rows: the runs (a sweep's parent run itself is left out; ``--parent`` takes its nested trial runs).
-Columns: run, trial number and final state (sweeps), the chosen params (a sweep's searched keys, else
-the params that differ between the rows), the primary metric on the hard / soft / dense paths,
-retained/dense, the achieved retention (mean over gated layers of ``test/kept_fraction_l<ℓ>``, else
-``val/…``), any throughput metric, and ``pareto``: whether the run is on the metric-vs-retention
-Pareto front. Written to ``DIR/runs.csv`` and ``DIR/runs.md`` with ``metric_vs_retention.png`` (front
-drawn) and ``metric_vs_<param>.png`` per param. Works against any tracking URI: a SQLite store or an
-MLflow tracking server.
+Columns: run, trial number and final state (sweeps), the params (``--params``, else a sweep's searched
+keys and the params that every run logs and that differ: :func:`choose_params`), the primary metric
+on the hard / soft / dense paths, retained/dense, the achieved retention (mean over gated layers of
+``test/kept_fraction_l<ℓ>``, else ``val/…``), any throughput metric, and ``pareto``: whether the run is
+on the metric-vs-retention Pareto front. A run without a value (another data module's param, a run
+that failed before testing) has an empty cell. Written to ``DIR/runs.csv`` and ``DIR/runs.md`` with
+``metric_vs_retention.png`` (front drawn) and ``metric_vs_<param>.png`` for each param of
+``--params``, else each searched key of a sweep, else each differing param if there are at most
+:data:`MAX_AUTO_PLOTS` (an experiment of mixed runs plots none). Works against any tracking URI: a
+SQLite store or an MLflow tracking server.
 """
 
 from __future__ import annotations
@@ -23,15 +26,20 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
+
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
 from commands.runner import default_tracking_uri
 from mlflow.exceptions import MlflowException
 
 
 THROUGHPUT = re.compile(r"throughput|speedup|tokens_per_s|samples_per_s", re.IGNORECASE)
 _HARD = re.compile(r"^metrics\.(?:val|test)/(.+)_hard$")
+BOOKKEEPING = ("logging.", "trainer.enable_progress_bar")  # params that say nothing about the model
+MAX_AUTO_PLOTS = 4  # runs of no sweep, no --params: plot the differing params only if this few
 
 
 def pareto_front(retention: Sequence[float], metric: Sequence[float]) -> list[int]:
@@ -70,32 +78,54 @@ def fetch_runs(tracking_uri: str, experiment: str | None = None, parent: str | N
 
 
 def _numeric(series):
+    """The param column as numbers where every logged value is one (MLflow logs an unset value as
+    ``"None"``: missing), else as logged."""
+    series = series.mask(series == "None")
     converted = pd.to_numeric(series, errors="coerce")
     return converted if converted.notna().sum() == series.notna().sum() else series
 
 
+def choose_params(df, requested: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """(the table's param columns, the params plotted against the metric).
+
+    ``--params``: those, each plotted. Otherwise the columns are a sweep's searched keys (tag
+    ``sweep.params`` of its trials) followed by the params that every run logs and that differ
+    between the runs (a key only some runs log, e.g. one data module's, follows from one that all
+    log, e.g. ``data.name``); bookkeeping (``logging.*``, the progress bar) is left out, and runs
+    that logged no param at all (crashed at once) do not count. Plotted: the searched keys; for runs
+    of no sweep, the differing params if there are at most :data:`MAX_AUTO_PLOTS`, else none."""
+    logged = [c for c in df.columns if c.startswith("params.") and not c[len("params."):].startswith(BOOKKEEPING)]
+    if requested:
+        missing = [p for p in requested if f"params.{p}" not in df.columns]
+        if missing:
+            raise LookupError(f"param {missing[0]!r} is not logged by these runs")
+        return list(requested), list(requested)
+    swept = df["tags.sweep.params"].dropna() if "tags.sweep.params" in df.columns else []
+    swept = [p for p in dict.fromkeys(p for s in swept for p in s.split(",") if p) if f"params.{p}" in df.columns]
+    with_params = df[df[[c for c in df.columns if c.startswith("params.")]].notna().any(axis=1)]
+    differing = sorted(c[len("params."):] for c in logged
+                       if with_params[c].notna().all() and with_params[c].nunique() > 1)
+    columns = list(dict.fromkeys([*swept, *differing]))
+    if swept:
+        return columns, swept
+    return columns, differing if len(differing) <= MAX_AUTO_PLOTS else []
+
+
 def build_table(df, params: Sequence[str] | None = None, metrics: Sequence[str] = ()):
-    """(table, primary metric name, param columns) from ``fetch_runs``' DataFrame."""
+    """(table, primary metric name, param columns, params to plot) from ``fetch_runs``' DataFrame;
+    the params as :func:`choose_params` chooses them. A run without a value of a column (a param
+    it does not log, a metric it has not got) has an empty cell there."""
     found = Counter(m.group(1) for c in df.columns if (m := _HARD.match(c)) and not m.group(1).startswith("kept_fraction"))
     metric = found.most_common(1)[0][0] if found else None
-    table = pd.DataFrame({"run_id": df["run_id"], "run_name": df.get("tags.mlflow.runName")})
+    columns = {"run_id": df["run_id"], "run_name": df.get("tags.mlflow.runName")}  # one DataFrame at the end
     if "tags.optuna.trial_number" in df.columns:
-        table["trial"] = pd.to_numeric(df["tags.optuna.trial_number"], errors="coerce").astype("Int64")
-        table["state"] = df["tags.optuna.trial_state"].fillna(df["status"]) if "tags.optuna.trial_state" in df else df["status"]
+        columns["trial"] = pd.to_numeric(df["tags.optuna.trial_number"], errors="coerce").astype("Int64")
+        columns["state"] = df["tags.optuna.trial_state"].fillna(df["status"]) if "tags.optuna.trial_state" in df else df["status"]
     else:
-        table["state"] = df["status"]
-    if params is None:
-        swept = df["tags.sweep.params"].dropna() if "tags.sweep.params" in df.columns else []
-        params = list(dict.fromkeys(p for s in swept for p in s.split(",") if p))
-        if not params:  # not a sweep: the params that differ between the runs
-            params = [c[len("params."):] for c in df.columns if c.startswith("params.")
-                      and not c.startswith(("params.logging.", "params.trainer.enable_progress_bar"))
-                      and df[c].nunique(dropna=False) > 1]
+        columns["state"] = df["status"]
+    params, plotted = choose_params(df, params)
     for p in params:
-        col = f"params.{p}"
-        if col not in df.columns:
-            raise KeyError(f"param {p!r} is not logged by these runs")
-        table[p] = _numeric(df[col])
+        columns[p] = _numeric(df[f"params.{p}"])
     wanted = []
     if metric:
         wanted += [f"val/{metric}_hard", f"test/{metric}_hard", f"test/{metric}_soft", f"test/{metric}_dense",
@@ -103,20 +133,21 @@ def build_table(df, params: Sequence[str] | None = None, metrics: Sequence[str] 
     wanted += [c[len("metrics."):] for c in df.columns if c.startswith("metrics.") and THROUGHPUT.search(c)]
     for m in metrics:
         if f"metrics.{m}" not in df.columns:
-            raise KeyError(f"metric {m!r} is not logged by these runs")
+            raise LookupError(f"metric {m!r} is not logged by these runs")
     for m in dict.fromkeys([*wanted, *metrics]):
         if f"metrics.{m}" in df.columns:
-            table[m] = df[f"metrics.{m}"]
+            columns[m] = df[f"metrics.{m}"]
     for stage in ("test", "val"):
         kept = [c for c in df.columns if c.startswith(f"metrics.{stage}/kept_fraction_l")]
         if kept:
-            table["retention"] = df[kept].mean(axis=1)
+            columns["retention"] = df[kept].mean(axis=1)
             break
+    table = pd.DataFrame(columns)
     y = plot_metric(table, metric)
     if y and "retention" in table:
         front = set(pareto_front(table["retention"].astype(float).tolist(), table[y].astype(float).tolist()))
         table["pareto"] = [i in front for i in range(len(table))]
-    return table, metric, list(params)
+    return table, metric, params, plotted
 
 
 def plot_metric(table, metric: str | None) -> str | None:
@@ -146,14 +177,26 @@ def write_plots(table, y: str, params: Sequence[str], out: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
     for p in params:
-        x = rows[p]
+        pts = rows[rows[p].notna()]  # a run that does not log the param has no place on its axis
+        if pts.empty:
+            continue
+        x = pts[p]
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        numeric = x.dtype.kind in "if"
-        ax.scatter(x if numeric else x.astype(str), rows[y], alpha=0.7)
-        if numeric and (x > 0).all() and len(x) and x.max() / x.min() > 20:
-            ax.set_xscale("log")
+        if x.dtype.kind in "if":
+            ax.scatter(x, pts[y], alpha=0.7)
+            if (x > 0).all() and x.max() / x.min() > 20:
+                ax.set_xscale("log")
+            elif (x == x.round()).all():  # integers (a seed, a size): no ticks between them
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:  # categories, in sorted order
+            labels = x.astype(str)
+            categories = sorted(labels.unique())
+            ax.scatter(labels.map(categories.index), pts[y], alpha=0.7)
+            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 3 else 0, ha="right" if len(categories) > 3 else "center")
+            ax.set_xlim(-0.5, len(categories) - 0.5)
         ax.set_xlabel(p)
         ax.set_ylabel(y)
+        ax.set_title(f"{y} vs {p} ({len(pts)} of {len(rows)} runs)" if len(pts) < len(rows) else f"{y} vs {p} ({len(pts)} runs)", fontsize=9)
         written.append(out / f"metric_vs_{re.sub(r'[^A-Za-z0-9_.-]', '_', p)}.png")
         fig.savefig(written[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -167,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         if df.empty:
             print(f"retention compare: no runs match at {uri}", file=sys.stderr)
             return 1
-        table, metric, params = build_table(df, args.params, args.metrics)
+        table, metric, params, plotted = build_table(df, args.params, args.metrics)
     except (LookupError, MlflowException) as err:
         print(f"retention compare: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -182,8 +225,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "runs.csv", index=False)
     (out / "runs.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
-    plots = write_plots(table, y, params, out) if y else []
+    plots = write_plots(table, y, plotted, out) if y else []
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\n{len(table)} runs from {uri}; wrote {out / 'runs.csv'}, {out / 'runs.md'}"
           + (f" and {len(plots)} plots ({', '.join(p.name for p in plots)})" if plots else " (no metric to plot)"))
+    if y and params and not plotted:
+        print(f"{len(params)} params differ between these runs (no sweep): none plotted; "
+              f"plot some with --params KEY [KEY ...]")
     return 0

@@ -1,14 +1,16 @@
 """`retention evaluate` and the baselines/ablations through train → evaluate on tiny configs."""
 
 import math
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from commands import cli
-from commands.evaluate import throughput_ratio
+from commands.evaluate import Source, label_sources, throughput_ratio
 from retention.baselines import SELECTORS
 from retention.methods import Method
 
@@ -143,3 +145,34 @@ def test_ablation_presets_name_themselves_and_exist_for_every_ablation():
     assert sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml")) == sorted(a for a in ABLATIONS if a != "none")
     for name in ABLATIONS[1:]:
         assert compose([f"ablation={name}"]).ablation == name
+
+
+@pytest.mark.slow
+def test_two_runs_of_the_same_experiment_and_seed_get_their_own_labels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ids = [_train(tmp_path, experiment="same"), _train(tmp_path, experiment="same")]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "ev"
+    assert cli.main(["evaluate", "--experiment", "same", "--budgets", "0.3", "--methods", "gate", "--out", str(out),
+                     "--tracking-uri", uri, "--throughput-batches", "0"]) == 0
+    df = pd.read_csv(out / "evaluation.csv")
+    client = mlflow.tracking.MlflowClient(uri)
+    expected = {i: f"{client.get_run(i).info.run_name} [{i[:8]}]" for i in ids}
+    assert dict(zip(df["run_id"], df["run"])) == expected and len(set(expected.values())) == 2
+    assert list(df["trained"]) == ["adaptive-retention seed=0"] * 2
+
+
+def test_labels_are_unique_per_run():
+    cfg = OmegaConf.create({"method": "gate", "ablation": "none", "seed": 0, "logging": {"run_name": None}})
+    baseline = OmegaConf.merge(cfg, {"method": "random", "seed": 3})
+    a, b = "a" * 8 + "1" * 24, "a" * 8 + "2" * 24  # two run ids alike in their first 8 characters
+    tracked = [Source(cfg, Path("x/best.ckpt"), a, "slug-1"), Source(cfg, Path("y/best.ckpt"), b, "slug-1"),
+               Source(cfg, Path("z/best.ckpt"), "c" * 32, "slug-1")]
+    label_sources(tracked)
+    assert [s.label for s in tracked] == [f"slug-1 [{a}]", f"slug-1 [{b}]", "slug-1 [cccccccc]"]
+    bare = [Source(cfg, Path("one/run/best.ckpt"), "run", None), Source(cfg, Path("two/run/best.ckpt"), "run", None),
+            Source(baseline, Path("abcdef123/best.ckpt"), "abcdef123", None),
+            Source(OmegaConf.merge(cfg, {"logging": {"run_name": "mine"}}), Path("d/best.ckpt"), "d", None)]
+    label_sources(bare)
+    assert [s.label for s in bare] == ["adaptive-retention seed=0 [one/run/best.ckpt]", "adaptive-retention seed=0 [two/run/best.ckpt]",
+                                       "trained:random seed=3 [abcdef12]", "mine [d]"]

@@ -400,3 +400,70 @@ def test_compare_rejects_unknown_sources_and_columns(workdir, uri, capsys):
     table = pd.read_csv(workdir / "c" / "runs.csv")
     assert list(table["retention"]) == [0.3, 0.5] and list(table["test/acc_hard"]) == [0.8, 0.9]
     assert (workdir / "c" / "metric_vs_retention.png").stat().st_size and (workdir / "c" / "metric_vs_budget.ratio.png").stat().st_size
+
+
+def _log_run(client, exp: str, params: dict, metrics: dict, tags: dict = (), status: str = "FINISHED") -> str:
+    run = client.create_run(exp, tags=dict(tags)).info.run_id
+    for k, v in params.items():
+        client.log_param(run, k, v)
+    for k, v in metrics.items():
+        client.log_metric(run, k, v)
+    client.set_terminated(run, status)
+    return run
+
+
+def test_compare_on_mixed_runs_gives_a_table_and_plots_only_swept_or_chosen_params(workdir, uri, capsys):
+    """One experiment: a sweep's parent and two trials, a plain train run, a run of another method
+    and data module (its own data.* keys, a string param only it logs, 100 model params of other
+    values) and a run that failed before logging anything."""
+    import pandas as pd
+
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.create_experiment("mixed")
+    common = {"method": "gate", "data.name": "needle", "data.num_needles": 1, "budget.ratio": 0.3, "gate.beta": 0.5,
+              "seed": 0, "logging.run_name": "None", **{f"model.p{i}": 0 for i in range(100)}}
+    _log_run(client, exp, {}, {}, {"sweep.role": "parent", "sweep.params": "budget.ratio,gate.beta"})
+    trials = [_log_run(client, exp, {**common, "budget.ratio": r, "gate.beta": b, "logging.run_name": f"t{n}"},
+                       {"test/acc_hard": acc, "test/kept_fraction_l1": r},
+                       {"sweep.role": "trial", "sweep.params": "budget.ratio,gate.beta", "optuna.trial_number": str(n),
+                        "optuna.trial_state": "COMPLETE"})
+              for n, (r, b, acc) in enumerate(((0.2, 0.4, 0.7), (0.5, 0.9, 0.9)))]
+    train = _log_run(client, exp, common, {"test/acc_hard": 0.8, "test/kept_fraction_l1": 0.3})
+    other = {**{k: v for k, v in common.items() if not k.startswith("data.")}, "method": "random", "budget.ratio": "None",
+             "data.name": "kv_retrieval", "data.num_pairs": 4, "data.tokenizer": "word", **{f"model.p{i}": 1 for i in range(100)}}
+    kv = _log_run(client, exp, other, {"test/acc_hard": 0.6, "test/kept_fraction_l1": 0.25})
+    failed = _log_run(client, exp, {}, {}, status="FAILED")
+
+    assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "mixed", "--out", "c"]) == 0
+    table = pd.read_csv(workdir / "c" / "runs.csv").set_index("run_id")
+    assert sorted(table.index) == sorted([*trials, train, kv, failed])  # the parent left out
+    # the searched keys, then (by name) what every run that logged params logs and differs: not data.num_needles /
+    # data.num_pairs / data.tokenizer (only some runs log them), not logging.*
+    assert list(table.columns[3:8]) == ["budget.ratio", "gate.beta", "data.name", "method", "model.p0"]
+    assert len([c for c in table.columns if c.startswith(("model.", "data.", "logging."))]) == 101
+    assert table.loc[kv, "method"] == "random" and pd.isna(table.loc[kv, "budget.ratio"])  # logged "None": unset
+    assert table.loc[train, "budget.ratio"] == 0.3 and pd.isna(table.loc[failed, "test/acc_hard"])
+    assert list(table["test/acc_hard"].dropna()) == [0.9, 0.8, 0.7, 0.6]  # sorted, best first
+    assert sorted(p.name for p in (workdir / "c").glob("*.png")) == [
+        "metric_vs_budget.ratio.png", "metric_vs_gate.beta.png", "metric_vs_retention.png"]
+
+    # --params: a string param only one run logs, and one every run logs (categories)
+    assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "mixed", "--params", "data.tokenizer", "data.name",
+                     "--out", "p"]) == 0
+    assert sorted(p.name for p in (workdir / "p").glob("*.png")) == [
+        "metric_vs_data.name.png", "metric_vs_data.tokenizer.png", "metric_vs_retention.png"]
+    assert list(pd.read_csv(workdir / "p" / "runs.csv").columns[4:6]) == ["data.tokenizer", "data.name"]
+
+    # runs of no sweep: the differing params are plotted when they are few, else none (and it says so)
+    capsys.readouterr()
+    assert cli.main(["compare", "--tracking-uri", uri, "--runs", train, kv, failed, "--out", "r"]) == 0
+    # budget.ratio, data.name, method and model.p0..p99
+    assert "103 params differ between these runs (no sweep): none plotted" in capsys.readouterr().out
+    assert [p.name for p in (workdir / "r").glob("*.png")] == ["metric_vs_retention.png"]
+    plain = client.create_experiment("plain")
+    for ratio, seed in ((0.3, 0), (0.5, 0), (0.5, 1)):
+        _log_run(client, plain, {**common, "budget.ratio": ratio, "seed": seed}, {"test/acc_hard": 0.5 + ratio, "test/kept_fraction_l1": ratio})
+    assert cli.main(["compare", "--tracking-uri", uri, "--experiment", "plain", "--out", "f"]) == 0
+    assert list(pd.read_csv(workdir / "f" / "runs.csv").columns[3:5]) == ["budget.ratio", "seed"]
+    assert sorted(p.name for p in (workdir / "f").glob("*.png")) == [
+        "metric_vs_budget.ratio.png", "metric_vs_retention.png", "metric_vs_seed.png"]
