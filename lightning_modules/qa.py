@@ -1,9 +1,11 @@
 """Extractive QA with Adaptive Retention and drop-and-restore.
 
 The question (and [CLS]/[SEP]) are *protected*: never dropped, counted toward M. On the hard path the
-context tokens dropped at any gated layer keep their last hidden state and are scattered back to their
-positions before the span head (``RetentionEncoder.forward(restore=True)``), so start/end logits exist
-at every one of the T positions. A window's best span (start ≤ end < start + ``max_answer_tokens``,
+context tokens dropped at any gated layer keep the state they entered that gate with and are scattered
+back to their positions before the span head (``RetentionEncoder.forward(restore=True)``), so start/end
+logits exist at every one of the T positions. The soft path (training) reads the same restored state,
+mixed by the gates: h = z̃·h_final + (1 − z̃)·h_at_gate for one gate (the encoder's module docstring has
+the general formula), so a closed gate trains exactly the state the hard path restores. A window's best span (start ≤ end < start + ``max_answer_tokens``,
 both in the context) is decoded to character offsets of the original context through the tokenizer's
 offset mapping; an example split into several windows (sliding-window policy) takes the best-scoring
 window's span. SQuAD exact match / F1 (torchmetrics) on the soft, hard and dense paths.
@@ -70,8 +72,8 @@ class RetentionQA(RetentionSystem):
         """(start_logits, end_logits), each (B, T) — every position, on every path — and the encoder output."""
         if mode == "auto":
             mode = "soft" if self.training else "hard"
-        out = self.encoder(input_ids, attention_mask, protected=protected, mode=mode, restore=mode == "hard")
-        hidden = out.restored_hidden_state if mode == "hard" else out.last_hidden_state
+        out = self.encoder(input_ids, attention_mask, protected=protected, mode=mode, restore=mode != "dense")
+        hidden = out.last_hidden_state if mode == "dense" else out.restored_hidden_state
         start, end = self.head(hidden).unbind(-1)
         if attention_mask is not None:
             pad = ~attention_mask.bool()

@@ -15,6 +15,23 @@ forward pre-hooks on the stock transformer layers for the duration of one forwar
 * at every later layer the hook substitutes the attention mask of the current (shorter or
   soft-gated) sequence for the one the stock model computed for the full sequence.
 
+**Drop-and-restore** (``restore=True``; "Drop-and-Restore" of the Length-Adaptive Transformer, Kim &
+Cho, ACL 2021), for heads that read every position (extractive QA). With h_ℓ the state *entering*
+gated layer ℓ_k (k = 1..K), h_L the encoder's final state, and z̃_k the cumulative gate after gate k
+(z̃_0 = 1), the restored state of a token is
+
+    h_restored = z̃_K·h_L + Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k}
+
+* hard path: z̃ ∈ {0, 1}, so exactly one term is non-zero: a kept token gets its final state, a token
+  dropped at gate k the state it entered that gate with (LAT's restored token), scattered back to its
+  original position.
+* soft path: the same formula with the soft gates, so training reads what inference restores: with
+  one gate h_restored = z·h_L + (1 − z)·h_ℓ; a closed gate (z̃ = 0) gives exactly the hard path's
+  restored state, an open one (z̃ = 1 everywhere) the dense path's final state, and the gates get
+  a gradient through the mix (its direct part, h_L − h_ℓ per unit of z for one gate, beside the
+  paths through the later layers' inputs and attention bias). z̃ is the gate value the soft path
+  uses (sampled in training, the relaxation's deterministic value in soft evaluation).
+
 "Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
 (ℓ = 0: the embeddings); layer ℓ and all later layers see only retained tokens. Gates are
 cumulative: a token dropped at one gated layer stays dropped.
@@ -90,8 +107,10 @@ class RetentionOutput:
     ``achieved_retention``.
     ``log_alpha``: per gated layer, the scores of the tokens that entered it (B, T_ℓ).
     ``retained_counts``, hard path: per gated layer, the tokens retained per sequence (B,).
-    ``restored_hidden_state`` (B, T, d), only with ``restore=True`` on the hard path: every dropped
-    token's last hidden state scattered back to its original position (drop-and-restore).
+    ``restored_hidden_state`` (B, T, d), only with ``restore=True`` on the soft and hard paths:
+    h_restored of the module docstring (drop-and-restore) — hard path: every dropped token's state
+    entering the gate that dropped it, scattered back to its original position; soft path: the
+    gate-weighted mix of final and entering states.
     """
 
     last_hidden_state: torch.Tensor
@@ -268,7 +287,12 @@ class RetentionEncoder(nn.Module):
         one = torch.ones_like(z)
         z = torch.where(keep_prot, one, z)
         p = torch.where(keep_prot, one, p)
+        z_prev = st.z_cum
         st.z_cum = z if st.z_cum is None else st.z_cum * z
+        if st.restore:  # Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k}: the share of each token that closes at this gate
+            closing = (1.0 - st.z_cum) if z_prev is None else (z_prev - st.z_cum)
+            share = h * closing.unsqueeze(-1).to(h.dtype)
+            st.restore_buffer = share if st.restore_buffer is None else st.restore_buffer + share
         st.p_cum = p if st.p_cum is None else st.p_cum * p
         st.expected.append(expected_retention(st.p_cum, st.valid))
         st.achieved.append(expected_retention((st.z_cum > 0).float(), st.valid).detach())
@@ -332,7 +356,7 @@ class RetentionEncoder(nn.Module):
         state = _State(
             hard=mode == "hard",
             sample=self.training,
-            restore=restore and mode == "hard",
+            restore=restore,
             valid=valid,
             protected=prot,
             positions=torch.arange(t, device=device).expand(b, t),
@@ -343,8 +367,10 @@ class RetentionEncoder(nn.Module):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
         hidden = out.last_hidden_state
         restored = None
-        if state.restore:
+        if state.restore and state.hard:
             restored = scatter_tokens(state.restore_buffer, state.positions, hidden, state.valid)
+        elif state.restore:
+            restored = state.restore_buffer + hidden * state.z_cum.unsqueeze(-1).to(hidden.dtype)
         return RetentionOutput(
             last_hidden_state=hidden,
             positions=state.positions,

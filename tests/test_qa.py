@@ -147,3 +147,30 @@ def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path, monkeypatch)
     result = system.squad_scores(f"val_{path}", examples)
     assert float(result["exact_match"]) == 100.0 and float(result["f1"]) == 100.0
     assert system.squad_scores(f"val_{path}", examples) is None  # collected candidates are consumed
+
+
+def test_soft_path_trains_the_state_the_hard_path_restores(tokenizer):
+    """Training reads what inference restores: with every gate closed (log α = −20, ẑ = 0) and ρ small
+    enough that the hard path keeps only the protected tokens, the span head's logits at every dropped
+    context position are the same on the soft path (what training optimises) and the hard path."""
+    examples, _ = fixture_examples()
+    batch = collate_qa(tokenize_qa(examples, tokenizer, 128, "sliding_window", 32), tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    backbone = build_backbone("random", arch="bert", vocab_size=len(tokenizer), hidden_size=32, num_layers=3,
+                              num_heads=4, intermediate_size=64, max_positions=512)
+    encoder = RetentionEncoder(backbone, gate_layers=[1], budget=Budget(ratio=0.001),
+                               protected_token_ids=tokenizer.all_special_ids)
+    system = RetentionQA(encoder, optimisation(), dropout=0.0, max_answer_tokens=30).eval()
+    torch.nn.init.zeros_(encoder.gates[0].v.weight)
+    torch.nn.init.constant_(encoder.gates[0].v.bias, -20.0)
+    ids, mask, prot = batch["input_ids"], batch["attention_mask"], batch["protected"]
+    with torch.no_grad():
+        soft_start, soft_end, soft = system(ids, mask, prot, mode="soft")
+        hard_start, hard_end, hard = system(ids, mask, prot, mode="hard")
+    valid = mask.bool()
+    dropped = valid & ~(prot & valid)
+    assert torch.equal(hard.valid.sum(1), (prot & valid).sum(1))  # the hard path kept only the protected tokens
+    assert bool((soft.gate_values[dropped] == 0).all())
+    assert bool((dropped & batch["context_mask"]).sum() > 100)
+    torch.testing.assert_close(soft_start[dropped], hard_start[dropped])
+    torch.testing.assert_close(soft_end[dropped], hard_end[dropped])
