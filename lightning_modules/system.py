@@ -103,8 +103,8 @@ def encoder_record(encoder: nn.Module) -> dict[str, Any]:
             "budget": {"ratio": budget.ratio, "tokens": budget.tokens, "schedule": str(budget.schedule)}}
 
 
-# soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
-# dense: the same model with nothing dropped.
+# soft: same length, the hard path's top-M masked in place and scaled by E[z̃ | z̃ > 0];
+# hard: exact top-M, tokens physically removed; dense: the same model with nothing dropped.
 EVAL_PATHS = ("soft", "hard", "dense")
 
 
@@ -255,9 +255,12 @@ class RetentionSystem(L.LightningModule):
             for p in self.dual_and_gate_parameters():
                 p.grad = None
 
-    def log_retention(self, stage: str, out, on_step: bool, targets: torch.Tensor | None = None) -> None:
+    def log_retention(self, stage: str, out, on_step: bool, targets: torch.Tensor | None = None,
+                      path: str = "hard") -> None:
         """Achieved vs target at every step (train: expected retention ĝ_ℓ, the fraction of open
-        sampled gates, the current target ρ_ℓ(t) and λ_ℓ; val/test: the kept fraction of the hard path)."""
+        sampled gates, the current target ρ_ℓ(t) and λ_ℓ; val/test: the kept fraction of the hard
+        path, ``kept_fraction_l<ℓ>``, or of the soft path, ``soft_kept_fraction_l<ℓ>``: its open gates,
+        the hard path's top-M unless a kept token's gate is 0)."""
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
                 self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
@@ -265,7 +268,8 @@ class RetentionSystem(L.LightningModule):
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
-                self.log(f"{stage}/kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
+                prefix = "" if path == "hard" else f"{path}_"
+                self.log(f"{stage}/{prefix}kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:
