@@ -99,14 +99,15 @@ class HardConcrete(Relaxation):
 
             u₀ = σ(β·logit(−γ/(ζ − γ)) − log α),
 
-        so E[z̃ | z̃ > 0] = ∫₀¹ z̃(u₀ + (1 − u₀)·v) dv, computed by the midpoint rule on N points
-        (well conditioned however small P(z̃ > 0) = 1 − u₀ is)."""
+        so E[z̃ | z̃ > 0] = ∫₀¹ z̃(u₀ + (1 − u₀)·v) dv, computed by the midpoint rule on N points.
+        The noise enters through 1 − u = P(z̃ > 0)·(1 − v), so the result stays exact however small
+        P(z̃ > 0) = 1 − u₀ is."""
         a = -self.gamma / (self.zeta - self.gamma)
-        u0 = torch.sigmoid(self.beta * math.log(a / (1.0 - a)) - log_alpha).unsqueeze(-1)
+        p_open = torch.sigmoid(log_alpha - self.beta * math.log(a / (1.0 - a))).unsqueeze(-1)
         n = self.QUADRATURE_POINTS
         v = (torch.arange(n, device=log_alpha.device, dtype=log_alpha.dtype) + 0.5) / n
-        u = u0 + (1.0 - u0) * v
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha.unsqueeze(-1)) / self.beta)
+        w = p_open * (1.0 - v)  # 1 − u
+        s = torch.sigmoid((torch.log1p(-w) - torch.log(w) + log_alpha.unsqueeze(-1)) / self.beta)
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0).mean(-1)
 
 

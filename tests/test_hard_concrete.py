@@ -113,3 +113,12 @@ def test_open_mean_of_the_ablation_gates():
     la = torch.tensor([-2.0, 0.5])
     torch.testing.assert_close(SigmoidGate().open_mean(la), torch.sigmoid(la))
     torch.testing.assert_close(StraightThroughGate().open_mean(la), torch.ones(2))
+
+
+def test_open_mean_stays_exact_for_a_gate_almost_never_open():
+    """As log α → −∞ the open gate's law converges, so E[z̃ | z̃ > 0] tends to a positive limit
+    (P(z̃ > 0) ≈ 1e-35 at log α = −80 underflows nothing: the noise enters as P·(1 − v))."""
+    hc = HardConcrete()
+    values = hc.open_mean(torch.tensor([-80.0, -40.0, -6.0]))
+    assert values[0].item() == pytest.approx(values[1].item(), abs=1e-6)
+    assert 0.2 < values[0].item() < values[2].item()
