@@ -133,9 +133,9 @@ class RetentionEncoder(nn.Module):
     """A stock HF encoder with Adaptive Retention gates at ``gate_layers``.
 
     ``forward(mode=...)``: ``"auto"`` is the soft path with sampled gates in training mode and the
-    hard top-M path in eval mode; ``"soft"`` forces the soft path (sampled in training mode;
-    in eval mode the hard path's top-M tokens masked in place, scaled by E[z̃ | z̃ > 0]); ``"hard"`` forces top-M removal; ``"dense"`` runs the stock
-    model untouched (the same weights, nothing dropped).
+    hard top-M path in eval mode; ``"soft"`` forces the soft path (sampled in training mode; in
+    eval mode the top-M tokens masked in place, scaled by E[z̃ | z̃ > 0]); ``"hard"`` forces top-M
+    removal; ``"dense"`` runs the stock model untouched (the same weights, nothing dropped).
 
     ``relaxation`` is the gate distribution of the soft path (Hard-Concrete by default).
     ``selector``: None, or a :class:`retention.baselines.Selector` applied with ``with
