@@ -7,7 +7,9 @@ or ``data.name=kv_retrieval``; :data:`conf.data_schema.DATA_SCHEMAS`): a key tha
 is an error naming the key and the module. The section starts afresh (that module's defaults) at the
 last source that selects a module: a ``data=<name>`` option (then its preset), or a ``data.name`` that
 changes the module (so a saved ``config.yaml`` of a QASPER run, given as ``--config``, does not
-inherit the needle keys of ``conf/config.yaml``); later sources refine it.
+inherit the needle keys of ``conf/config.yaml``); later sources refine it. ``data.seed`` (data
+generation, split carving) is the top-level ``seed`` unless a source of the data section sets it
+(a saved ``config.yaml`` does).
 
 The composed config is returned with every choice as its plain string (``OmegaConf.to_container(...,
 enum_to_str=True)``, in struct mode): what the printed config, the ``config.yaml`` beside a checkpoint,
@@ -155,6 +157,8 @@ def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None
         if layer.resets is not None:
             cfg[layer.resets] = fresh(layer.resets)
         cfg = merge(cfg, content, layer.source, data_name=name)
+    if not any(OmegaConf.select(layer.content, "data.seed", default=None) is not None for layer in layers[restart:]):
+        cfg.data.seed = cfg.seed  # one `seed=N` seeds the data too, unless a source sets data.seed
     validate(cfg)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     OmegaConf.set_struct(plain, True)

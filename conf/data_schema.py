@@ -77,7 +77,7 @@ class DataConfig:
     batch_size: int = field(default=32, metadata=at_least(1))
     eval_batch_size: int = field(default=64, metadata=at_least(1))
     num_workers: int = field(default=0, metadata=at_least(0))
-    seed: int = 0  # data generation / split carving
+    seed: int = 0  # data generation / split carving; compose sets it to the top-level seed unless given
 
     def __post_init__(self) -> None:
         """Built in Python (a DataModule's keyword fields), a choice given as its string becomes the

@@ -47,11 +47,14 @@ class ConfiguredDataModule(SplitLoaders, L.LightningDataModule):
     given; an unknown field is a ``TypeError``, a choice outside its Enum a ``ConfigError``).
     ``self.config`` is the typed config; ``save_hyperparameters`` records every field, choices as
     their plain strings (a checkpoint then holds no Enum class, so torch's ``weights_only`` loading
-    reads it)."""
+    reads it), and not for the logger: the run's params are the flattened config, where these
+    fields already are as ``data.<field>`` (a bare ``seed`` beside the top-level one made MLflow
+    refuse the run)."""
 
     CONFIG: type[DataConfig] = DataConfig
 
     def __init__(self, **fields: Any) -> None:
         super().__init__()
         self.config = self.CONFIG(**fields)
-        self.save_hyperparameters({k: v.value if isinstance(v, Enum) else v for k, v in asdict(self.config).items()})
+        self.save_hyperparameters({k: v.value if isinstance(v, Enum) else v for k, v in asdict(self.config).items()},
+                                  logger=False)

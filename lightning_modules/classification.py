@@ -127,8 +127,8 @@ class RetentionClassifier(RetentionSystem):
                 if "doc_id" in batch:
                     self.doc_metrics[key].update(logits, batch["labels"], batch["doc_id"])
                     self.log(f"{stage}/{name}_{path}_doc", self.doc_metrics[key], on_step=False, on_epoch=True)
-            if path == "hard":
-                self.log_retention(stage, out, on_step=False)
+            if path in ("hard", "soft"):
+                self.log_retention(stage, out, on_step=False, path=path)
             if path == "soft":
                 self.log(f"{stage}/loss_soft", self.loss_fn(logits, batch["labels"]), on_step=False, on_epoch=True)
 

@@ -89,8 +89,8 @@ class RetentionSummarizer(RetentionSystem):
         for path in self.eval_paths:
             loss, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path)
             self.log(f"{stage}/loss_{path}", loss, on_step=False, on_epoch=True)
-            if path == "hard":
-                self.log_retention(stage, out, on_step=False)
+            if path in ("hard", "soft"):
+                self.log_retention(stage, out, on_step=False, path=path)
             generated = self.generate(batch["input_ids"], batch["attention_mask"], mode=path)
             metric = self.metrics[f"{stage}_{path}"]
             metric.update(self._texts(generated), references)

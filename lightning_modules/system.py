@@ -6,6 +6,12 @@ One optimizer, three param groups:
   2. λ, one per gated layer: ``maximize=True`` (projected gradient *ascent*), no weight decay,
      its own lr η, and a constant LR-schedule factor so warm-up/decay never changes η.
 After every optimizer step λ is projected onto λ ≥ 0; gradient clipping touches groups 0 and 1 only.
+During the dense phase (``budget.dense_steps``) λ and the gates get no gradient (``None``, so AdamW
+leaves their state alone): their Adam moments and step count start when the budget phase starts.
+
+Fitting puts every module in train mode (:meth:`RetentionSystem.on_fit_start`): ``from_pretrained``
+returns a backbone in eval mode and Lightning keeps the modes it finds, which would fine-tune a
+pretrained backbone with its dropout off.
 
 A system receives its modules built (:func:`lightning_modules.build_system` builds them from a
 config): the encoder (a :class:`retention.RetentionEncoder`, LTP's scorers installed in one, or a
@@ -97,8 +103,8 @@ def encoder_record(encoder: nn.Module) -> dict[str, Any]:
             "budget": {"ratio": budget.ratio, "tokens": budget.tokens, "schedule": str(budget.schedule)}}
 
 
-# soft: same length, deterministic gates; hard: exact top-M, tokens physically removed;
-# dense: the same model with nothing dropped.
+# soft: same length, the hard path's top-M masked in place and scaled by E[z̃ | z̃ > 0];
+# hard: exact top-M, tokens physically removed; dense: the same model with nothing dropped.
 EVAL_PATHS = ("soft", "hard", "dense")
 
 
@@ -225,12 +231,36 @@ class RetentionSystem(L.LightningModule):
 
     def unused_in_graph(self) -> torch.Tensor:
         """0 · (λ and every gate parameter): keeps them in the autograd graph on dense steps, so DDP
-        does not fail on parameters that received no gradient."""
-        return 0.0 * sum(p.sum() for p in [self.lam, *self.encoder.gates.parameters()])
+        does not fail on parameters that received no gradient (:meth:`on_before_optimizer_step` then
+        drops that zero gradient)."""
+        return 0.0 * sum(p.sum() for p in self.dual_and_gate_parameters())
 
-    def log_retention(self, stage: str, out, on_step: bool, targets: torch.Tensor | None = None) -> None:
+    def dual_and_gate_parameters(self) -> list[nn.Parameter]:
+        """λ and every gate parameter: what only the budget phase trains."""
+        return [self.lam, *self.encoder.gates.parameters()]
+
+    def on_fit_start(self) -> None:
+        """Every module in train mode: a pretrained backbone comes from ``from_pretrained`` in eval mode
+        (dropout off), and Lightning keeps the modes it finds at the start of training (it switches to
+        eval mode for validation and test and restores the modes after)."""
+        self.train()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """On a step that does not gate (the dense phase, a densely trained baseline) λ and the gates
+        had the zero gradient of :meth:`unused_in_graph`; set it to None, so AdamW skips them: no
+        weight decay, no moments, no step count. Their Adam state then starts at the first gated step,
+        and λ after k gated steps is the same whatever ``dense_steps`` was (Adam's bias correction
+        counts the gated steps only)."""
+        if not self.gating:
+            for p in self.dual_and_gate_parameters():
+                p.grad = None
+
+    def log_retention(self, stage: str, out, on_step: bool, targets: torch.Tensor | None = None,
+                      path: str = "hard") -> None:
         """Achieved vs target at every step (train: expected retention ĝ_ℓ, the fraction of open
-        sampled gates, the current target ρ_ℓ(t) and λ_ℓ; val/test: the kept fraction of the hard path)."""
+        sampled gates, the current target ρ_ℓ(t) and λ_ℓ; val/test: the kept fraction of the hard
+        path, ``kept_fraction_l<ℓ>``, or of the soft path, ``soft_kept_fraction_l<ℓ>``: its open gates,
+        the hard path's top-M unless a kept token's gate is 0)."""
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
                 self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
@@ -238,7 +268,8 @@ class RetentionSystem(L.LightningModule):
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
-                self.log(f"{stage}/kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
+                prefix = "" if path == "hard" else f"{path}_"
+                self.log(f"{stage}/{prefix}kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:

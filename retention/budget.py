@@ -64,11 +64,12 @@ def annealed_targets(targets: torch.Tensor, step: int, warmup_steps: int) -> tor
 
         ρ_ℓ(t) = 1 − (1 − ρ_ℓ)·min(1, t / warmup_steps),
 
-    so the task is learned before the constraint bites. Hard inference always uses ρ_ℓ.
+    so the task is learned before the constraint bites; a step t < 0 counts as 0 (ρ_ℓ(t) ≤ 1 always).
+    Hard inference always uses ρ_ℓ.
     """
     if warmup_steps <= 0:
         return targets
-    return 1.0 - (1.0 - targets) * min(1.0, step / warmup_steps)
+    return 1.0 - (1.0 - targets) * min(1.0, max(0, step) / warmup_steps)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ forward pre-hooks on the stock transformer layers for the duration of one forwar
 * at a **gated layer** ℓ the scorer gives every current token log α_t and
   - *soft path* (training, and soft evaluation): the sequence length is unchanged; the token is
     scaled by its cumulative gate, H ← H ⊙ z̃, and every later layer's keys get the additive bias
-    log(z̃ + ε), so a zero gate removes the token from all later attention;
+    log(z̃ + ε), so a zero gate removes the token from all later attention. In training z̃ is
+    sampled; in evaluation the hard path's top-M tokens get E[z̃ | z̃ > 0] and the others 0;
   - *hard path* (inference): exactly M_ℓ = ⌈ρ_ℓ·T_valid⌉ tokens (protected ones included) are
     kept, in their original order, and the rest are **physically removed**: the hidden states
     are gathered into a shorter tensor, and every later layer runs on it. Position information
@@ -151,9 +152,9 @@ class RetentionEncoder(nn.Module):
     """A stock HF encoder with Adaptive Retention gates at ``gate_layers``.
 
     ``forward(mode=...)``: ``"auto"`` is the soft path with sampled gates in training mode and the
-    hard top-M path in eval mode; ``"soft"`` forces the soft path (sampled in training mode,
-    deterministic in eval mode); ``"hard"`` forces top-M removal; ``"dense"`` runs the stock
-    model untouched (the same weights, nothing dropped).
+    hard top-M path in eval mode; ``"soft"`` forces the soft path (sampled in training mode; in
+    eval mode the top-M tokens masked in place, scaled by E[z̃ | z̃ > 0]); ``"hard"`` forces top-M
+    removal; ``"dense"`` runs the stock model untouched (the same weights, nothing dropped).
 
     ``relaxation`` is the gate distribution of the soft path (Hard-Concrete by default).
     ``selector``: None, or a :class:`retention.baselines.Selector` applied with ``with
@@ -282,7 +283,7 @@ class RetentionEncoder(nn.Module):
         if st.hard:
             return self._hard_gate(k, h, log_alpha, st)
         keep_prot = st.protected & st.valid
-        z = self.relaxation.sample(log_alpha) if st.sample else self.relaxation.deterministic(log_alpha)
+        z = self.relaxation.sample(log_alpha) if st.sample else self._evaluation_gate(k, log_alpha, st)
         p = self.relaxation.prob_nonzero(log_alpha)
         one = torch.ones_like(z)
         z = torch.where(keep_prot, one, z)
@@ -299,13 +300,31 @@ class RetentionEncoder(nn.Module):
         st.mask = self._additive_mask(st.valid, torch.log(st.z_cum + self.bias_eps), h.dtype)
         return h * st.z_cum.unsqueeze(-1).to(h.dtype)
 
-    def _hard_gate(self, k: int, h: torch.Tensor, log_alpha: torch.Tensor, st: _State) -> torch.Tensor:
-        ratio = self.budget.layer_ratio(k, st.n_valid)
+    def _keep_counts(self, k: int, log_alpha: torch.Tensor, alive: torch.Tensor, protected: torch.Tensor, st: _State) -> torch.Tensor:
+        """Tokens kept per sequence at the k-th gate: M_ℓ (or the threshold ablation's count), never
+        more than the ``alive`` tokens that survived the earlier gates."""
         if self.inference == "threshold":  # ablation: no exact budget
-            counts = threshold_counts(self.relaxation.prob_nonzero(log_alpha), st.valid, st.protected)
+            counts = threshold_counts(self.relaxation.prob_nonzero(log_alpha), alive, protected)
         else:
-            counts = keep_counts(ratio, st.n_valid, st.n_protected)
-        counts = torch.minimum(counts, st.valid.sum(1))  # cumulative: never more than survived
+            counts = keep_counts(self.budget.layer_ratio(k, st.n_valid), st.n_valid, st.n_protected)
+        return torch.minimum(counts, alive.sum(1))
+
+    def _evaluation_gate(self, k: int, log_alpha: torch.Tensor, st: _State) -> torch.Tensor:
+        """Soft evaluation's gate: the hard path's selection, masked instead of removed. The top-M_ℓ
+        tokens (among those still open) get E[z̃ | z̃ > 0] (:meth:`Relaxation.open_mean`), every
+        other token 0, so the soft path keeps what the budget says and scales what it keeps as an
+        open training gate does on average (Louizos' deterministic gate would close every token
+        with σ(log α) < 1/12, although it is open with probability up to 0.31)."""
+        alive = st.valid if st.z_cum is None else st.valid & (st.z_cum > 0)
+        protected = st.protected & alive
+        sel = select_top_m(log_alpha, alive, protected, self._keep_counts(k, log_alpha, alive, protected, st))
+        b, t = alive.shape  # unused slots write into an extra position T, cut off again
+        slots = torch.where(sel.filled, sel.index, torch.full_like(sel.index, t))
+        kept = torch.zeros(b, t + 1, dtype=torch.bool, device=alive.device).scatter(1, slots, True)[:, :t]
+        return torch.where(kept, self.relaxation.open_mean(log_alpha), torch.zeros_like(log_alpha))
+
+    def _hard_gate(self, k: int, h: torch.Tensor, log_alpha: torch.Tensor, st: _State) -> torch.Tensor:
+        counts = self._keep_counts(k, log_alpha, st.valid, st.protected, st)
         sel = select_top_m(log_alpha, st.valid, st.protected, counts)
         if st.restore:
             st.restore_buffer = (

@@ -89,3 +89,36 @@ def test_every_relaxation_is_a_relaxation_built_by_name():
     assert make_relaxation("hard_concrete", beta=0.5) == HardConcrete(beta=0.5)
     with pytest.raises(ValueError, match="hard_concrete, sigmoid, straight_through"):
         make_relaxation("magic")
+
+
+def test_open_mean_closed_form_at_beta_one():
+    """β = 1, log α = 0: s = u, so z̃ = clamp(1.2·u − 0.1, 0, 1) is open for u > 1/12 and 1 for
+    u > 11/12: E[z̃ | z̃ > 0] = (∫_{1/12}^{11/12} (1.2u − 0.1) du + 1/12) / (11/12) = (5/12 + 1/12)/(11/12) = 6/11."""
+    assert HardConcrete(beta=1.0).open_mean(torch.tensor(0.0)).item() == pytest.approx(6 / 11, abs=1e-4)
+
+
+@pytest.mark.parametrize("log_alpha", [-6.0, -3.0, 0.0, 2.0])
+def test_open_mean_is_the_monte_carlo_mean_of_the_open_gates(log_alpha):
+    """Positive where Louizos' deterministic gate is 0 (log α < log(1/11)): the gate is open then too."""
+    torch.manual_seed(0)
+    hc = HardConcrete()
+    z = hc.sample(torch.full((2_000_000,), log_alpha))
+    open_mean = hc.open_mean(torch.tensor(log_alpha)).item()
+    assert open_mean == pytest.approx(z[z > 0].mean().item(), abs=3e-3)  # ≥ 10⁴ open draws, std ≤ 0.3
+    if log_alpha < math.log(1 / 11):
+        assert hc.deterministic(torch.tensor(log_alpha)).item() == 0.0 and open_mean > 0.05
+
+
+def test_open_mean_of_the_ablation_gates():
+    la = torch.tensor([-2.0, 0.5])
+    torch.testing.assert_close(SigmoidGate().open_mean(la), torch.sigmoid(la))
+    torch.testing.assert_close(StraightThroughGate().open_mean(la), torch.ones(2))
+
+
+def test_open_mean_stays_exact_for_a_gate_almost_never_open():
+    """As log α → −∞ the open gate's law converges, so E[z̃ | z̃ > 0] tends to a positive limit
+    (P(z̃ > 0) ≈ 1e-35 at log α = −80 underflows nothing: the noise enters as P·(1 − v))."""
+    hc = HardConcrete()
+    values = hc.open_mean(torch.tensor([-80.0, -40.0, -6.0]))
+    assert values[0].item() == pytest.approx(values[1].item(), abs=1e-6)
+    assert 0.2 < values[0].item() < values[2].item()

@@ -13,6 +13,7 @@ from datamodules import build_datamodule
 from lightning_modules import build_system
 from conf.compose import compose
 from lightning_modules.system import DUAL_GROUP, lr_factor
+from retention.budget import annealed_targets
 
 from .helpers import TINY
 
@@ -211,3 +212,51 @@ def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkey
 def test_warm_start_from_a_missing_file_is_a_config_error(capsys):
     assert cli.main(["train", "model.init_from=/nonexistent/best.ckpt"]) == 2
     assert "model.init_from" in capsys.readouterr().err
+
+
+class DualState(Callback):
+    """λ after every step, and the AdamW step count of λ and of the gates' parameters (0 while
+    they have no state)."""
+
+    def __init__(self):
+        self.lam, self.lam_steps, self.gate_steps = [], [], []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        state = trainer.optimizers[0].state
+        self.lam.append(float(pl_module.lam.detach()[0]))
+        self.lam_steps.append(int(state[pl_module.lam]["step"]) if pl_module.lam in state else 0)
+        gates = list(pl_module.encoder.gates.parameters())
+        self.gate_steps.append({int(state[p]["step"]) if p in state else 0 for p in gates})
+
+
+def dual_trajectory(dense_steps: int, gated_steps: int) -> DualState:
+    """A fit whose λ gradient ĝ − ρ is the same at every gated step: every sequence has the same
+    length (min_seq_len = seq_len) and every gate scores each token with its bias alone (v = 0,
+    gate lr 0), so ĝ does not depend on the batch nor on what the backbone learned densely."""
+    _, dm, system = make(f"budget.dense_steps={dense_steps}", "data.min_seq_len=32", "budget.ratio=0.2",
+                         "optim.gate_lr=0.0", "optim.dual_lr=0.05", "data.train_size=160")
+    with torch.no_grad():
+        system.encoder.gates[0].v.weight.zero_()
+    trace = DualState()
+    L.Trainer(max_steps=dense_steps + gated_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0,
+              accelerator="cpu").fit(system, datamodule=dm)
+    return trace
+
+
+def test_dual_and_gate_optimiser_state_starts_with_the_budget_phase():
+    """λ after k gated steps is the same with dense_steps = 0 and 4 (exactly: same gradients, fresh
+    Adam state), and the dense steps neither move λ nor count in Adam's bias correction."""
+    plain, dense = dual_trajectory(0, 5), dual_trajectory(4, 5)
+    assert dense.lam[:4] == [0.0] * 4 and dense.lam_steps[:4] == [0] * 4 and dense.gate_steps[:4] == [{0}] * 4
+    assert dense.lam[4:] == plain.lam  # exact equality
+    assert dense.lam_steps[4:] == plain.lam_steps == [1, 2, 3, 4, 5]
+    assert dense.gate_steps[4:] == [{k} for k in range(1, 6)]
+    assert plain.lam[-1] == pytest.approx(5 * 0.05, rel=1e-3)  # a steady gradient: Adam moves λ by η per step
+
+
+def test_budget_warmup_clamps_a_negative_step():
+    """t < 0 (before the warm-up starts) is t = 0: the target is 1, never above it."""
+    rho = torch.tensor([0.3, 0.6])
+    torch.testing.assert_close(annealed_targets(rho, -5, 10), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(annealed_targets(rho, 5, 10), torch.tensor([0.65, 0.8]))
