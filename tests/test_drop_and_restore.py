@@ -42,11 +42,11 @@ def test_closed_soft_gates_restore_what_the_hard_path_restores(arch, layers):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_open_soft_gates_restore_the_dense_final_states(arch):
-    """log α = +20 opens every gate (ẑ = 1): nothing is dropped, so the restored states are the final
+    """log α = +20 opens every gate (E[z̃ | z̃ > 0] = 1) and ρ = 1 keeps every token: nothing is dropped, so the restored states are the final
     states of the dense path (the key bias log(1 + ε) shifts attention by ~1e-6 only)."""
     model = tiny(arch)
     ids, mask = batch()
-    enc = constant_gates(wrap(model, [0, 2], 0.3), 20.0)
+    enc = constant_gates(wrap(model, [0, 2], 1.0), 20.0)  # ρ = 1: soft evaluation keeps every token (top-M = all)
     with torch.no_grad():
         soft = enc(ids, mask, mode="soft", restore=True)
         dense = enc(ids, mask, mode="dense")
@@ -58,12 +58,12 @@ def test_open_soft_gates_restore_the_dense_final_states(arch):
 
 def test_soft_gates_get_the_gradient_of_the_mix():
     """∂loss/∂b of the gate's bias b by autograd equals the central finite difference of the restored
-    states' loss (deterministic soft gates strictly inside (0, 1) for most tokens), in float64. A mix
+    states' loss (soft evaluation gates E[z̃ | z̃ > 0] strictly inside (0, 1) for most tokens), in float64. A mix
     whose gate weight or entering state were detached would change the value but not the gradient, and
     fail here; the gradient also differs from the one through the final states alone (restore=False)."""
     model = tiny("bert").double()
     ids, mask = batch()
-    enc = wrap(model, [1, 2], 0.3).double()
+    enc = wrap(model, [1, 2], 1.0).double()  # ρ = 1: soft evaluation gives every token its E[z̃ | z̃ > 0]
     for g in enc.gates:
         torch.nn.init.constant_(g.v.bias, 0.3)
     bias = enc.gates[0].v.bias
