@@ -92,8 +92,8 @@ class RetentionQA(RetentionSystem):
     def _evaluate(self, stage: str, batch) -> None:
         for path in self.eval_paths:
             start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path)
-            if path == "hard":
-                self.log_retention(stage, out, on_step=False)
+            if path in ("hard", "soft"):
+                self.log_retention(stage, out, on_step=False, path=path)
             if path == "soft":
                 self.log(f"{stage}/loss_soft", self.span_loss(start, end, batch), on_step=False, on_epoch=True)
             score, i, j = best_spans(start.float(), end.float(), batch["context_mask"].bool(), self.max_answer_tokens)
