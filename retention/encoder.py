@@ -17,7 +17,7 @@ forward pre-hooks on the stock transformer layers for the duration of one forwar
   soft-gated) sequence for the one the stock model computed for the full sequence.
 
 **Drop-and-restore** (``restore=True``; "Drop-and-Restore" of the Length-Adaptive Transformer, Kim &
-Cho, ACL 2021), for heads that read every position (extractive QA). With h_ℓ the state *entering*
+Cho, ACL 2021), for heads that read every position (extractive QA). With h_{ℓ_k} the state *entering*
 gated layer ℓ_k (k = 1..K), h_L the encoder's final state, and z̃_k the cumulative gate after gate k
 (z̃_0 = 1), the restored state of a token is
 
@@ -145,7 +145,7 @@ class _State:
     achieved: list[torch.Tensor] = field(default_factory=list)  # achieved retention per gate
     log_alpha: list[torch.Tensor] = field(default_factory=list)
     counts: list[torch.Tensor] = field(default_factory=list)
-    restore_buffer: torch.Tensor | None = None
+    restore_buffer: torch.Tensor | None = None  # hard: states entering the gates (B, T, d); soft: Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k}
 
 
 class RetentionEncoder(nn.Module):
