@@ -21,7 +21,7 @@ from .backbone_checks import check_config as check_config_and_files
 from .checkpoints import load_checkpoint
 from .device_checks import check_devices
 
-__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "check_devices", "default_tracking_uri", "flatten_params",
+__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "check_run", "default_tracking_uri", "flatten_params",
            "format_summary", "make_logger", "train", "warm_start"]
 
 CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
@@ -46,13 +46,22 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def check_run(cfg) -> None:
+    """The checks before a run starts that need torch: the machine has the configured accelerator
+    (:func:`commands.device_checks.check_devices`), and ``model.init_from`` loads with
+    ``weights_only`` (:func:`commands.checkpoints.load_checkpoint`: a file that would run code is
+    refused before any MLflow run exists)."""
+    check_devices(cfg)
+    if cfg.model.init_from:
+        load_checkpoint(cfg.model.init_from, "model.init_from")
+
+
 def check_config(cfg) -> None:
     """Every check before a run starts: the backbone's config and the data files
-    (:func:`commands.backbone_checks.check_config`), and that the machine has the configured
-    accelerator (:func:`commands.device_checks.check_devices`). Raises
+    (:func:`commands.backbone_checks.check_config`), then :func:`check_run`. Raises
     :class:`conf.schema.ConfigError` naming the key, or :class:`conf.checks.DataError` naming the file."""
     check_config_and_files(cfg)
-    check_devices(cfg)
+    check_run(cfg)
 
 
 def warm_start(system, path: str) -> dict[str, list[str]]:
