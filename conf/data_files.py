@@ -8,7 +8,8 @@ is one, the line and column:
 * the file exists, is a file and is not empty (only whitespace counts as empty);
 * its bytes decode as UTF-8 (``datasets`` reads text files as UTF-8);
 * CSV (``csv`` module, the dialect ``pandas.read_csv`` uses by default): a quoted field that is never
-  closed, and rows with more fields than the header (``pandas`` stops at them);
+  closed, rows with more fields than the header (``pandas`` stops at them), and the files of one
+  split having different headers;
 * JSON: one JSON document (a list of objects, or an object), else JSON Lines whose every non-blank
   line is a JSON object;
 * Parquet: the ``PAR1`` magic bytes at both ends.
@@ -76,8 +77,8 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
 
 
-def _csv_bad_lines(text: str) -> tuple[dict[int, str], str | None]:
-    """(bad rows by line, a whole-file problem or None) of CSV text."""
+def _csv_bad_lines(text: str) -> tuple[dict[int, str], str | None, tuple[str, ...]]:
+    """(bad rows by line, a whole-file problem or None, the header) of CSV text."""
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # long documents exceed the 128 KiB default
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
@@ -90,8 +91,8 @@ def _csv_bad_lines(text: str) -> tuple[dict[int, str], str | None]:
             bad[start] = f"{len(row)} fields, the header has {len(header)} ({', '.join(header)})"
         last_start, start = start, reader.line_num + 1
     if text.count('"') % 2:  # every quote of a well-formed file is paired ("" escapes one)
-        return bad, f"line {last_start}: a quoted field is never closed (it runs to the end of the file)"
-    return bad, None
+        return bad, f"line {last_start}: a quoted field is never closed (it runs to the end of the file)", ()
+    return bad, None, tuple(header or ())
 
 
 def _json_bad_lines(text: str) -> tuple[dict[int, str], str | None]:
@@ -127,21 +128,22 @@ def _json_bad_lines(text: str) -> tuple[dict[int, str], str | None]:
 
 
 @functools.lru_cache(maxsize=64)
-def _check_file(path: str, kind: str, size: int, mtime_ns: int) -> tuple[tuple[tuple[int, str], ...], str | None]:
-    """(bad lines, a whole-file problem) of one existing, non-empty file (cached by size and mtime)."""
+def _check_file(path: str, kind: str, size: int, mtime_ns: int) -> tuple[tuple[tuple[int, str], ...], str | None, tuple]:
+    """(bad lines, a whole-file problem, the CSV header) of one existing, non-empty file (cached by
+    size and mtime)."""
     data = Path(path).read_bytes()
     if kind == "parquet":
         ok = data[:4] == b"PAR1" and data[-4:] == b"PAR1"
-        return (), None if ok else "not a Parquet file (no PAR1 magic bytes)"
+        return (), None if ok else "not a Parquet file (no PAR1 magic bytes)", ()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line, col = _line_col(data, err.start)
-        return (), f"line {line}, column {col}: not UTF-8 (byte 0x{data[err.start]:02x}); save it as UTF-8"
+        return (), f"line {line}, column {col}: not UTF-8 (byte 0x{data[err.start]:02x}); save it as UTF-8", ()
     if not text.strip():
-        return (), "is empty"
-    bad, whole = (_csv_bad_lines if kind == "csv" else _json_bad_lines)(text)
-    return tuple(sorted(bad.items())), whole
+        return (), "is empty", ()
+    bad, whole, header = _csv_bad_lines(text) if kind == "csv" else (*_json_bad_lines(text), ())
+    return tuple(sorted(bad.items())), whole, header
 
 
 def check_data_files(data_files: Any, builder: str | None = None, on_invalid: str = "error") -> list[BadLines]:
@@ -150,6 +152,7 @@ def check_data_files(data_files: Any, builder: str | None = None, on_invalid: st
     of each file that has some instead. Remote files (``scheme://``) are left to ``datasets``."""
     skip = str(on_invalid) == "skip"
     found: list[BadLines] = []
+    headers: dict[str, tuple[str, tuple]] = {}  # split -> (its first CSV file, that file's header)
     for split, pattern in split_files(data_files):
         if "://" in pattern:
             continue
@@ -169,13 +172,18 @@ def check_data_files(data_files: Any, builder: str | None = None, on_invalid: st
             st = p.stat()
             if st.st_size == 0:
                 raise DataError(f"{_where(f, split)}: is empty" + (_CANNOT_SKIP if skip else ""))
-            bad, whole = _check_file(str(p.resolve()), kind, st.st_size, st.st_mtime_ns)
+            bad, whole, header = _check_file(str(p.resolve()), kind, st.st_size, st.st_mtime_ns)
             if whole is not None:
                 sep = ", " if whole.startswith("line ") else ": "
                 raise DataError(f"{_where(f, split)}{sep}{whole}" + (_CANNOT_SKIP if skip else ""))
+            first, first_header = headers.setdefault(split, (f, header))
+            if header and first_header and header != first_header:
+                raise DataError(f"{_where(f, split)}: its header ({', '.join(header)}) differs from that of {first!r} "
+                                f"({', '.join(first_header)}); the files of one split need the same columns")
             if bad and not skip:
                 line, what = bad[0]
-                raise DataError(f"{_where(f, split)}, line {line}: {what}" + _SKIP_HINT)
+                sep = ", " if what.startswith("column ") else ": "
+                raise DataError(f"{_where(f, split)}, line {line}{sep}{what}" + _SKIP_HINT)
             if bad:
                 found.append(BadLines(split, f, dict(bad)))
     return found

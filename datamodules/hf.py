@@ -69,7 +69,10 @@ _DEFAULT_SPLITS = {"val": "validation", "test": "test"}
 
 
 def _norm(value: Any) -> Any:
-    """A raw label value as a dict key: integral floats (CSV columns with gaps) → int, NaN → None."""
+    """A raw label value as a dict key: integral floats (CSV columns with gaps) → int, NaN → None, and
+    None for a value that cannot be a label (a JSON object or list: reported by validation)."""
+    if isinstance(value, (dict, list)):
+        return None
     if isinstance(value, float):
         if value != value:
             return None

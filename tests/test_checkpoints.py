@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 from commands import cli, runner
 from commands.checkpoints import CheckpointError, load_checkpoint
 from conf.compose import compose
+from datamodules import build_datamodule
+from lightning_modules import build_system
 from retention.methods import Method
 
 from .helpers import TINY
@@ -90,14 +92,15 @@ FAST = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer
 def test_real_checkpoints_of_every_method_load(method, tmp_path, monkeypatch):
     """What ``retention train`` writes (the full Lightning state: weights, optimiser states,
     schedulers, loops, callbacks, hyperparameters) holds nothing weights_only loading refuses, and
-    warm-starts another run."""
+    warm-starts a system of the same config tensor for tensor."""
     monkeypatch.chdir(tmp_path)
-    cfg = compose([*TINY, *FAST, f"method={method}", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
+    seq = ["data.seq_len=512"] if method == "bigbird" else []  # block-sparse attention needs T > 176 at rho 0.3
+    cfg = compose([*TINY, *FAST, *seq, f"method={method}", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
     best = runner.train(cfg, print_summary=False)["checkpoint"]
     assert torch.serialization.get_unsafe_globals_in_checkpoint(best) == []
     ckpt = load_checkpoint(best)
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["state_dict"]
-    again = compose([*TINY, *FAST, f"method={method}", f"model.init_from={best}", "logging.save_checkpoint=false",
-                     f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
-    runner.check_run(again)
-    runner.train(again, print_summary=False)
+    runner.check_run(compose([*TINY, *seq, f"method={method}", f"model.init_from={best}"]))
+    system = build_system(cfg, build_datamodule(cfg))
+    assert runner.warm_start(system, best) == {"missing": [], "unused": []}
+    assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in system.state_dict().items())

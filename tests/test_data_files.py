@@ -114,3 +114,30 @@ def test_skip_says_plainly_what_it_cannot_skip(name, content, says, tmp_path):
     with pytest.raises(DataError) as err:
         BYODataModule(data_files=path, cache_dir=str(tmp_path / "c"), on_invalid="skip").setup()
     assert says in str(err.value) and "data.on_invalid=skip skips bad rows, not a whole file" in str(err.value)
+
+
+def test_csv_files_of_one_split_with_different_headers(tmp_path, capsys):
+    a = _write(tmp_path / "a.csv", "text,label\ngood film,positive\n")
+    b = _write(tmp_path / "b.csv", "review,stars\nbad film,negative\n")
+    files = json.dumps({"train": [a, b]})
+    assert cli.main(["train", "data=byo", "model=tiny", f"data.data_files={files}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"retention: data error: data file {b!r} (split 'train'): its header (review, stars) differs from "
+                   f"that of {a!r} (text, label); the files of one split need the same columns"]
+
+
+def test_what_the_checks_do_not_foresee_is_still_one_line(tmp_path):
+    """Files that parse one by one but not together (a column of strings in one, of lists in the
+    other): ``datasets``' error, its cause on one line (a 76-line DatasetGenerationError before)."""
+    a = _write(tmp_path / "a.jsonl", '{"text": "a", "label": "x"}\n')
+    b = _write(tmp_path / "b.jsonl", '{"text": "b", "label": [1, 2]}\n')
+    with pytest.raises(DataError) as err:
+        BYODataModule(data_files=[a, b], cache_dir=str(tmp_path / "c")).setup()
+    assert str(err.value) == (f"data.data_files={[a, b]!r}: TypeError: Couldn't cast array of type list<item: int64> "
+                              "to string")
+
+
+def test_a_label_that_is_a_json_object_is_a_validation_error(tmp_path):
+    path = _write(tmp_path / "t.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": {"x": 1}}\n')
+    with pytest.raises(DataError, match=r"split 'train', example 1, column 'label'.*got \{'x': 1\}"):
+        BYODataModule(data_files=path, cache_dir=str(tmp_path / "c")).setup()
