@@ -29,7 +29,7 @@ __all__ = ["TASKS", "backbone_config", "backbone_num_layers", "check_backbone_su
 
 # data.name -> the task of its DataModule (``datamodules.DATAMODULES[name].task``; a test checks they agree)
 TASKS = {
-    "needle": "classification", "kv_retrieval": "multiquery", "mqar": "multiquery", "listops": "classification",
+    "needle": "classification", "kv_retrieval": "classification", "mqar": "multiquery", "listops": "classification",
     "synthetic_qa": "qa", "sst2": "classification", "imdb": "classification", "cuad": "multilabel",
     "byo": "classification", "qasper": "qa", "arxiv": "summarization", "pubmed": "summarization",
 }

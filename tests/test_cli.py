@@ -312,3 +312,39 @@ def test_print_config_into_a_closed_pipe_ends_quietly():
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and err == ""
+
+
+def test_torch_free_copies_agree_with_the_code_they_describe():
+    """backbone_checks.TASKS is each DataModule's task; SEQ2SEQ_ARCHS the wrapper's encoder–decoders."""
+    from commands.backbone_checks import TASKS
+    from conf.schema import SEQ2SEQ_ARCHS
+    from datamodules import DATAMODULES
+    from retention.encoder import SEQ2SEQ_MODEL_TYPES
+
+    assert TASKS == {name: getattr(cls, "task", "classification") for name, cls in DATAMODULES.items()}
+    assert SEQ2SEQ_ARCHS == SEQ2SEQ_MODEL_TYPES
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta", "xlm-roberta", "bart", "t5"])
+def test_backbone_layers_and_positions_read_from_config_json_as_transformers_reads_them(model_type, tmp_path):
+    """The torch-free reading of a saved config.json gives transformers' layer count, and the position
+    limit of retention.backbones (max_position_embeddings less the position offset)."""
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    from commands.backbone_checks import backbone_num_layers
+    from conf.schema import ConfigError
+    from retention.backbones import position_offset
+
+    config = AutoConfig.for_model(model_type, num_hidden_layers=3) if model_type != "t5" else AutoConfig.for_model("t5", num_layers=3)
+    config.save_pretrained(tmp_path / model_type)
+    limit = getattr(config, "max_position_embeddings", None)
+    fits = limit - position_offset(model_type) if limit else 4096
+
+    def cfg(seq_len):
+        return OmegaConf.create({"model": {"backbone": str(tmp_path / model_type)}, "data": {"seq_len": seq_len}})
+
+    assert backbone_num_layers(cfg(fits)) == config.num_hidden_layers == 3
+    if limit:
+        with pytest.raises(ConfigError, match=f"data.seq_len={fits + 1} is out of range; allowed: <= {fits}"):
+            backbone_num_layers(cfg(fits + 1))
