@@ -103,4 +103,5 @@ def test_real_checkpoints_of_every_method_load(method, tmp_path, monkeypatch):
     runner.check_run(compose([*TINY, *seq, f"method={method}", f"model.init_from={best}"]))
     system = build_system(cfg, build_datamodule(cfg))
     assert runner.warm_start(system, best) == {"missing": [], "unused": []}
-    assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in system.state_dict().items())
+    if not Method(method).is_sparse:  # a sparse comparator maps the tensors (adapt_dense_state) as from a dense model
+        assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in system.state_dict().items())
