@@ -45,10 +45,12 @@ _SKIP_HINT = " (data.on_invalid=skip drops such lines and reports them)"
 
 @dataclass(frozen=True)
 class BadLines:
-    """The skippable bad lines of one file: ``lines`` maps a 1-based line number to what is wrong."""
+    """The skippable bad lines of one file (format ``kind``): ``lines`` maps a 1-based line number to
+    what is wrong."""
 
     split: str
     path: str
+    kind: str
     lines: dict[int, str] = field(default_factory=dict)
 
 
@@ -185,5 +187,5 @@ def check_data_files(data_files: Any, builder: str | None = None, on_invalid: st
                 sep = ", " if what.startswith("column ") else ": "
                 raise DataError(f"{_where(f, split)}, line {line}{sep}{what}" + _SKIP_HINT)
             if bad:
-                found.append(BadLines(split, f, dict(bad)))
+                found.append(BadLines(split, f, kind, dict(bad)))
     return found

@@ -21,7 +21,7 @@ from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
 
 from conf.checks import DataError
-from conf.data_files import FORMATS, BadLines, check_data_files, file_format, split_files
+from conf.data_files import FORMATS, BadLines, check_data_files, split_files
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _without_lines(bad: BadLines, clean_dir: Path) -> str:
     if not dst.exists():
         clean_dir.mkdir(parents=True, exist_ok=True)
         text = src.read_text(encoding="utf-8")
-        if file_format(str(src)) == "csv":  # rows, not physical lines: a quoted field may span lines
+        if bad.kind == "csv":  # rows, not physical lines: a quoted field may span lines
             reader = csv.reader(io.StringIO(text, newline=""))
             out = io.StringIO(newline="")
             writer, start = csv.writer(out), 1
