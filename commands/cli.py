@@ -6,7 +6,10 @@
 Each command is the module ``commands.<name>`` with ``run(args) -> int`` (the exit code). The parser
 lives here, and a command's module is imported only when that command runs, so ``--help`` and a
 config error answer without loading Lightning, torch or MLflow. A bad config exits with code 2 and a
-one-line error naming the key, before any model is built or data is read.
+one-line error naming the key, before any model is built or data is read; so does bad data (a
+:class:`conf.checks.DataError` naming the file, split, line and column) and a checkpoint that
+``weights_only`` loading refuses (:mod:`commands.checkpoints`). ``retention train --help`` lists the
+config groups and their options, read from conf/.
 
 Adding a command: an ``<name>_arguments(parser)`` function and an entry in :data:`COMMANDS` here,
 and a module ``commands/<name>.py`` with ``run(args)``.
@@ -16,15 +19,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
 from commands.quiet import silence_library_noise
-from conf.checks import ConfigError
+from conf.checks import ConfigError, DataError
+from conf.compose import config_groups
 
-__all__ = ["main", "COMMANDS", "EXIT_CONFIG_ERROR"]
+__all__ = ["main", "COMMANDS", "EXIT_CONFIG_ERROR", "train_epilog"]
 
 EXIT_CONFIG_ERROR = 2
+
+
+def train_epilog() -> str:
+    """The end of ``retention train --help``: the config groups and their options, read from conf/
+    (:func:`conf.compose.config_groups`), and where every key is documented."""
+    groups = "\n".join(f"  {name}={'|'.join(options)}" for name, options in config_groups().items())
+    return (
+        "config groups (group=option loads conf/<group>/<option>.yaml; experiment= presets set several sections):\n"
+        f"{groups}\n\n"
+        "keys (key=value, e.g. budget.ratio=0.5 trainer.max_epochs=1): every key, its default and what it\n"
+        "allows is documented in conf/schema.py (model, gate, budget, optim, trainer, logging) and\n"
+        "conf/data_schema.py (data: one schema per data module); conf/config.yaml holds the defaults.\n"
+        "--print-config shows the resolved config. A bad key or value exits with code 2 and one line."
+    )
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,20 +137,32 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retention", description="Adaptive Retention experiments.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, (help_, add_arguments) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_, description=help_))
+        extra = {"epilog": train_epilog(), "formatter_class": argparse.RawDescriptionHelpFormatter} if name == "train" else {}
+        add_arguments(sub.add_parser(name, help=help_, description=help_, **extra))
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; a :class:`ConfigError` it raises is the one-line error and exit code 2.
+    """Run the command. A :class:`ConfigError` or :class:`DataError` it raises is one line on stderr
+    and exit code 2; output cut short by a closed pipe (``--print-config | head -1``) ends quietly.
     Library noise (:mod:`commands.quiet`) is silenced first."""
     args = parser().parse_args(argv)
     silence_library_noise()
     try:
-        return importlib.import_module(f"commands.{args.command}").run(args)
+        code = importlib.import_module(f"commands.{args.command}").run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except ConfigError as err:
         print(f"retention: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except DataError as err:
+        print(f"retention: data error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except BrokenPipeError:
+        # The reader has gone: point stdout at /dev/null so the interpreter's final flush does not
+        # fail again (the recipe of Python's signal documentation), and end as a closed pipe does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import OmegaConf
 
+from commands.checkpoints import load_checkpoint
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
 from datamodules import build_datamodule
 from lightning_modules import build_system
@@ -177,9 +178,9 @@ def applicable_methods(cfg, requested: list[str]) -> list[str]:
 
 def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limit_test_batches) -> list[dict]:
     cfg = src.config
+    state = load_checkpoint(src.checkpoint, "--checkpoint")["state_dict"]  # weights_only: no code runs
     dm = build_datamodule(cfg)
     system = build_system(cfg, dm)
-    state = torch.load(src.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     system.load_state_dict(state)
     metric = system.METRIC
     trained_budget = system.encoder.budget

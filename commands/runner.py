@@ -10,18 +10,18 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import OmegaConf
 
-from conf.schema import validate
-from datamodules import DATAMODULES, build_datamodule
+from datamodules import build_datamodule
 from lightning_modules import build_system
 
-from .backbone_checks import backbone_num_layers, check_backbone_supported
+from .backbone_checks import check_config as check_config_and_files
+from .checkpoints import load_checkpoint
+from .device_checks import check_devices
 
-__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "default_tracking_uri", "flatten_params",
+__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "check_run", "default_tracking_uri", "flatten_params",
            "format_summary", "make_logger", "train", "warm_start"]
 
 CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
@@ -46,19 +46,28 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def check_run(cfg) -> None:
+    """The checks before a run starts that need torch: the machine has the configured accelerator
+    (:func:`commands.device_checks.check_devices`), and ``model.init_from`` loads with
+    ``weights_only`` (:func:`commands.checkpoints.load_checkpoint`: a file that would run code is
+    refused before any MLflow run exists)."""
+    check_devices(cfg)
+    if cfg.model.init_from:
+        load_checkpoint(cfg.model.init_from, "model.init_from")
+
+
 def check_config(cfg) -> None:
-    """The checks that need the data module registry and the backbone's config (no weights): the
-    backbone's model type suits the data module's task, and ``gate.layers`` fit the backbone. (That
-    ``data.*`` holds only keys of the selected module, compose's typed data section has checked.)
-    Raises :class:`conf.schema.ConfigError` naming the key."""
-    check_backbone_supported(cfg, getattr(DATAMODULES[cfg.data.name], "task", "classification"))
-    validate(cfg, backbone_num_layers(cfg))
+    """Every check before a run starts: the backbone's config and the data files
+    (:func:`commands.backbone_checks.check_config`), then :func:`check_run`. Raises
+    :class:`conf.schema.ConfigError` naming the key, or :class:`conf.checks.DataError` naming the file."""
+    check_config_and_files(cfg)
+    check_run(cfg)
 
 
 def warm_start(system, path: str) -> dict[str, list[str]]:
     """Load every tensor of checkpoint ``path`` whose name and shape match ``system``'s; print what was
     not loaded (nothing is skipped silently). Returns ``{"missing": [...], "unused": [...]}``."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint(path, "model.init_from")["state_dict"]
     adapt = getattr(system.encoder, "adapt_dense_state", None)  # a sparse comparator maps dense names onto its own
     if adapt is not None:
         state = adapt(state, prefix="encoder.backbone.")

@@ -17,11 +17,17 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterator
 
-__all__ = ["ConfigError", "Choice", "Check", "Interval", "above", "at_least", "below", "within", "satisfies", "checks_of"]
+__all__ = ["ConfigError", "DataError", "Choice", "Check", "Interval", "above", "at_least", "below", "within", "satisfies", "checks_of"]
 
 
 class ConfigError(ValueError):
     """A bad config value; the message names the key and what is allowed."""
+
+
+class DataError(ValueError):
+    """Bad input data: the one-line message names the file and, where there is one, the split, the
+    row or line, the column and what was expected. (Here, below every layer that raises it, so that
+    the command line turns it into one line and exit code 2 without importing the data modules.)"""
 
 
 class Choice(str, Enum):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -82,10 +83,20 @@ class _Layer:
 
 
 def _load(path: Path, source: str) -> DictConfig:
+    """The YAML file as a config; malformed YAML is a one-line :class:`ConfigError` with the line and
+    column where the parser stopped (1-based, as editors count) and what it found there."""
     try:
-        return OmegaConf.load(path)
-    except Exception as err:  # YAML scanner/parser errors have no common base class worth naming
-        raise ConfigError(f"{source}: cannot be read: {str(err).splitlines()[0]}") from None
+        loaded = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(p for p in (err.context, err.problem) if p)
+        raise ConfigError(f"{source}{where}: malformed YAML: {what}") from None
+    except (yaml.YAMLError, OmegaConfBaseException, OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{source}: cannot be read: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{source}: expected a mapping of sections (model:, budget:, ...), got a YAML list")
+    return loaded
 
 
 def _layers(overrides: Sequence[str], config_file: str | Path | None) -> list[_Layer]:

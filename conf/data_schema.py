@@ -185,6 +185,9 @@ class HFDataConfig(DataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.name == "byo" and self.data_files is None and not self.path:
+            raise ConfigError("data.data_files is not set: data=byo needs it: a CSV/JSON/JSONL/Parquet file, or "
+                              "'{train: FILE, validation: FILE, test: FILE}'")
         if self.truncation == "sliding_window" and not self.stride < self.seq_len // 2:
             raise ConfigError(f"data.stride={self.stride} is out of range; allowed: < data.seq_len // 2 "
                               f"({self.seq_len // 2}) with sliding_window")

@@ -19,12 +19,35 @@ from conf.checks import Choice, ConfigError, at_least, above, below, checks_of, 
 from conf.data_schema import DATA_SCHEMAS, DataConfig, NeedleDataConfig
 from retention.methods import Method
 
-__all__ = ["Config", "ConfigError", "validate", "Method", "ABLATIONS", "ARCHS", "Ablation", "Context",
+__all__ = ["Config", "ConfigError", "validate", "Method", "ABLATIONS", "ARCHS", "SEQ2SEQ_ARCHS", "PRECISIONS",
+           "STRATEGIES", "ACCELERATORS", "Ablation", "Context",
            "Relaxation", "Schedule", "Inference", "Scheduler", "AttnImplementation"]
 
 # model.arch for backbone=random: retention.encoder.SUPPORTED_MODEL_TYPES. A string, not an Enum:
 # OmegaConf reads an Enum by member name, and "xlm-roberta" cannot be one.
 ARCHS = ("bert", "distilbert", "roberta", "xlm-roberta", "bart", "t5")
+SEQ2SEQ_ARCHS = ("bart", "t5")  # the encoder–decoders (retention.encoder.SEQ2SEQ_MODEL_TYPES)
+
+# What Lightning 2.6's Trainer accepts, copied here because conf/ imports no Lightning (config errors
+# answer before torch loads); tests/test_cli.py checks them against Lightning's own lists: the
+# ``precision`` Literals of ``Trainer.__init__`` (strings; an int like 16 arrives as the string "16"),
+# ``StrategyRegistry.available_strategies()`` and ``AcceleratorRegistry.available_accelerators()``
+# (plus "auto", and "gpu": CUDA or MPS, whichever the machine has).
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_false",
+              "ddp_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_false",
+              "ddp_spawn_find_unused_parameters_true", "ddp_fork_find_unused_parameters_false",
+              "ddp_fork_find_unused_parameters_true", "ddp_notebook_find_unused_parameters_false",
+              "ddp_notebook_find_unused_parameters_true", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2",
+              "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
+              "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device", "single_xla",
+              "xla_debug", "xla", "single_tpu")
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+
+
+def _one_of(values: tuple[str, ...]) -> dict:
+    return satisfies(lambda v: v in values, "one of " + ", ".join(values))
 
 
 class Context(Choice):
@@ -166,11 +189,12 @@ class OptimConfig:
 class TrainerConfig:
     max_epochs: int = field(default=2, metadata=satisfies(lambda v: v >= 1 or v == -1, ">= 1 (or -1)"))
     max_steps: int = -1
-    accelerator: str = "auto"
+    # whether the machine has the accelerator is checked when a run starts (commands.device_checks)
+    accelerator: str = field(default="auto", metadata=_one_of(ACCELERATORS))
     devices: Any = "auto"
-    strategy: str = "auto"
+    strategy: str = field(default="auto", metadata=_one_of(STRATEGIES))
     num_nodes: int = field(default=1, metadata=at_least(1))
-    precision: str = "32-true"
+    precision: str = field(default="32-true", metadata=_one_of(PRECISIONS))
     log_every_n_steps: int = field(default=10, metadata=at_least(1))
     # As in Lightning: an int counts batches, a float in (0, 1] is a fraction of the epoch (Any, so that
     # ``trainer.limit_train_batches=20`` stays the int 20 instead of becoming the fraction-looking 20.0).

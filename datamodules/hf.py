@@ -9,11 +9,13 @@ validation split of ``data.val_fraction`` is carved from train. A missing valida
 from train the same way; with neither validation nor test, both are carved from train. The plan is
 printed (``data: train=… val=… test=…``).
 
-Validation, before anything is tokenized: every example of every split used is checked (missing
-column, empty text, label outside the label set, plus whatever a subclass adds). With
-``data.on_invalid=error`` (default) the first problem raises :class:`DataError` naming the split,
-the example index (its row in that split as loaded), the column and what was expected. With
-``data.on_invalid=skip`` the bad examples are dropped and their count per split is printed, logged
+Validation, before anything is tokenized: local files are checked before ``datasets`` reads them
+(:mod:`conf.data_files`: missing, empty, not UTF-8, a line that does not parse), then every example
+of every split used (missing column, empty text, label outside the label set, plus whatever a
+subclass adds). With ``data.on_invalid=error`` (default) the first problem raises :class:`DataError`
+naming the file or split, the line or example index (its row in that split as loaded), the column
+and what was expected. With ``data.on_invalid=skip`` the bad examples (and unparsable lines of a
+local file) are dropped and their count per split is printed, logged
 (``logging``) and, when a trainer is attached, logged as ``data/skipped_<split>`` metrics.
 
 Tokenization. The backbone's tokenizer (``AutoTokenizer`` from the model's name/path); for
@@ -67,7 +69,10 @@ _DEFAULT_SPLITS = {"val": "validation", "test": "test"}
 
 
 def _norm(value: Any) -> Any:
-    """A raw label value as a dict key: integral floats (CSV columns with gaps) → int, NaN → None."""
+    """A raw label value as a dict key: integral floats (CSV columns with gaps) → int, NaN → None, and
+    None for a value that cannot be a label (a JSON object or list: reported by validation)."""
+    if isinstance(value, (dict, list)):
+        return None
     if isinstance(value, float):
         if value != value:
             return None
@@ -99,6 +104,7 @@ class HFDataModule(TokenizerMixin, ConfiguredDataModule):
         self.configured_labels = tuple(str(v) for v in c.labels) if c.labels else None
         self.datasets: dict[str, Any] = {}
         self.skipped: dict[str, int] = {}
+        self.unparsable: dict[str, int] = {}  # lines of local files dropped before loading (on_invalid=skip)
         self.split_plan: dict[str, str] = {}
         self._tokenizer = None
         self._label_names: tuple[str, ...] | None = None
@@ -211,7 +217,9 @@ class HFDataModule(TokenizerMixin, ConfiguredDataModule):
     # ------------------------------------------------------------------ loading and splits
     def load_raw(self):
         """The raw ``DatasetDict`` through ``datasets.load_dataset`` (public name, or local files)."""
-        return load_raw(type(self).__name__, self.path, self.subset, self.data_files, self.hparams.cache_dir)
+        raw, self.unparsable = load_raw(type(self).__name__, self.path, self.subset, self.data_files, self.hparams.cache_dir,
+                                        self.hparams.on_invalid, self.cache_root() / "clean")
+        return raw
 
     def _validate(self, split: str, ds) -> tuple[Any, list[int]]:
         """Check every example of one raw split; returns (the kept rows, the skipped indices)."""
@@ -258,7 +266,7 @@ class HFDataModule(TokenizerMixin, ConfiguredDataModule):
         checked: dict[str, tuple[Any, str]] = {}
         for name in dict.fromkeys(n for n in (h.train_split, val, test) if n):
             ds, skipped = self._validate(name, raw[name])
-            self.skipped[name] = len(skipped)
+            self.skipped[name] = len(skipped) + self.unparsable.get(name, 0)
             checked[name] = (self.convert(ds, name), Hasher.hash([raw[name]._fingerprint, skipped]))
 
         train, train_id = checked[h.train_split]

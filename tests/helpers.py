@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from commands.checkpoints import load_checkpoint
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT
 from conf.schema import Config
 from datamodules import build_datamodule
@@ -58,7 +59,7 @@ def load_trained(checkpoint: str | Path):
     cfg = OmegaConf.load(checkpoint.parent / CONFIG_NEXT_TO_CHECKPOINT)
     dm = build_datamodule(cfg)
     system = build_system(cfg, dm)
-    system.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+    system.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     dm.setup("test")
     return cfg, dm, system.eval()
 

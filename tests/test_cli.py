@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from commands import cli, runner
 
 from .helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BAD = [
     ("budget.ratio=0", "budget.ratio", "(0, 1]"),
@@ -40,6 +43,11 @@ BAD = [
     ("optim.betas=[0.9]", "optim.betas", "two values in [0, 1)"),
     ("data.min_seq_len=600", "data.min_seq_len", "<= data.seq_len (512)"),
     ("data.num_pairs=3", "data.num_pairs", "data module 'needle'"),
+    ("trainer.precision=bogus", "trainer.precision", "32-true, 64-true"),
+    ("trainer.strategy=bogus", "trainer.strategy", "ddp, ddp_spawn"),
+    ("trainer.accelerator=bogus", "trainer.accelerator", "auto, cpu, cuda, gpu, mps, tpu"),
+    ("model.backbone=no-such-org/no-such-model", "model.backbone", "hf download no-such-org/no-such-model"),
+    ("model.backbone=./no/such/folder", "model.backbone", "no such folder"),
 ]
 
 # A key of the selected data module only: (overrides, key, what the message says is allowed)
@@ -64,6 +72,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(runner, "build_datamodule", boom)
     monkeypatch.setattr(runner, "build_system", boom)
     monkeypatch.setattr(runner, "train", boom)
+    monkeypatch.setattr(runner, "make_logger", boom)
 
 
 @pytest.mark.parametrize("override,key,allowed", BAD)
@@ -209,3 +218,137 @@ def test_every_preset_group_option_composes():
             assert cfg.data.seq_len >= (1024 if cfg.data.name == "needle" else 512)
     for name in groups["method"]:
         assert compose([f"method={name}"]).method == name
+
+
+def test_trainer_choices_are_lightnings():
+    """trainer.precision / strategy / accelerator accept exactly what Lightning's Trainer accepts (conf/
+    holds copies: it imports no Lightning)."""
+    import typing
+
+    import lightning as L
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from conf.schema import ACCELERATORS, PRECISIONS, STRATEGIES
+
+    def literals(hint) -> set:
+        args = typing.get_args(hint)
+        return set(args) if typing.get_origin(hint) is typing.Literal else set().union(*map(literals, args))
+
+    precision = literals(typing.get_type_hints(L.Trainer.__init__)["precision"])
+    assert set(PRECISIONS) == {str(v) for v in precision}  # an int (16) arrives as its string ("16")
+    assert set(STRATEGIES) == {"auto", *StrategyRegistry.available_strategies()}
+    assert set(ACCELERATORS) == {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
+
+
+def test_accelerator_the_machine_lacks_fails_before_any_work(monkeypatch, capsys, no_work):
+    """``trainer.accelerator=gpu`` on a machine without one: one line, exit 2 (Lightning's own test of
+    availability says so), before the run starts; ``--print-config`` (maybe on another machine) passes."""
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: False))
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: False))
+    for name in ("gpu", "cuda"):
+        assert cli.main(["train", *TINY, f"trainer.accelerator={name}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"retention: config error: trainer.accelerator={name!r}: this machine has no {name} "
+                       f"(Lightning finds none); available here: auto, cpu"]
+    assert cli.main(["train", *TINY, "trainer.accelerator=gpu", "--print-config"]) == 0
+
+
+def test_unknown_backbone_fails_at_once_without_the_network(capsys, monkeypatch, no_work):
+    """Not a folder and not cached: an error at once saying how to download it, without trying the
+    network (it retried the hub for 31 s before)."""
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("the config check tried the network")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert cli.main(["train", "model.backbone=no-such-org/no-such-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not in the Hugging Face cache" in err[0]
+
+
+@pytest.mark.parametrize("text,where", [
+    ("budget:\n  ratio: 0.5\n gate: [1\n", "line 3, column 2"),
+    ('seed: "unclosed\n', "line 2, column 1"),
+    ("budget:\n\tratio: 0.5\n", "line 2, column 1"),
+])
+def test_malformed_yaml_config_is_one_line_with_its_position(text, where, tmp_path, capsys, no_work):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert cli.main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}, {where}: malformed YAML" in err[0]
+
+
+def _python(code: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+@pytest.mark.parametrize("argv,code", [(["train", "--print-config"], 0), (["train", "budget.ratio=2"], 2),
+                                       (["train", "model=minilm", "--print-config"], 0)])
+def test_print_config_and_config_errors_import_no_torch(argv, code):
+    """What makes them answer in well under 2 s: no torch, Lightning or transformers is imported."""
+    res = _python(f"import sys; from commands import cli; rc = cli.main({argv!r}); "
+                  "print(rc, sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))")
+    assert res.stdout.splitlines()[-1] == f"{code} []", res.stdout + res.stderr
+
+
+def test_train_help_lists_config_groups_and_where_keys_are_documented():
+    from conf.compose import config_groups
+
+    res = _python("import sys; from commands import cli\ntry: cli.main(['train', '--help'])\nexcept SystemExit: pass\n"
+                  "print('torch' in sys.modules)")
+    assert res.stdout.splitlines()[-1] == "False"
+    for group, options in config_groups().items():
+        assert f"  {group}={'|'.join(options)}" in res.stdout
+    assert "model=minilm|tiny" in res.stdout and "conf/schema.py" in res.stdout and "conf/data_schema.py" in res.stdout
+
+
+def test_print_config_into_a_closed_pipe_ends_quietly():
+    """``retention train --print-config | head -1``: no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "train", "--print-config"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and err == ""
+
+
+def test_torch_free_copies_agree_with_the_code_they_describe():
+    """backbone_checks.TASKS is each DataModule's task; SEQ2SEQ_ARCHS the wrapper's encoder–decoders."""
+    from commands.backbone_checks import TASKS
+    from conf.schema import SEQ2SEQ_ARCHS
+    from datamodules import DATAMODULES
+    from retention.encoder import SEQ2SEQ_MODEL_TYPES
+
+    assert TASKS == {name: getattr(cls, "task", "classification") for name, cls in DATAMODULES.items()}
+    assert SEQ2SEQ_ARCHS == SEQ2SEQ_MODEL_TYPES
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta", "xlm-roberta", "bart", "t5"])
+def test_backbone_layers_and_positions_read_from_config_json_as_transformers_reads_them(model_type, tmp_path):
+    """The torch-free reading of a saved config.json gives transformers' layer count, and the position
+    limit of retention.backbones (max_position_embeddings less the position offset)."""
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    from commands.backbone_checks import backbone_num_layers
+    from conf.schema import ConfigError
+    from retention.backbones import position_offset
+
+    config = AutoConfig.for_model(model_type, num_hidden_layers=3) if model_type != "t5" else AutoConfig.for_model("t5", num_layers=3)
+    config.save_pretrained(tmp_path / model_type)
+    limit = getattr(config, "max_position_embeddings", None)
+    fits = limit - position_offset(model_type) if limit else 4096
+
+    def cfg(seq_len):
+        return OmegaConf.create({"model": {"backbone": str(tmp_path / model_type)}, "data": {"seq_len": seq_len}})
+
+    assert backbone_num_layers(cfg(fits)) == config.num_hidden_layers == 3
+    if limit:
+        with pytest.raises(ConfigError, match=f"data.seq_len={fits + 1} is out of range; allowed: <= {fits}"):
+            backbone_num_layers(cfg(fits + 1))

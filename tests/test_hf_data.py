@@ -165,7 +165,7 @@ def test_choices_outside_the_enum_fail_when_built_in_python(tmp_path):
 
 
 def test_missing_or_unknown_data_files_are_clear_errors(tmp_path):
-    with pytest.raises(DataError, match=r"no such file\(s\) \['.*nope.csv'\]"):
+    with pytest.raises(DataError, match=r"data file '.*nope.csv' \(split 'train'\): no such file"):
         BYODataModule(data_files=str(tmp_path / "nope.csv")).setup()
     (tmp_path / "x.txt").write_text("hello\n")
     with pytest.raises(DataError, match="cannot tell the file format"):
