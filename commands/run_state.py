@@ -209,6 +209,9 @@ def resume_target(what: str, overrides: Sequence[str], default_uri) -> ResumeTar
         run_id = ckpt.parent.name
     else:
         uri = default_uri(given.get("logging.tracking_uri"))
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise ConfigError(f"--resume {what}: no such checkpoint file and no such run: the tracking store "
+                              f"{uri} does not exist (give logging.tracking_uri=... of the run)")
         try:
             run = MlflowClient(uri).get_run(what)
         except MlflowException:
