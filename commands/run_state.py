@@ -7,7 +7,8 @@ ends, and how it resumes.
   run is tagged with the host and pid that own it (``retention.host``, ``retention.pid``), and
   :func:`reap_orphan_runs`, called when ``retention train`` or ``retention sweep`` starts, marks KILLED
   each RUNNING run of this host whose process no longer exists (the pid and its start time, so a
-  reused pid does not pass for the owner).
+  reused pid does not pass for the owner). A run the caller opened (a sweep trial) is marked by
+  :func:`mark_ended` only when killed; its other failures are the caller's to record.
 * Signals. :func:`signals_raise` turns SIGINT and SIGTERM into :class:`RunKilled`, which passes
   through Lightning (its ``_call_and_handle_interrupt`` re-raises a ``BaseException`` that is not a
   ``KeyboardInterrupt``) up to the runner, which marks the run KILLED.
@@ -22,6 +23,7 @@ import os
 import random
 import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from conf.compose import compose
 from conf.schema import ConfigError
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "LAST", "RESUME_OVERRIDABLE", "TAG_CKPT_DIR", "TAG_HOST", "TAG_PID",
-           "RngState", "RunKilled", "ResumeTarget", "mark_ended", "owner_tags", "process_alive",
+           "RngState", "RunKilled", "ResumeTarget", "killed_by", "mark_ended", "owner_tags", "process_alive",
            "reap_orphan_runs", "resume_target", "run_name", "signals_raise"]
 
 CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
@@ -68,6 +70,9 @@ def signals_raise() -> Iterator[None]:
     def handler(signum, frame):
         raise RunKilled(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -131,10 +136,16 @@ def reap_orphan_runs(client: MlflowClient) -> list[str]:
     return reaped
 
 
+def killed_by(err: BaseException) -> BaseException | None:
+    """The :class:`RunKilled` or ``KeyboardInterrupt`` behind ``err`` (itself, or what Lightning turned
+    into ``SystemExit``), else None."""
+    return next((e for e in (err, err.__context__) if isinstance(e, (RunKilled, KeyboardInterrupt))), None)
+
+
 def mark_ended(client: MlflowClient, run_id: str, err: BaseException) -> str:
     """Mark ``run_id`` as ended by ``err``: KILLED for :class:`RunKilled` and ``KeyboardInterrupt``
     (also when Lightning turned either into ``SystemExit``), else FAILED; tag the cause. Returns the status."""
-    killed = next((e for e in (err, err.__context__) if isinstance(e, (RunKilled, KeyboardInterrupt))), None)
+    killed = killed_by(err)
     if killed is not None:
         status, key, text = "KILLED", "retention.killed_reason", str(killed) or "killed by SIGINT"
     else:

@@ -24,7 +24,7 @@ from datamodules import DATAMODULES, build_datamodule
 from lightning_modules import build_system
 
 from .backbone_checks import backbone_num_layers, check_backbone_supported
-from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, TAG_CKPT_DIR, RngState, RunKilled, mark_ended, owner_tags,
+from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, TAG_CKPT_DIR, RngState, RunKilled, killed_by, mark_ended, owner_tags,
                         reap_orphan_runs, resume_target, run_name, signals_raise)
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "RunKilled", "check_config", "default_tracking_uri", "flatten_params",
@@ -124,8 +124,8 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     and sets up its fit splits (files read), the system is built (backbone loaded), the warm start
     loads, the Trainer checks its arguments. Then the run is created (or, with ``logger``, used),
     tagged with its owner (:func:`commands.run_state.owner_tags`), and trained; an exception marks it
-    FAILED and SIGINT / SIGTERM mark it KILLED (:func:`commands.run_state.mark_ended`), then the
-    exception propagates. ``retention train`` first marks KILLED the runs that dead processes of this
+    FAILED and SIGINT / SIGTERM mark it KILLED (:func:`commands.run_state.mark_ended`; a ``logger``'s
+    run only when killed), then the exception propagates. ``retention train`` first marks KILLED the runs that dead processes of this
     host left RUNNING (:func:`commands.run_state.reap_orphan_runs`).
 
     ``callbacks`` are added to the Trainer's (e.g. a pruning callback of a sweep); ``logger`` is
@@ -190,6 +190,8 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             summary = _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri)
     except BaseException as err:
+        if not own_run and killed_by(err) is None:  # e.g. a sweep trial: the caller records its failure or pruning
+            raise
         status = mark_ended(client, run_id, err)
         last = Path(ckpt.dirpath) / "last.ckpt" if ckpt is not None else None
         again = (f"; continue it with `retention train --resume {run_id}`" if last is not None and last.is_file()
