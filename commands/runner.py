@@ -174,6 +174,8 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     run_id = logger.run_id
     if resume is not None:
         client.update_run(run_id, status="RUNNING")
+        for stale in {"retention.killed_reason", "retention.error"} & set(client.get_run(run_id).data.tags):
+            client.delete_tag(run_id, stale)  # how it ended before; it runs again
         client.set_tag(run_id, "retention.resumed_from", str(resume.checkpoint.resolve()))
     elif own_run:
         log_run_config(logger, cfg)

@@ -221,6 +221,7 @@ def test_kill_9_after_first_epoch_then_resume_equals_an_uninterrupted_run(tmp_pa
 
     a, b = _final(_uri(ref_dir), ref_dir / "checkpoints"), _final(_uri(cut_dir), cut_dir / "checkpoints")
     assert b["run"].info.run_id == run_id and b["run"].info.status == "FINISHED"
+    assert "retention.killed_reason" not in b["run"].data.tags  # set when the resume reaped it, then cleared
     assert b["test"] == a["test"] and len(a["test"]) >= 5
     assert set(b["steps"]) == set(a["steps"]) and len(a["steps"]) == 2 * 3 * 16  # 16 steps an epoch
     for key, values in b["steps"].items():
