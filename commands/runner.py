@@ -195,7 +195,12 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
         if not own_run and killed_by(err) is None:  # e.g. a sweep trial: the caller records its failure or pruning
             raise
         status = mark_ended(client, run_id, err)
-        last = Path(ckpt.dirpath) / "last.ckpt" if ckpt is not None else None
+        folder = Path(ckpt.dirpath) if ckpt is not None else None
+        if folder is not None and folder.is_dir() and not any(folder.glob("*.ckpt")):
+            (folder / CONFIG_NEXT_TO_CHECKPOINT).unlink(missing_ok=True)  # no checkpoint to go with it
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        last = folder / "last.ckpt" if folder is not None else None
         again = (f"; continue it with `retention train --resume {run_id}`" if last is not None and last.is_file()
                  else "")
         print(f"retention: run {run_id} marked {status} ({type(err).__name__}: {err}){again}", file=sys.stderr, flush=True)

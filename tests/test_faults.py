@@ -145,6 +145,7 @@ def test_error_during_training_marks_the_run_failed(tmp_path, monkeypatch, capsy
     assert run.info.status == "FAILED"
     assert run.data.tags["retention.error"] == "RuntimeError: boom at step 2"
     assert f"run {run.info.run_id} marked FAILED" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints" / run.info.run_id).exists()  # failed before any checkpoint: no folder
 
 
 # ------------------------------------------------------------------------------------ signals (subprocess)
