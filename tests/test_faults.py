@@ -103,7 +103,7 @@ def test_resume_of_an_unknown_run_is_a_one_line_error(tmp_path, capsys):
 
 def test_old_save_checkpoint_key_names_the_new_one(capsys):
     assert cli.main(["train", "logging.save_checkpoint=false", "--print-config"]) == 2
-    assert "save_checkpoint" in capsys.readouterr().err
+    assert "Did you mean one of: 'save_checkpoints'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ in process
