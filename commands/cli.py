@@ -1,6 +1,6 @@
 """The ``retention`` command line: one parser for every command.
 
-    retention train [--config FILE] [--print-config] [group=option ...] [key=value ...]
+    retention train [--config FILE] [--print-config] [--resume RUN_ID|PATH] [group=option ...] [key=value ...]
     retention sweep | compare | evaluate | bench ...
 
 Each command is the module ``commands.<name>`` with ``run(args) -> int`` (the exit code). The parser
@@ -49,6 +49,10 @@ def train_epilog() -> str:
 def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file merged over the defaults")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--resume", metavar="RUN_ID|PATH",
+                   help="continue a killed or failed run from its last.ckpt (an MLflow run id, a checkpoint file or "
+                        "its folder), in the same MLflow run, with the run's own config.yaml; only "
+                        "trainer.max_epochs, trainer.max_steps and logging.tracking_uri may be overridden")
     p.add_argument("overrides", nargs="*", help="group=option (e.g. model=minilm) or key=value (e.g. budget.ratio=0.5)")
 
 

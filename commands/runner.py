@@ -1,17 +1,21 @@
 """Running one training: the MLflow logger, warm start, ``train`` (fit, test on the dense / soft /
 retained paths, track) and its printed summary. Every command that trains (``retention train``,
-a sweep's trials) goes through :func:`train`."""
+a sweep's trials) goes through :func:`train`; the run's statuses, ownership and resume are
+:mod:`commands.run_state`'s."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from datamodules import build_datamodule
@@ -20,11 +24,11 @@ from lightning_modules import build_system
 from .backbone_checks import check_config as check_config_and_files
 from .checkpoints import load_checkpoint
 from .device_checks import check_devices
+from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, TAG_CKPT_DIR, RngState, RunKilled, killed_by, mark_ended, owner_tags,
+                        reap_orphan_runs, resume_target, run_name, signals_raise)
 
-__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "check_config", "check_run", "default_tracking_uri", "flatten_params",
-           "format_summary", "make_logger", "train", "warm_start"]
-
-CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
+__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "RunKilled", "check_config", "check_run", "default_tracking_uri",
+           "flatten_params", "format_summary", "make_logger", "reap_orphan_runs", "resume_target", "train", "warm_start"]
 
 
 def default_tracking_uri(configured: str | None) -> str:
@@ -80,49 +84,89 @@ def warm_start(system, path: str) -> dict[str, list[str]]:
     return report
 
 
-def make_logger(cfg, run_id: str | None = None):
-    """MLflow logger for ``cfg`` (a new run, or the existing ``run_id``), with the resolved config
-    logged as flattened params and as a ``config.yaml`` artifact."""
-    logger = MLFlowLogger(
-        experiment_name=cfg.logging.experiment,
-        run_name=cfg.logging.run_name,
-        tracking_uri=default_tracking_uri(cfg.logging.tracking_uri),
-        run_id=run_id,
-    )
+def new_logger(cfg, run_id: str | None = None) -> MLFlowLogger:
+    """An MLflow logger for ``cfg``: the existing run ``run_id``, or a new run named :func:`run_name`.
+    Lazy: it creates the run when first used, so a Trainer can be built with it before."""
+    return MLFlowLogger(experiment_name=cfg.logging.experiment, run_name=run_name(cfg),
+                        tracking_uri=default_tracking_uri(cfg.logging.tracking_uri), run_id=run_id)
+
+
+def log_run_config(logger: MLFlowLogger, cfg) -> None:
+    """The resolved config as flattened params and as a ``config.yaml`` artifact."""
     logger.log_hyperparams(flatten_params(OmegaConf.to_container(cfg, resolve=True)))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
+        path = Path(tmp) / CONFIG_NEXT_TO_CHECKPOINT
         OmegaConf.save(cfg, path, resolve=True)
         logger.experiment.log_artifact(logger.run_id, str(path))
+
+
+def make_logger(cfg, run_id: str | None = None) -> MLFlowLogger:
+    """MLflow logger for ``cfg`` (a new run, or the existing ``run_id``), with the resolved config
+    logged as flattened params and as a ``config.yaml`` artifact."""
+    logger = new_logger(cfg, run_id)
+    log_run_config(logger, cfg)
     return logger
 
 
-def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True) -> dict[str, object]:
+class ConfigBesideCheckpoint(L.Callback):
+    """Writes ``config.yaml`` into the checkpoint folder when fitting starts (what ``retention evaluate
+    --checkpoint`` and ``--resume PATH`` read): after :class:`ModelCheckpoint`'s setup, so that its
+    "directory exists and is not empty" warning does not fire on every new run."""
+
+    def __init__(self, cfg, folder: Path) -> None:
+        self.cfg, self.folder = cfg, folder
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.cfg, self.folder / CONFIG_NEXT_TO_CHECKPOINT, resolve=True)
+
+
+def _megabytes(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "-"
+
+
+def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True, resume=None) -> dict[str, object]:
     """Fit, test (dense / soft / retained) and track one run. Returns the summary.
 
+    Everything that can fail on the input runs before the MLflow run exists: the data module prepares
+    and sets up its fit splits (files read), the system is built (backbone loaded), the warm start
+    loads, the Trainer checks its arguments. Then the run is created (or, with ``logger``, used),
+    tagged with its owner (:func:`commands.run_state.owner_tags`), and trained; an exception marks it
+    FAILED and SIGINT / SIGTERM mark it KILLED (:func:`commands.run_state.mark_ended`; a ``logger``'s
+    run only when killed), then the exception propagates. ``retention train`` first marks KILLED the runs that dead processes of this
+    host left RUNNING (:func:`commands.run_state.reap_orphan_runs`).
+
     ``callbacks`` are added to the Trainer's (e.g. a pruning callback of a sweep); ``logger`` is
-    an :class:`MLFlowLogger` to use instead of a new run (e.g. a sweep trial's nested run).
-    The checkpoint monitors the system's primary metric on the hard path, ``val/<METRIC>_hard``.
+    an :class:`MLFlowLogger` to use instead of a new run (e.g. a sweep trial's nested run);
+    ``resume`` (a :class:`commands.run_state.ResumeTarget`) continues that run from its checkpoint.
+    Checkpoints (unless ``logging.save_checkpoints=false``): ``best.ckpt``, the best
+    ``val/<METRIC>_hard`` (the system's primary metric on the hard path), and ``last.ckpt``, the full
+    trainer state after the latest validation, in ``<logging.checkpoint_dir>/<run id>/``.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    logger = logger if logger is not None else make_logger(cfg)
-    run_id = logger.run_id
-
     dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
     system = build_system(cfg, dm)
-    if cfg.model.init_from:
+    if cfg.model.init_from and resume is None:
         warm_start(system, cfg.model.init_from)
     metric = system.METRIC
 
-    all_callbacks = [LearningRateMonitor(logging_interval="step"), *callbacks]
+    own_run = logger is None
+    tracking_uri = default_tracking_uri(cfg.logging.tracking_uri)
+    if own_run:
+        logger = new_logger(cfg, run_id=resume.run_id if resume is not None else None)
+    all_callbacks = [LearningRateMonitor(logging_interval="step"), RngState(), *callbacks]
     ckpt = None
-    if cfg.logging.save_checkpoint and not cfg.trainer.fast_dev_run:
-        ckpt_dir = Path(cfg.logging.checkpoint_dir) / run_id
-        ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best",
-                               monitor=f"val/{metric}_hard", mode="max", save_top_k=1)
-        all_callbacks.append(ckpt)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, ckpt_dir / CONFIG_NEXT_TO_CHECKPOINT, resolve=True)  # `retention evaluate --checkpoint`
+    if cfg.logging.save_checkpoints and not cfg.trainer.fast_dev_run:
+        ckpt = ModelCheckpoint(filename="best", monitor=f"val/{metric}_hard", mode="max", save_top_k=1,
+                               enable_version_counter=False)
+        # last.ckpt at the end of every training epoch only, where a resume is exact (Lightning resumes
+        # the data position at epoch boundaries; a mid-epoch validation does not write it)
+        last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True,
+                               every_n_epochs=1, enable_version_counter=False)
+        all_callbacks += [ckpt, last]
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = L.Trainer(
         logger=logger,
@@ -132,7 +176,52 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
         enable_checkpointing=ckpt is not None,
         **trainer_kwargs,
     )
-    trainer.fit(system, datamodule=dm)
+
+    if own_run:
+        reap_orphan_runs(MlflowClient(tracking_uri))
+    client = logger.experiment  # creates the run of a new logger
+    run_id = logger.run_id
+    if resume is not None:
+        client.update_run(run_id, status="RUNNING")
+        for stale in {"retention.killed_reason", "retention.error"} & set(client.get_run(run_id).data.tags):
+            client.delete_tag(run_id, stale)  # how it ended before; it runs again
+        client.set_tag(run_id, "retention.resumed_from", str(resume.checkpoint.resolve()))
+    elif own_run:
+        log_run_config(logger, cfg)
+    for key, value in owner_tags().items():
+        client.set_tag(run_id, key, value)
+    if ckpt is not None:
+        ckpt_dir = Path(cfg.logging.checkpoint_dir) / run_id
+        ckpt.dirpath = last.dirpath = str(ckpt_dir)
+        trainer.callbacks.append(ConfigBesideCheckpoint(cfg, ckpt_dir))
+        client.set_tag(run_id, TAG_CKPT_DIR, str(ckpt_dir.resolve()))
+    try:
+        with signals_raise(), warnings.catch_warnings():
+            if resume is not None:  # the folder holds the run's own checkpoints: expected
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            summary = _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri)
+    except BaseException as err:
+        if not own_run and killed_by(err) is None:  # e.g. a sweep trial: the caller records its failure or pruning
+            raise
+        status = mark_ended(client, run_id, err)
+        folder = Path(ckpt.dirpath) if ckpt is not None else None
+        if folder is not None and folder.is_dir() and not any(folder.glob("*.ckpt")):
+            (folder / CONFIG_NEXT_TO_CHECKPOINT).unlink(missing_ok=True)  # no checkpoint to go with it
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        last = folder / "last.ckpt" if folder is not None else None
+        again = (f"; continue it with `retention train --resume {run_id}`" if last is not None and last.is_file()
+                 else "")
+        print(f"retention: run {run_id} marked {status} ({type(err).__name__}: {err}){again}", file=sys.stderr, flush=True)
+        raise
+    if trainer.is_global_zero and print_summary:
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri) -> dict[str, object]:
+    run_id, metric = logger.run_id, system.METRIC
+    trainer.fit(system, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume is not None else None)
     best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     if best:
         logger.experiment.set_tag(run_id, "checkpoint_path", str(Path(best).resolve()))
@@ -141,8 +230,10 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     summary: dict[str, object] = {
         "run_id": run_id,
-        "tracking_uri": default_tracking_uri(cfg.logging.tracking_uri),
+        "tracking_uri": tracking_uri,
         "checkpoint": best,
+        "checkpoint_size": (f"best {_megabytes(Path(best))}, last {_megabytes(Path(ckpt.dirpath) / 'last.ckpt')}"
+                            if best else None),
         "metric": metric,
         "metric_label": system.METRIC_LABEL,
         "dense": m.get(f"test/{metric}_dense"),
@@ -158,8 +249,6 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
         summary["retained_over_dense"] = summary["retained"] / summary["dense"]
         if trainer.is_global_zero:
             logger.log_metrics({"test/retained_over_dense": summary["retained_over_dense"]})
-    if trainer.is_global_zero and print_summary:
-        print(format_summary(summary), flush=True)
     return summary
 
 
@@ -175,6 +264,7 @@ def format_summary(s: dict) -> str:
         ("MLflow run id", s["run_id"]),
         ("tracking URI", s["tracking_uri"]),
         ("checkpoint", s["checkpoint"] or "-"),
+        ("checkpoint size", s.get("checkpoint_size") or "-"),
         (f"dense {label} (nothing dropped)", _number(s["dense"])),
         (f"soft-gate {label}", _number(s["soft"])),
         (f"retained {label} (top-M, {budget})", _number(s["retained"])),

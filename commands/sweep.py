@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from commands.quiet import silence_library_noise
+from commands.run_state import reap_orphan_runs
 from commands.sweep_config import build_distributions, check_sweep, compose_sweep
 from commands.sweep_report import summarize
 from commands.sweep_study import PARENT_ATTR, Objective, ensure_parent_run, open_study, storage_url
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
               f"{str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
         return 1
     client = MlflowClient(tracking_uri)
+    reap_orphan_runs(client)  # runs that killed processes of this host left RUNNING
     parent = ensure_parent_run(study, scfg, client, exp_id)
     for params in s.enqueue:
         study.enqueue_trial(dict(params), skip_if_exists=True)

@@ -213,7 +213,7 @@ class LoggingConfig:
     experiment: str = "adaptive-retention"
     run_name: Optional[str] = None
     checkpoint_dir: str = "checkpoints"
-    save_checkpoint: bool = True
+    save_checkpoints: bool = True  # best.ckpt and last.ckpt in checkpoint_dir/<run id>/; false: none
 
 
 @dataclass

@@ -162,7 +162,7 @@ def test_pretrained_minilm_fine_tunes_offline_with_gates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_csv(tmp_path / "mine.csv", ["text", "label"], byo_rows(40))
     cfg = compose(["data=byo", "model=minilm", *FAST, "gate.layers=[2]", f"data.data_files={path}",
-                   f"data.cache_dir={tmp_path / 'cache'}", "logging.save_checkpoint=false",
+                   f"data.cache_dir={tmp_path / 'cache'}", "logging.save_checkpoints=false",
                    f"logging.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     dm = build_datamodule(cfg)
     system = build_system(cfg, dm)

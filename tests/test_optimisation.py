@@ -185,7 +185,7 @@ def test_ddp_spawn_two_processes_train_and_keep_lambda_identical(tmp_path, monke
     steps), so DDP runs without find_unused_parameters; λ is averaged, hence identical on both ranks."""
     monkeypatch.chdir(tmp_path)
     cfg = compose([*TINY, "budget.dense_steps=1", "trainer.strategy=ddp_spawn", "trainer.devices=2",
-                   "logging.save_checkpoint=false", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
+                   "logging.save_checkpoints=false", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
     runner.train(cfg, callbacks=[_SameLambdaOnEveryRank()])
 
 
