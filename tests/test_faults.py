@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
