@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from commands import cli, runner
+from commands.checkpoints import load_checkpoint
 from datamodules import build_datamodule
 from lightning_modules import build_system
 from conf.compose import compose
@@ -199,7 +200,7 @@ def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     uri = f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"
     first = runner.train(compose([*TINY, uri]))
-    ckpt = torch.load(first["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    ckpt = load_checkpoint(first["checkpoint"])["state_dict"]
     probe = _FirstWeights()
     runner.train(compose([*TINY, uri, "method=ltp", f"model.init_from={first['checkpoint']}"]), callbacks=[probe])
     out = capsys.readouterr().out
