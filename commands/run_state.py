@@ -15,6 +15,11 @@ ends, and how it resumes.
 * Resume. Every run saves ``last.ckpt`` (the full trainer state, with :class:`RngState`'s generator
   states) at the end of every training epoch beside ``best.ckpt``; :func:`resume_target` finds the
   run, its checkpoint and its own ``config.yaml`` from ``--resume RUN_ID`` or ``--resume PATH``.
+  Under DDP every rank resolves the same target and loads the same ``last.ckpt``.
+* Several processes (DDP: ``ddp_spawn``, ``ddp`` under ``torchrun`` or SLURM, several nodes). Only
+  global rank 0 owns the run: it creates it, tags it, logs the config and the summary, and marks how
+  it ended; the other ranks never open the tracking store (two processes initialising a fresh SQLite
+  store race). :class:`SharedRun` gives every rank rank 0's run id and checkpoint folder.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from conf.compose import compose
 from conf.schema import ConfigError
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "LAST", "RESUME_OVERRIDABLE", "TAG_CKPT_DIR", "TAG_HOST", "TAG_PID",
-           "RngState", "RunKilled", "ResumeTarget", "killed_by", "mark_ended", "owner_tags", "process_alive",
+           "RngState", "RunKilled", "ResumeTarget", "SharedRun", "killed_by", "mark_ended", "owner_tags", "process_alive",
            "reap_orphan_runs", "resume_target", "run_name", "signals_raise"]
 
 CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
@@ -165,6 +170,31 @@ def run_name(cfg) -> str:
         parts.append(str(cfg.ablation))
     parts.append(f"rho{cfg.budget.ratio:g}" if cfg.budget.ratio is not None else f"M{cfg.budget.tokens}")
     return "-".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- ranks
+class SharedRun(L.Callback):
+    """The run id and checkpoint folder of global rank 0, broadcast to every rank.
+
+    Global rank 0 sets :attr:`run_id` and :attr:`folder` before fitting (it created or resumed the
+    run); the other ranks hold None until :meth:`setup`, where ``trainer.strategy.broadcast`` (a
+    ``torch.distributed.broadcast_object_list`` from rank 0 under DDP, the identity in one process)
+    gives every rank rank 0's values and points every rank's ``ModelCheckpoint`` at the folder.
+    ``setup`` is the first hook after Lightning creates the process group, whatever started the
+    processes. Passing the id through the environment instead would work only where rank 0 starts the
+    others (Lightning's ``ddp`` launcher, ``ddp_spawn``); under ``torchrun``, SLURM's ``srun`` or a
+    multi-node job every process starts at once, before any run exists, so a broadcast is the one
+    channel that serves every launcher. The callback is put first, before the checkpoint callbacks."""
+
+    def __init__(self, checkpoints: Sequence = ()) -> None:
+        self.run_id: str | None = None
+        self.folder: Path | None = None
+        self.checkpoints = list(checkpoints)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.run_id, self.folder = trainer.strategy.broadcast((self.run_id, self.folder), src=0)
+        for callback in self.checkpoints:
+            callback.dirpath = str(self.folder)
 
 
 # ---------------------------------------------------------------------------------------- resume

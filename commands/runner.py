@@ -15,6 +15,7 @@ from typing import Sequence
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -24,8 +25,8 @@ from lightning_modules import build_system
 from .backbone_checks import check_config as check_config_and_files
 from .checkpoints import load_checkpoint
 from .device_checks import check_devices
-from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, TAG_CKPT_DIR, RngState, RunKilled, killed_by, mark_ended, owner_tags,
-                        reap_orphan_runs, resume_target, run_name, signals_raise)
+from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, LAST, TAG_CKPT_DIR, RngState, RunKilled, SharedRun, killed_by,
+                        mark_ended, owner_tags, reap_orphan_runs, resume_target, run_name, signals_raise)
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "RunKilled", "check_config", "check_run", "default_tracking_uri",
            "flatten_params", "format_summary", "make_logger", "reap_orphan_runs", "resume_target", "train", "warm_start"]
@@ -109,17 +110,18 @@ def make_logger(cfg, run_id: str | None = None) -> MLFlowLogger:
 
 
 class ConfigBesideCheckpoint(L.Callback):
-    """Writes ``config.yaml`` into the checkpoint folder when fitting starts (what ``retention evaluate
-    --checkpoint`` and ``--resume PATH`` read): after :class:`ModelCheckpoint`'s setup, so that its
-    "directory exists and is not empty" warning does not fire on every new run."""
+    """Writes ``config.yaml`` into the checkpoint folder (``shared.folder``, a :class:`SharedRun`) when
+    fitting starts (what ``retention evaluate --checkpoint`` and ``--resume PATH`` read), on global
+    rank 0 only: after :class:`ModelCheckpoint`'s setup, so that its "directory exists and is not
+    empty" warning does not fire on every new run."""
 
-    def __init__(self, cfg, folder: Path) -> None:
-        self.cfg, self.folder = cfg, folder
+    def __init__(self, cfg, shared: SharedRun) -> None:
+        self.cfg, self.shared = cfg, shared
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.cfg, self.folder / CONFIG_NEXT_TO_CHECKPOINT, resolve=True)
+            self.shared.folder.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.cfg, self.shared.folder / CONFIG_NEXT_TO_CHECKPOINT, resolve=True)
 
 
 def _megabytes(path: Path) -> str:
@@ -143,6 +145,12 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     Checkpoints (unless ``logging.save_checkpoints=false``): ``best.ckpt``, the best
     ``val/<METRIC>_hard`` (the system's primary metric on the hard path), and ``last.ckpt``, the full
     trainer state after the latest validation, in ``<logging.checkpoint_dir>/<run id>/``.
+
+    Several processes (DDP, any launcher): only global rank 0 (``trainer.is_global_zero``, which the
+    Trainer reads from torchrun's, SLURM's or Lightning's own environment variables) reaps orphans,
+    creates or resumes the run, tags and logs it, writes ``config.yaml``, marks it FAILED / KILLED and
+    prints the summary; the other ranks get a :class:`DummyLogger` and never open the tracking store.
+    Every rank learns rank 0's run id and checkpoint folder from :class:`commands.run_state.SharedRun`.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
@@ -155,9 +163,8 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
 
     own_run = logger is None
     tracking_uri = default_tracking_uri(cfg.logging.tracking_uri)
-    if own_run:
-        logger = new_logger(cfg, run_id=resume.run_id if resume is not None else None)
-    all_callbacks = [LearningRateMonitor(logging_interval="step"), RngState(), *callbacks]
+    shared = SharedRun()
+    all_callbacks = [shared, LearningRateMonitor(logging_interval="step"), RngState(), *callbacks]
     ckpt = None
     if cfg.logging.save_checkpoints and not cfg.trainer.fast_dev_run:
         ckpt = ModelCheckpoint(filename="best", monitor=f"val/{metric}_hard", mode="max", save_top_k=1,
@@ -167,18 +174,59 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
         last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True,
                                every_n_epochs=1, enable_version_counter=False)
         all_callbacks += [ckpt, last]
+        shared.checkpoints = [ckpt, last]
+        all_callbacks.append(ConfigBesideCheckpoint(cfg, shared))
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = L.Trainer(
-        logger=logger,
+        logger=logger if not own_run else False,  # an own run's logger is chosen below, once the rank is known
         callbacks=all_callbacks,
         gradient_clip_val=cfg.optim.grad_clip or None,
         default_root_dir=cfg.logging.checkpoint_dir,
         enable_checkpointing=ckpt is not None,
         **trainer_kwargs,
     )
-
+    # The Trainer knows the global rank under every launcher (torchrun's RANK, SLURM_PROCID, Lightning's
+    # NODE_RANK and LOCAL_RANK). Only rank 0 opens the tracking store; the others log nowhere.
+    zero = trainer.is_global_zero
     if own_run:
-        reap_orphan_runs(MlflowClient(tracking_uri))
+        logger = new_logger(cfg, run_id=resume.run_id if resume is not None else None) if zero else DummyLogger()
+        trainer.logger = logger
+    if zero:
+        if own_run:
+            reap_orphan_runs(MlflowClient(tracking_uri))
+        shared.run_id = _open_run(cfg, logger, own_run, resume)
+        if ckpt is not None:
+            shared.folder = Path(cfg.logging.checkpoint_dir) / shared.run_id
+            logger.experiment.set_tag(shared.run_id, TAG_CKPT_DIR, str(shared.folder.resolve()))
+    try:
+        with signals_raise(), warnings.catch_warnings():
+            if resume is not None:  # the folder holds the run's own checkpoints: expected
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            summary = _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri, shared)
+    except BaseException as err:
+        # a sweep trial: the caller records its failure or pruning; a rank > 0: rank 0 owns the run
+        if (not own_run and killed_by(err) is None) or not zero:
+            raise
+        run_id, client = shared.run_id, logger.experiment
+        status = mark_ended(client, run_id, err)
+        folder = shared.folder
+        if folder is not None and folder.is_dir() and not any(folder.glob("*.ckpt")):
+            (folder / CONFIG_NEXT_TO_CHECKPOINT).unlink(missing_ok=True)  # no checkpoint to go with it
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        last = folder / LAST if folder is not None else None
+        again = (f"; continue it with `retention train --resume {run_id}`" if last is not None and last.is_file()
+                 else "")
+        print(f"retention: run {run_id} marked {status} ({type(err).__name__}: {err}){again}", file=sys.stderr, flush=True)
+        raise
+    if trainer.is_global_zero and print_summary:
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def _open_run(cfg, logger: MLFlowLogger, own_run: bool, resume) -> str:
+    """Global rank 0: create the run of ``logger`` (or mark the resumed one RUNNING again), log the
+    config of a new own run, tag the owner. Returns the run id."""
     client = logger.experiment  # creates the run of a new logger
     run_id = logger.run_id
     if resume is not None:
@@ -190,40 +238,15 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
         log_run_config(logger, cfg)
     for key, value in owner_tags().items():
         client.set_tag(run_id, key, value)
-    if ckpt is not None:
-        ckpt_dir = Path(cfg.logging.checkpoint_dir) / run_id
-        ckpt.dirpath = last.dirpath = str(ckpt_dir)
-        trainer.callbacks.append(ConfigBesideCheckpoint(cfg, ckpt_dir))
-        client.set_tag(run_id, TAG_CKPT_DIR, str(ckpt_dir.resolve()))
-    try:
-        with signals_raise(), warnings.catch_warnings():
-            if resume is not None:  # the folder holds the run's own checkpoints: expected
-                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-            summary = _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri)
-    except BaseException as err:
-        if not own_run and killed_by(err) is None:  # e.g. a sweep trial: the caller records its failure or pruning
-            raise
-        status = mark_ended(client, run_id, err)
-        folder = Path(ckpt.dirpath) if ckpt is not None else None
-        if folder is not None and folder.is_dir() and not any(folder.glob("*.ckpt")):
-            (folder / CONFIG_NEXT_TO_CHECKPOINT).unlink(missing_ok=True)  # no checkpoint to go with it
-            if not any(folder.iterdir()):
-                folder.rmdir()
-        last = folder / "last.ckpt" if folder is not None else None
-        again = (f"; continue it with `retention train --resume {run_id}`" if last is not None and last.is_file()
-                 else "")
-        print(f"retention: run {run_id} marked {status} ({type(err).__name__}: {err}){again}", file=sys.stderr, flush=True)
-        raise
-    if trainer.is_global_zero and print_summary:
-        print(format_summary(summary), flush=True)
-    return summary
+    return run_id
 
 
-def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri) -> dict[str, object]:
-    run_id, metric = logger.run_id, system.METRIC
+def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri, shared) -> dict[str, object]:
+    metric = system.METRIC
     trainer.fit(system, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume is not None else None)
+    run_id = shared.run_id  # every rank's, since the fit's setup (SharedRun)
     best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    if best:
+    if best and trainer.is_global_zero:
         logger.experiment.set_tag(run_id, "checkpoint_path", str(Path(best).resolve()))
     trainer.test(system, datamodule=dm, ckpt_path=best, verbose=False)
 
