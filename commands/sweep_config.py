@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import optuna
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from commands.runner import check_config
@@ -25,7 +26,7 @@ from conf.schema import ConfigError
 from conf.sweep_schema import OBJECTIVES, SECTIONS, SweepConfig
 
 __all__ = ["SAMPLERS", "PRUNERS", "compose_sweep", "compose_trial", "build_distributions", "make_sampler",
-           "make_pruner", "check_sweep"]
+           "make_pruner", "check_sweep", "check_one_process", "processes"]
 
 SAMPLERS = ("auto", "tpe", "random", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
@@ -141,20 +142,54 @@ def make_pruner(study):
     return cls(**dict(study.pruner_args))
 
 
+def processes(trainer) -> int:
+    """How many processes Lightning starts for the ``trainer`` config on this machine:
+    ``num_nodes`` × the devices that ``accelerator`` and ``devices`` select (Lightning's own parsing;
+    ``auto`` picks CUDA, then MPS, then the CPU, and ``devices=auto`` every device of it)."""
+    name = trainer.accelerator
+    if name in ("auto", "gpu"):
+        name = ("cuda" if CUDAAccelerator.is_available() else "mps" if MPSAccelerator.is_available()
+                else "cpu" if name == "auto" else "cuda")
+    accelerator = AcceleratorRegistry[name]["accelerator"]
+    try:
+        devices = accelerator.auto_device_count() if trainer.devices == "auto" else accelerator.parse_devices(trainer.devices)
+        count = len(accelerator.get_parallel_devices(devices))
+    except Exception as err:  # Lightning's MisconfigurationException or ValueError, with its reason
+        raise ConfigError(f"trainer.devices={trainer.devices!r}: {err}") from None
+    return trainer.num_nodes * count
+
+
+def check_one_process(cfg) -> None:
+    """A sweep trial trains in its worker's process. Raises :class:`ConfigError` for a trial config
+    that would start several (``trainer.devices`` or ``trainer.num_nodes`` above 1, whatever the
+    DDP strategy): the trial's validation recorder and Optuna's pruning callback report from the worker's
+    process, and the processes DDP adds would train without them (``ddp_spawn``) or start the whole
+    sweep again (``ddp``). Parallel trials come from ``study.workers`` instead."""
+    n = processes(cfg.trainer)
+    if n > 1:
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices!r}, trainer.num_nodes={cfg.trainer.num_nodes} start "
+                          f"{n} processes; a sweep trial trains in one process (set trainer.devices=1; run trials in "
+                          "parallel with study.workers=N)")
+
+
 def check_sweep(scfg) -> dict[str, Any]:
     """Every check that can fail before a trial starts; returns the distributions.
 
     A searched key must exist in the train config and both ends of its range (every choice) must
-    pass the train config's checks; objectives, sampler, pruner (with its arguments), enqueued trials
-    and the trial budget are checked too. Raises :class:`ConfigError` naming the entry."""
+    pass the train config's checks and train in one process (:func:`check_one_process`); objectives,
+    sampler, pruner (with its arguments), enqueued trials and the trial budget are checked too.
+    Raises :class:`ConfigError` naming the entry."""
     s = scfg.study
     base = compose(scfg.base.overrides, scfg.base.config)
     check_config(base)
+    check_one_process(base)
     dists = build_distributions(scfg)
     for key, dist in dists.items():
         for value in _edge_values(dist):
             try:
-                check_config(compose_trial(scfg, {key: value}))
+                trial = compose_trial(scfg, {key: value})
+                check_config(trial)
+                check_one_process(trial)
             except ConfigError as err:
                 raise ConfigError(f"search_space.{key} (value {value!r}): {err}") from None
     bad = [o for o in s.objectives if o not in OBJECTIVES]

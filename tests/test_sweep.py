@@ -113,6 +113,11 @@ BAD_SPACE = [
     ("study.enqueue=[{gate.betaa: 0.5}]", "study.enqueue[0]", "gate.betaa"),
     ("study.enqueue=[{budget.ratio: 0.9}]", "study.enqueue[0]", "outside"),
     ("gate.temprature=0.5", "temprature", "GateConfig"),
+    # a trial trains in its worker's process: several devices (DDP) per trial are refused
+    ("trainer.devices=2", "trainer.devices=2", "a sweep trial trains in one process"),
+    ("trainer.num_nodes=2", "trainer.num_nodes=2", "a sweep trial trains in one process"),
+    ("search_space={trainer.devices: {type: categorical, choices: [1, 2]}}", "search_space.trainer.devices (value 2)",
+     "a sweep trial trains in one process"),
 ]
 
 
@@ -127,6 +132,15 @@ def test_bad_sweep_config_fails_before_any_trial(override, entry, detail, workdi
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and entry in err and detail in err, err
     assert not list(workdir.iterdir())  # no Optuna or MLflow store
+
+
+def test_trials_on_two_devices_with_ddp_spawn_are_refused_before_the_study_opens(workdir, capsys):
+    """A sweep trial trains in its worker's process (commands.sweep_config.check_one_process)."""
+    assert cli.main(["sweep", *TINY, "trainer.devices=2", "trainer.strategy=ddp_spawn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("retention: config error: trainer.devices=2, trainer.num_nodes=1 start 2 processes; a sweep trial trains in "
+                   "one process (set trainer.devices=1; run trials in parallel with study.workers=N)"), err
+    assert not list(workdir.iterdir())
 
 
 def test_config_groups_are_schema_sections_only():
