@@ -176,8 +176,8 @@ def run_name(cfg) -> str:
 class SharedRun(L.Callback):
     """The run id and checkpoint folder of global rank 0, broadcast to every rank.
 
-    Global rank 0 sets :attr:`run_id` and :attr:`folder` before fitting (it created or resumed the
-    run); the other ranks hold None until :meth:`setup`, where ``trainer.strategy.broadcast`` (a
+    Global rank 0 sets :attr:`run_id` and :attr:`folder` before fitting (:meth:`own`: it created or
+    resumed the run); the other ranks hold None until :meth:`setup`, where ``trainer.strategy.broadcast`` (a
     ``torch.distributed.broadcast_object_list`` from rank 0 under DDP, the identity in one process)
     gives every rank rank 0's values and points every rank's ``ModelCheckpoint`` at the folder.
     ``setup`` is the first hook after Lightning creates the process group, whatever started the
@@ -191,10 +191,14 @@ class SharedRun(L.Callback):
         self.folder: Path | None = None
         self.checkpoints = list(checkpoints)
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        self.run_id, self.folder = trainer.strategy.broadcast((self.run_id, self.folder), src=0)
+    def own(self, run_id: str, folder: Path | None) -> None:
+        """Global rank 0's run and checkpoint folder (set before fitting)."""
+        self.run_id, self.folder = run_id, folder
         for callback in self.checkpoints:
-            callback.dirpath = str(self.folder)
+            callback.dirpath = str(folder)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.own(*trainer.strategy.broadcast((self.run_id, self.folder), src=0))
 
 
 # ---------------------------------------------------------------------------------------- resume

@@ -194,10 +194,10 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     if zero:
         if own_run:
             reap_orphan_runs(MlflowClient(tracking_uri))
-        shared.run_id = _open_run(cfg, logger, own_run, resume)
+        run_id = _open_run(cfg, logger, own_run, resume)
+        shared.own(run_id, Path(cfg.logging.checkpoint_dir) / run_id if ckpt is not None else None)
         if ckpt is not None:
-            shared.folder = Path(cfg.logging.checkpoint_dir) / shared.run_id
-            logger.experiment.set_tag(shared.run_id, TAG_CKPT_DIR, str(shared.folder.resolve()))
+            logger.experiment.set_tag(run_id, TAG_CKPT_DIR, str(shared.folder.resolve()))
     try:
         with signals_raise(), warnings.catch_warnings():
             if resume is not None:  # the folder holds the run's own checkpoints: expected
