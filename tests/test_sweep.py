@@ -134,8 +134,12 @@ def test_bad_sweep_config_fails_before_any_trial(override, entry, detail, workdi
     assert not list(workdir.iterdir())  # no Optuna or MLflow store
 
 
-def test_trials_on_two_devices_with_ddp_spawn_are_refused_before_the_study_opens(workdir, capsys):
+def test_trials_on_two_devices_with_ddp_spawn_are_refused_before_the_study_opens(workdir, capsys, monkeypatch):
     """A sweep trial trains in its worker's process (commands.sweep_config.check_one_process)."""
+    def boom(*a, **k):
+        raise AssertionError("the study was opened before the sweep config was validated")
+
+    monkeypatch.setattr(sweep, "open_study", boom)
     assert cli.main(["sweep", *TINY, "trainer.devices=2", "trainer.strategy=ddp_spawn"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("retention: config error: trainer.devices=2, trainer.num_nodes=1 start 2 processes; a sweep trial trains in "
