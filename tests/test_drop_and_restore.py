@@ -2,8 +2,13 @@
 h_restored = z̃_K·h_L + Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k} (retention/encoder.py), so closed gates give the hard
 path's restored states, open gates the dense path's final states, and the gates get its gradient."""
 
+import math
+
 import pytest
 import torch
+from mlflow import MlflowClient
+
+from commands import cli
 
 from .retention_fixtures import ARCHS, batch, tiny, wrap
 
@@ -91,3 +96,23 @@ def test_soft_gates_get_the_gradient_of_the_mix():
     assert float(grad.abs()) > 1e-3
     torch.testing.assert_close(grad, numeric.reshape(1), rtol=1e-3, atol=1e-6)
     assert not torch.allclose(grad, grad_final_only, rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_hard_path_f1_is_at_least_the_soft_paths_on_synthetic_qa(tmp_path, monkeypatch):
+    """``retention train experiment=synthetic_qa seed=0`` (docs/results.md, "Drop-and-restore on
+    synthetic QA: hard vs soft"): the dense model learns the task (test F1 > 0.8), and because the
+    soft path trains the state drop-and-restore infers, the hard path's test F1 (exactly
+    M = ⌈0.3·43⌉ = 13 of the 43 tokens of every window kept, the rest restored) is at least the soft
+    path's. Soft evaluation keeps the same top-M tokens."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert cli.main(["train", "experiment=synthetic_qa", "seed=0", f"logging.tracking_uri={uri}",
+                     "logging.experiment=qa"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("qa").experiment_id])
+    m = run.data.metrics
+    assert m["test/f1_dense"] > 0.8
+    assert m["test/f1_hard"] >= m["test/f1_soft"]
+    assert m["test/kept_fraction_l1"] == pytest.approx(math.ceil(0.3 * 43) / 43)
+    assert m["test/soft_kept_fraction_l1"] == pytest.approx(m["test/kept_fraction_l1"])
