@@ -154,6 +154,8 @@ if speed.empty:
     print("No speed metric: none of these rows has a throughput ratio (run `retention evaluate "
           "--throughput-batches N` on the runs to measure one). The retention plot above is what there is.")
 else:
+    if len(speed) < len(summary):
+        print(f"{len(summary) - len(speed)} of {len(summary)} rows have no throughput ratio and are not plotted.")
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for label, g in lines(speed):
         ax.errorbar(g["throughput_ratio_mean"], g["value_mean"], xerr=g["throughput_ratio_std"].fillna(0),
