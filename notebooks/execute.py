@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="build/notebooks", help="where the executed notebooks and HTML go")
     p.add_argument("--only", nargs="+", choices=NOTEBOOKS, help="run only these notebooks")
     p.add_argument("--tracking-uri", help="your MLflow store (default: build the demo store under OUT/demo-store)")
-    p.add_argument("--experiment", help="ablations: the experiment to analyse")
+    p.add_argument("--experiment", nargs="+", help="ablations: the experiment(s) to analyse, e.g. one per seed")
     p.add_argument("--run-ids", nargs="+", help="training_dynamics / what_is_kept: the runs to show")
     p.add_argument("--study", help="sweep_analysis: the Optuna study name")
     p.add_argument("--storage", help="sweep_analysis: the Optuna storage URL")
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     names = args.only or [n for n in NOTEBOOKS if (NOTEBOOK_DIR / f"{n}.py").is_file()]
     if args.tracking_uri:
-        given = {"tracking_uri": args.tracking_uri, "experiment": args.experiment, "run_ids": args.run_ids,
+        experiment = args.experiment[0] if args.experiment and len(args.experiment) == 1 else args.experiment
+        given = {"tracking_uri": args.tracking_uri, "experiment": experiment, "run_ids": args.run_ids,
                  "study": args.study, "storage": args.storage}
         params = {n: {k: v for k, v in given.items() if v is not None} for n in names}
     else:
