@@ -31,10 +31,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from datamodules.loaders import DATASET_INDEX
 from retention.baselines import selector_for
 from retention.budget import annealed_targets, lagrangian_term
 from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
+
+from .metrics import ExampleMean
 
 __all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "lr_factor", "encoder_record", "EVAL_PATHS",
            "PRIMAL_GROUPS", "DUAL_GROUP"]
@@ -147,6 +150,9 @@ class RetentionSystem(L.LightningModule):
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
             self.eval_paths = ("hard",)
         self.optim = optim
+        # val/test means of per-example values, gathered over DDP ranks (:meth:`log_example_mean`)
+        names = ["loss_soft", *(f"{p}kept_fraction_l{layer}" for p in ("", "soft_") for layer in self.encoder.gate_layers)]
+        self.example_means = nn.ModuleDict({f"{stage}_{name}": ExampleMean() for stage in ("val", "test") for name in names})
 
     # ------------------------------------------------------------------ the Lagrangian
     @property
@@ -182,7 +188,7 @@ class RetentionSystem(L.LightningModule):
             return task + self.unused_in_graph()
         lag, targets = self.constraint_loss(out.expected_retention, out.targets)
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
-        self.log_retention("train", out, on_step=True, targets=targets)
+        self.log_retention("train", out, on_step=True, targets=targets, expected=out.expected_retention)
         self.log("train/exp_ret", out.expected_retention.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return task + lag
 
@@ -255,21 +261,29 @@ class RetentionSystem(L.LightningModule):
             for p in self.dual_and_gate_parameters():
                 p.grad = None
 
+    def log_example_mean(self, stage: str, name: str, batch: dict, values: torch.Tensor, prog_bar: bool = False) -> None:
+        """Log ``{stage}/{name}``: the mean of ``values`` (B,), one per example of ``batch``, over the
+        epoch's distinct examples of every DDP rank (:class:`lightning_modules.metrics.ExampleMean`)."""
+        metric = self.example_means[f"{stage}_{name}"]
+        metric.update(batch[DATASET_INDEX], values.detach().float())
+        self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=prog_bar)
+
     def log_retention(self, stage: str, out, on_step: bool, targets: torch.Tensor | None = None,
-                      path: str = "hard") -> None:
-        """Achieved vs target at every step (train: expected retention ĝ_ℓ, the fraction of open
-        sampled gates, the current target ρ_ℓ(t) and λ_ℓ; val/test: the kept fraction of the hard
-        path, ``kept_fraction_l<ℓ>``, or of the soft path, ``soft_kept_fraction_l<ℓ>``: its open gates,
-        the hard path's top-M unless a kept token's gate is 0)."""
+                      path: str = "hard", expected: torch.Tensor | None = None, batch: dict | None = None) -> None:
+        """Achieved vs target at every step (train: ``expected`` retention ĝ_ℓ over every rank's
+        batch, this rank's fraction of open sampled gates, the current target ρ_ℓ(t) and λ_ℓ;
+        val/test, per example of ``batch`` and averaged over the epoch's examples of every rank: the
+        kept fraction of the hard path, ``kept_fraction_l<ℓ>``, or of the soft path,
+        ``soft_kept_fraction_l<ℓ>``: its open gates, the hard path's top-M unless a kept token's gate is 0)."""
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
-                self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
+                self.log(f"train/expected_retention_l{layer}", expected[k].detach(), on_step=True, on_epoch=True)
                 self.log(f"train/open_fraction_l{layer}", out.achieved_retention[k], on_step=True, on_epoch=True)
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
                 prefix = "" if path == "hard" else f"{path}_"
-                self.log(f"{stage}/{prefix}kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
+                self.log_example_mean(stage, f"{prefix}kept_fraction_l{layer}", batch, out.kept_fractions[k])
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:

@@ -8,7 +8,8 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Budget", "SCHEDULES", "annealed_targets", "expected_retention", "lagrangian_term", "keep_counts", "threshold_counts"]
+__all__ = ["Budget", "SCHEDULES", "annealed_targets", "expected_retention",
+           "lagrangian_term", "keep_counts", "retention_per_sequence", "threshold_counts"]
 
 SCHEDULES = ("constant", "linear")
 
@@ -36,6 +37,12 @@ def threshold_counts(p_keep: torch.Tensor, valid: torch.Tensor, protected: torch
     return (valid & (protected | (p_keep >= 0.5))).sum(1)
 
 
+def retention_per_sequence(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each sequence's retention, (B,): Σ_t P_b,t(kept) / T_valid,b over its valid tokens."""
+    valid = valid.to(p_keep.dtype)
+    return (p_keep * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+
+
 def expected_retention(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The batch's expected retention at one gated layer:
 
@@ -44,8 +51,7 @@ def expected_retention(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     ``p_keep`` (B, T) is the probability that token t is still kept at this layer (cumulative over
     earlier gated layers; 1 for protected tokens); ``valid`` (B, T) excludes padding.
     """
-    valid = valid.to(p_keep.dtype)
-    return ((p_keep * valid).sum(1) / valid.sum(1).clamp_min(1.0)).mean()
+    return retention_per_sequence(p_keep, valid).mean()
 
 
 def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
