@@ -33,7 +33,7 @@ from torch import nn
 
 from datamodules.loaders import DATASET_INDEX
 from retention.baselines import selector_for
-from retention.budget import annealed_targets, lagrangian_term
+from retention.budget import annealed_targets, global_batch_mean, lagrangian_term
 from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
 
@@ -186,10 +186,10 @@ class RetentionSystem(L.LightningModule):
         self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
         if not gating:
             return task + self.unused_in_graph()
-        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
+        lag, targets, expected = self.constraint_loss(out.expected_retention, out.targets, out.kept_fractions.shape[1])
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
-        self.log_retention("train", out, on_step=True, targets=targets, expected=out.expected_retention)
-        self.log("train/exp_ret", out.expected_retention.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self.log_retention("train", out, on_step=True, targets=targets, expected=expected)
+        self.log("train/exp_ret", expected.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return task + lag
 
     def _evaluate(self, stage: str, batch) -> None:
@@ -219,11 +219,26 @@ class RetentionSystem(L.LightningModule):
         self._epoch_end("test")
         self._exit_selector()
 
-    def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.budget.lagrangian_term`) against the warmed-up targets
-        ρ_ℓ(t) at the current global step (:meth:`training_targets`). Returns (term, ρ(t))."""
+    def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor, batch_size: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The budget constraint of a training step, on the *global* batch:
+
+            Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)),   ĝ_ℓ = Σ_r B_r·ĝ_ℓ,r / Σ_r B_r,   ρ_ℓ = Σ_r B_r·ρ_ℓ,r / Σ_r B_r
+
+        (:func:`retention.budget.lagrangian_term`), ``expected`` and ``targets`` being this process's
+        batch means ĝ_ℓ,r and ρ_ℓ,r over its ``batch_size`` = B_r sequences, and ρ_ℓ(t) the warmed-up
+        target at the current global step (:meth:`training_targets`).
+
+        Under DDP with R ranks, ĝ_ℓ and ρ_ℓ are the means over all R ranks' sequences, summed by a
+        differentiable all-reduce (:func:`retention.budget.global_batch_mean`): every rank computes
+        the same term, λ's gradient ĝ_ℓ − ρ_ℓ(t) is the same on every rank (DDP then averages it,
+        leaving it unchanged), so λ takes one step on the global constraint and stays one value on
+        all ranks; each rank's gates get their share of ∂(λ_ℓ·ĝ_ℓ)/∂θ. With one process the sums are
+        the batch's own. Returns (term, ρ(t), ĝ)."""
+        both = global_batch_mean(torch.cat([expected, targets.to(expected.dtype)]), batch_size)
+        expected, targets = both[: len(expected)], both[len(expected):].detach()
         targets = self.training_targets(targets, self.global_step)
-        return lagrangian_term(self.lam, expected, targets), targets
+        return lagrangian_term(self.lam, expected, targets), targets, expected
 
     def training_targets(self, targets: torch.Tensor, step: int) -> torch.Tensor:
         """ρ_ℓ(t) at global step ``step``: the budget warm-up of :func:`retention.budget.annealed_targets`
@@ -248,8 +263,20 @@ class RetentionSystem(L.LightningModule):
     def on_fit_start(self) -> None:
         """Every module in train mode: a pretrained backbone comes from ``from_pretrained`` in eval mode
         (dropout off), and Lightning keeps the modes it finds at the start of training (it switches to
-        eval mode for validation and test and restores the modes after)."""
+        eval mode for validation and test and restores the modes after).
+
+        Under DDP every rank starts with the same generator state (``ddp_spawn`` copies the parent's,
+        ``torchrun`` runs the same ``seed_everything``), so every rank would draw the same
+        Hard-Concrete noise and dropout masks on its different examples. Each rank r therefore
+        reseeds torch with s + r, where s is one draw from that shared state: the noise differs per
+        rank and a run stays reproducible from its seed. One process keeps its stream untouched. On
+        ``--resume`` every rank first restores the checkpoint's (rank 0's) generator state
+        (:class:`commands.run_state.RngState` runs before this hook), then reseeds the same way: the
+        ranks' noise differs again, though not as the uninterrupted run's would."""
         self.train()
+        if self.trainer.world_size > 1:
+            shared = int(torch.randint(0, 2**62, (1,)))
+            torch.manual_seed(shared + self.global_rank)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """On a step that does not gate (the dense phase, a densely trained baseline) λ and the gates

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["Budget", "SCHEDULES", "annealed_targets", "expected_retention",
+__all__ = ["AllReduceSum", "Budget", "SCHEDULES", "annealed_targets", "expected_retention", "global_batch_mean",
            "lagrangian_term", "keep_counts", "retention_per_sequence", "threshold_counts"]
 
 SCHEDULES = ("constant", "linear")
@@ -52,6 +53,44 @@ def expected_retention(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     earlier gated layers; 1 for protected tokens); ``valid`` (B, T) excludes padding.
     """
     return retention_per_sequence(p_keep, valid).mean()
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Differentiable all-reduce (sum) over the default process group: every rank's output is
+    y = Σ_r x_r, so with L = Σ_r L_r (what DDP's gradient average optimises, ÷ R) the gradient of
+    each rank's input is ∂L/∂x_r = Σ_s ∂L_s/∂y, the all-reduced sum of the output gradients.
+    (torch's own ``torch.distributed.nn.functional.all_reduce`` does the same but is deprecated in
+    favour of a private module.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
+def global_batch_mean(means: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Batch means over every process's sequences: with R processes (DDP ranks), rank r holding
+    B_r sequences whose means are m_r (e.g. ĝ_ℓ,r of :func:`expected_retention`),
+
+        m = Σ_r B_r·m_r / Σ_r B_r   (the mean over all Σ_r B_r sequences),
+
+    summed with a differentiable all-reduce (:class:`AllReduceSum`), so the
+    gradient reaches every rank's inputs: rank r's inputs get R·∂L/∂m·B_r/Σ B, and DDP's gradient
+    average (÷ R) leaves exactly ∂L/∂m_r of the global mean. Every rank gets the same value; every
+    rank must call it at the same step. Without an initialised process group (or with one process)
+    it returns ``means`` itself. ``means``: a 1-d tensor."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return means
+    count = torch.full((1,), float(batch_size), dtype=means.dtype, device=means.device)
+    total = AllReduceSum.apply(torch.cat([means * batch_size, count]))
+    return total[:-1] / total[-1]
 
 
 def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
