@@ -95,6 +95,7 @@ def _metrics_worker(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_metrics_gather_every_rank_and_count_a_padded_example_once(tmp_path):
     mp.spawn(_metrics_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
