@@ -8,26 +8,62 @@ from enum import Enum
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from conf.data_schema import DataConfig
 
-__all__ = ["ConfiguredDataModule", "SplitLoaders"]
+__all__ = ["ConfiguredDataModule", "DATASET_INDEX", "IndexedCollate", "IndexedDataset", "SplitLoaders"]
+
+DATASET_INDEX = "dataset_index"
+"""The batch key of each row's position in its split's dataset (validation and test batches)."""
+
+
+class IndexedDataset(Dataset):
+    """``dataset`` whose item ``i`` is ``(i, dataset[i])``: the position travels with the example."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return index, self.dataset[index]
+
+
+class IndexedCollate:
+    """Batches ``(i, example)`` pairs of an :class:`IndexedDataset` with ``collate_fn`` (None: torch's
+    default) and adds the positions as ``batch[DATASET_INDEX]`` (B,), the batch's last key.
+
+    Under DDP, Lightning's ``DistributedSampler`` pads an evaluation split so that every rank gets the
+    same number of examples (rank r reads positions r, r + W, ... of the split followed by its first
+    few again); the metrics gather this index with their states and count each position once."""
+
+    def __init__(self, collate_fn=None) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, items):
+        batch = self.collate_fn([example for _, example in items])
+        batch[DATASET_INDEX] = torch.tensor([index for index, _ in items], dtype=torch.long)
+        return batch
 
 
 class SplitLoaders:
     """Mixin for a LightningDataModule that keeps its splits in ``self.datasets["train"|"val"|"test"]``
     and has ``batch_size``, ``eval_batch_size`` and ``num_workers`` hyperparameters; ``collate_fn``
-    (None: torch's default) batches the examples."""
+    (None: torch's default) batches the examples. Validation and test batches also carry each row's
+    position in its split, ``batch[DATASET_INDEX]`` (:class:`IndexedCollate`)."""
 
     collate_fn = None
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        indexed = split != "train"
         return DataLoader(
-            self.datasets[split],
+            IndexedDataset(self.datasets[split]) if indexed else self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
-            collate_fn=self.collate_fn,
+            collate_fn=IndexedCollate(self.collate_fn) if indexed else self.collate_fn,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )

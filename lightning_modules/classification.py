@@ -5,7 +5,10 @@ Single-label (:class:`RetentionClassifier`: cross-entropy, accuracy) and multi-l
 the loss and the metrics (:meth:`make_loss`, :meth:`make_metrics`, :meth:`metric_inputs`).
 
 When a data module cuts long documents into sliding windows (batches then carry ``doc_id``), every
-metric is also logged per document as ``{stage}/<name>_<path>_doc`` (:class:`DocumentMetric`)."""
+metric is also logged per document as ``{stage}/<name>_<path>_doc`` (:class:`DocumentMetric`).
+
+Every val/test metric is :class:`lightning_modules.metrics.Deduplicated`: its inputs are gathered from
+every DDP rank and an example (a window) that the distributed sampler repeated counts once."""
 
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
+from datamodules.loaders import DATASET_INDEX
+
+from .metrics import Deduplicated
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
 __all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS",
@@ -44,6 +50,7 @@ class DocumentMetric(Metric):
 
     def __init__(self, metric: Metric, inputs: Callable, pool: str) -> None:
         super().__init__()
+        metric.sync_on_compute = False  # it scores the documents pooled from the gathered states
         self.metric, self.inputs, self.pool = metric, inputs, pool
         for name in ("doc_ids", "logits", "labels"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -83,18 +90,20 @@ class RetentionClassifier(RetentionSystem):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, d), nn.Tanh(),
                                   nn.Dropout(dropout), nn.Linear(d, num_labels))
         self.loss_fn = self.make_loss()
+        self.example_loss_fn = self.make_loss("none")
         self.metric_names = tuple(self.make_metrics(num_labels))
         self.metrics = nn.ModuleDict({
-            f"{stage}_{path}_{name}": metric
+            f"{stage}_{path}_{name}": Deduplicated(metric, num_inputs=2)
             for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
         })
         self.doc_metrics = nn.ModuleDict({
-            f"{stage}_{path}_{name}": DocumentMetric(metric, self.metric_inputs, self.DOC_POOL)
+            f"{stage}_{path}_{name}": Deduplicated(DocumentMetric(metric, self.metric_inputs, self.DOC_POOL), num_inputs=3)
             for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
         })
 
-    def make_loss(self) -> nn.Module:
-        return nn.CrossEntropyLoss()
+    def make_loss(self, reduction: str = "mean") -> nn.Module:
+        """The task loss; ``reduction="none"`` gives one value per example (B,)."""
+        return nn.CrossEntropyLoss(reduction=reduction)
 
     def make_metrics(self, num_labels: int) -> dict[str, Metric]:
         """Metric name → a fresh metric; logged as ``{stage}/<name>_<path>``; ``METRIC`` is among them."""
@@ -116,21 +125,27 @@ class RetentionClassifier(RetentionSystem):
         logits, out = self.classify(batch, mode)
         return self.loss_fn(logits, batch["labels"]), out
 
+    def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task loss of each example (B,), whose mean is :attr:`loss_fn`'s batch loss."""
+        losses = self.example_loss_fn(logits, labels)
+        return losses.reshape(len(losses), -1).mean(1)
+
     def _evaluate(self, stage: str, batch) -> None:
+        index = batch[DATASET_INDEX]
         for path in self.eval_paths:
             logits, out = self.classify(batch, path)
             preds, target = self.metric_inputs(logits, batch["labels"])
             for name in self.metric_names:
                 key = f"{stage}_{path}_{name}"
-                self.metrics[key](preds, target)
+                self.metrics[key].update(index, preds, target)
                 self.log(f"{stage}/{name}_{path}", self.metrics[key], on_step=False, on_epoch=True, prog_bar=path == "hard" and name == self.METRIC)
                 if "doc_id" in batch:
-                    self.doc_metrics[key].update(logits, batch["labels"], batch["doc_id"])
+                    self.doc_metrics[key].update(index, logits, batch["labels"], batch["doc_id"])
                     self.log(f"{stage}/{name}_{path}_doc", self.doc_metrics[key], on_step=False, on_epoch=True)
             if path in ("hard", "soft"):
-                self.log_retention(stage, out, on_step=False, path=path)
+                self.log_retention(stage, out, on_step=False, path=path, batch=batch)
             if path == "soft":
-                self.log(f"{stage}/loss_soft", self.loss_fn(logits, batch["labels"]), on_step=False, on_epoch=True)
+                self.log_example_mean(stage, "loss_soft", batch, self.example_losses(logits, batch["labels"]))
 
 
 class RetentionMultiLabelClassifier(RetentionClassifier):
@@ -142,8 +157,8 @@ class RetentionMultiLabelClassifier(RetentionClassifier):
     METRIC = "f1_micro"
     METRIC_LABEL = "micro F1"
 
-    def make_loss(self) -> nn.Module:
-        return nn.BCEWithLogitsLoss()
+    def make_loss(self, reduction: str = "mean") -> nn.Module:
+        return nn.BCEWithLogitsLoss(reduction=reduction)
 
     def make_metrics(self, num_labels: int) -> dict[str, Metric]:
         return {"f1_micro": MultilabelF1Score(num_labels, average="micro"),

@@ -12,16 +12,24 @@ window's span. SQuAD exact match / F1 (torchmetrics) on the soft, hard and dense
 
 A batch carries ``input_ids``, ``attention_mask``, ``protected`` (B, T) bool, ``start_positions`` /
 ``end_positions`` (B,) (0 = [CLS] when the answer is not in this window), ``offsets`` (B, T, 2) char
-offsets into the example's context, ``context_mask`` (B, T) bool, ``example_index`` (B,). The data
+offsets into the example's context, ``context_mask`` (B, T) bool, ``example_index`` (B,), and in
+validation and test each window's position in its split (``datamodules.loaders.DATASET_INDEX``). The data
 module answers ``eval_examples(stage)``: ``example_index`` → ``{"id", "context", "answers": [gold texts]}``.
+
+Under DDP each window's best span is gathered from every rank (:class:`lightning_modules.metrics.SpanCandidates`,
+a window the distributed sampler repeated counts once) before the best window per question is chosen
+and EM / F1 are computed, so they are those of the whole split.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.text import SQuAD
+from torchmetrics.functional.text import squad
 
+from datamodules.loaders import DATASET_INDEX
+
+from .metrics import SpanCandidates
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
 __all__ = ["RetentionQA", "best_spans"]
@@ -64,9 +72,8 @@ class RetentionQA(RetentionSystem):
         d = self.encoder.backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, 2))
         self.max_answer_tokens = max_answer_tokens
-        self.loss_fn = nn.CrossEntropyLoss()
-        self.metrics = nn.ModuleDict({f"{stage}_{path}": SQuAD() for stage in ("val", "test") for path in EVAL_PATHS})
-        self._candidates: dict[str, dict[int, tuple[float, int, int]]] = {}
+        self.loss_fn = nn.CrossEntropyLoss(reduction="none")
+        self.candidates = nn.ModuleDict({f"{stage}_{path}": SpanCandidates() for stage in ("val", "test") for path in EVAL_PATHS})
 
     def forward(self, input_ids, attention_mask=None, protected=None, mode: str = "auto"):
         """(start_logits, end_logits), each (B, T) — every position, on every path — and the encoder output."""
@@ -82,49 +89,47 @@ class RetentionQA(RetentionSystem):
         return start, end, out
 
     def span_loss(self, start, end, batch) -> torch.Tensor:
+        """Each window's loss (B,): the mean of the start and end positions' cross-entropies."""
         return 0.5 * (self.loss_fn(start, batch["start_positions"]) + self.loss_fn(end, batch["end_positions"]))
 
     def task_loss(self, batch: dict, mode: str):
         start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=mode)
-        return self.span_loss(start, end, batch), out
+        return self.span_loss(start, end, batch).mean(), out
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, stage: str, batch) -> None:
         for path in self.eval_paths:
             start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path)
             if path in ("hard", "soft"):
-                self.log_retention(stage, out, on_step=False, path=path)
+                self.log_retention(stage, out, on_step=False, path=path, batch=batch)
             if path == "soft":
-                self.log(f"{stage}/loss_soft", self.span_loss(start, end, batch), on_step=False, on_epoch=True)
+                self.log_example_mean(stage, "loss_soft", batch, self.span_loss(start, end, batch))
             score, i, j = best_spans(start.float(), end.float(), batch["context_mask"].bool(), self.max_answer_tokens)
             rows = torch.arange(i.shape[0], device=i.device)
             char_start = batch["offsets"][rows, i, 0]
             char_end = batch["offsets"][rows, j, 1]
-            best = self._candidates.setdefault(f"{stage}_{path}", {})
-            for ex, sc, cs, ce in zip(batch["example_index"].tolist(), score.tolist(), char_start.tolist(), char_end.tolist()):
-                if ex not in best or sc > best[ex][0]:
-                    best[ex] = (sc, cs, ce)
+            self.candidates[f"{stage}_{path}"].update(batch[DATASET_INDEX], batch["example_index"], score, char_start, char_end)
 
     def squad_scores(self, key: str, examples) -> dict[str, torch.Tensor] | None:
-        """SQuAD exact match and F1 (0–100) of the best span per example collected under ``key``
-        (``<stage>_<path>``) since the last call; None when nothing was collected."""
-        best = self._candidates.pop(key, {})
-        if not best:
+        """SQuAD exact match and F1 (0–100) of the best span per question collected under ``key``
+        (``<stage>_<path>``) since the last call, from every DDP rank's windows (the gathering is a
+        collective: every rank calls it); None when nothing was collected."""
+        candidates = self.candidates[key]
+        if not candidates.update_called:
             return None
+        best = candidates.compute()
+        candidates.reset()
         preds, target = [], []
-        for ex, (_, cs, ce) in sorted(best.items()):
+        for ex, cs, ce in best.tolist():
             e = examples[ex]
             preds.append({"prediction_text": e["context"][cs:ce], "id": e["id"]})
             target.append({"answers": {"text": list(e["answers"]), "answer_start": [0] * len(e["answers"])}, "id": e["id"]})
-        metric = self.metrics[key]
-        result = metric(preds, target)
-        metric.reset()
-        return result
+        return squad(preds, target)
 
     def _epoch_end(self, stage: str) -> None:
         examples = self.trainer.datamodule.eval_examples(stage)
         for path in self.eval_paths:
             result = self.squad_scores(f"{stage}_{path}", examples)
-            if result is not None:
-                self.log(f"{stage}/f1_{path}", result["f1"] / 100.0, prog_bar=path == "hard")
-                self.log(f"{stage}/em_{path}", result["exact_match"] / 100.0)
+            if result is not None:  # the same value on every rank: the mean over ranks changes nothing
+                self.log(f"{stage}/f1_{path}", result["f1"] / 100.0, prog_bar=path == "hard", sync_dist=True)
+                self.log(f"{stage}/em_{path}", result["exact_match"] / 100.0, sync_dist=True)

@@ -13,7 +13,10 @@ cross-attends to what the encoder kept:
 * dense: the same weights, nothing dropped.
 
 Generation (greedy or beam, ``num_beams``) runs ``model.generate(encoder_outputs=..., attention_mask=...)``
-on the path's encoder output; ROUGE-1/2/L F-measures (torchmetrics ``ROUGEScore``) on the three paths.
+on the path's encoder output; ROUGE-1/2/L F-measures (torchmetrics ``rouge_score`` of each example,
+averaged over the split's examples, as ``ROUGEScore`` averages them) on the three paths, and
+``loss_<path>``, the mean over examples of each example's mean target-token cross-entropy. Both are
+gathered over DDP ranks, each example once (:class:`lightning_modules.metrics.ExampleMean`).
 A batch carries ``input_ids``, ``attention_mask`` and ``labels`` (target ids, −100 at padding).
 """
 
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.text.rouge import ROUGEScore
+from torch.nn import functional as F
+from torchmetrics.functional.text.rouge import rouge_score
 from transformers.modeling_outputs import BaseModelOutput
 
+from .metrics import ExampleMean
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
 __all__ = ["RetentionSummarizer"]
@@ -48,8 +53,8 @@ class RetentionSummarizer(RetentionSystem):
         super().__init__(encoder, optim, method)
         self.seq2seq = seq2seq
         self.generation = dict(generation or {"max_new_tokens": 64, "num_beams": 1})
-        self.metrics = nn.ModuleDict({f"{stage}_{path}": ROUGEScore(rouge_keys=ROUGE_KEYS)
-                                      for stage in ("val", "test") for path in EVAL_PATHS})
+        self.example_means.update({f"{stage}_{name}_{path}": ExampleMean() for stage in ("val", "test")
+                                   for path in EVAL_PATHS for name in ("loss", *ROUGE_KEYS)})
         self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------ encoder paths
@@ -66,10 +71,16 @@ class RetentionSummarizer(RetentionSystem):
             cross_mask = out.valid & (z > 0)
         return BaseModelOutput(last_hidden_state=hidden), cross_mask.long(), out
 
-    def forward(self, input_ids, attention_mask, labels, mode: str = "auto"):
+    def forward(self, input_ids, attention_mask, labels, mode: str = "auto", per_example: bool = False):
+        """(loss, retention output): the mean target-token cross-entropy of the batch, or with
+        ``per_example`` each example's own mean (B,)."""
         enc, cross_mask, out = self.encode(input_ids, attention_mask, mode)
         result = self.seq2seq(encoder_outputs=enc, attention_mask=cross_mask, labels=labels)
-        return result.loss, out
+        if not per_example:
+            return result.loss, out
+        tokens = F.cross_entropy(result.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        counts = (labels != -100).sum(1).clamp_min(1)
+        return tokens.sum(1) / counts, out
 
     def generate(self, input_ids, attention_mask, mode: str = "hard", **overrides) -> torch.Tensor:
         enc, cross_mask, _ = self.encode(input_ids, attention_mask, mode)
@@ -87,18 +98,12 @@ class RetentionSummarizer(RetentionSystem):
     def _evaluate(self, stage: str, batch) -> None:
         references = self._texts(batch["labels"])
         for path in self.eval_paths:
-            loss, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path)
-            self.log(f"{stage}/loss_{path}", loss, on_step=False, on_epoch=True)
+            losses, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path, per_example=True)
+            self.log_example_mean(stage, f"loss_{path}", batch, losses)
             if path in ("hard", "soft"):
-                self.log_retention(stage, out, on_step=False, path=path)
-            generated = self.generate(batch["input_ids"], batch["attention_mask"], mode=path)
-            metric = self.metrics[f"{stage}_{path}"]
-            metric.update(self._texts(generated), references)
-
-    def _epoch_end(self, stage: str) -> None:
-        for path in self.eval_paths:
-            metric = self.metrics[f"{stage}_{path}"]
-            scores = metric.compute()
-            metric.reset()
+                self.log_retention(stage, out, on_step=False, path=path, batch=batch)
+            generated = self._texts(self.generate(batch["input_ids"], batch["attention_mask"], mode=path))
+            scores = [rouge_score(g, r, rouge_keys=ROUGE_KEYS) for g, r in zip(generated, references)]
             for key in ROUGE_KEYS:
-                self.log(f"{stage}/{key}_{path}", scores[f"{key}_fmeasure"], prog_bar=key == "rouge1" and path == "hard")
+                values = torch.stack([s[f"{key}_fmeasure"] for s in scores]).to(self.device)
+                self.log_example_mean(stage, f"{key}_{path}", batch, values, prog_bar=key == "rouge1" and path == "hard")

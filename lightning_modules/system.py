@@ -31,10 +31,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from datamodules.loaders import DATASET_INDEX
 from retention.baselines import selector_for
-from retention.budget import annealed_targets, lagrangian_term
+from retention.budget import annealed_targets, global_batch_mean, lagrangian_term
 from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
+
+from .metrics import ExampleMean
 
 __all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "lr_factor", "encoder_record", "EVAL_PATHS",
            "PRIMAL_GROUPS", "DUAL_GROUP"]
@@ -147,6 +150,9 @@ class RetentionSystem(L.LightningModule):
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
             self.eval_paths = ("hard",)
         self.optim = optim
+        # val/test means of per-example values, gathered over DDP ranks (:meth:`log_example_mean`)
+        names = ["loss_soft", *(f"{p}kept_fraction_l{layer}" for p in ("", "soft_") for layer in self.encoder.gate_layers)]
+        self.example_means = nn.ModuleDict({f"{stage}_{name}": ExampleMean() for stage in ("val", "test") for name in names})
 
     # ------------------------------------------------------------------ the Lagrangian
     @property
@@ -180,10 +186,10 @@ class RetentionSystem(L.LightningModule):
         self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
         if not gating:
             return task + self.unused_in_graph()
-        lag, targets = self.constraint_loss(out.expected_retention, out.targets)
+        lag, targets, expected = self.constraint_loss(out.expected_retention, out.targets, out.kept_fractions.shape[1])
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
-        self.log_retention("train", out, on_step=True, targets=targets)
-        self.log("train/exp_ret", out.expected_retention.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self.log_retention("train", out, on_step=True, targets=targets, expected=expected)
+        self.log("train/exp_ret", expected.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return task + lag
 
     def _evaluate(self, stage: str, batch) -> None:
@@ -213,11 +219,26 @@ class RetentionSystem(L.LightningModule):
         self._epoch_end("test")
         self._exit_selector()
 
-    def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)) (:func:`retention.budget.lagrangian_term`) against the warmed-up targets
-        ρ_ℓ(t) at the current global step (:meth:`training_targets`). Returns (term, ρ(t))."""
+    def constraint_loss(self, expected: torch.Tensor, targets: torch.Tensor, batch_size: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The budget constraint of a training step, on the *global* batch:
+
+            Σ_ℓ λ_ℓ (ĝ_ℓ − ρ_ℓ(t)),   ĝ_ℓ = Σ_r B_r·ĝ_ℓ,r / Σ_r B_r,   ρ_ℓ = Σ_r B_r·ρ_ℓ,r / Σ_r B_r
+
+        (:func:`retention.budget.lagrangian_term`), ``expected`` and ``targets`` being this process's
+        batch means ĝ_ℓ,r and ρ_ℓ,r over its ``batch_size`` = B_r sequences, and ρ_ℓ(t) the warmed-up
+        target at the current global step (:meth:`training_targets`).
+
+        Under DDP with R ranks, ĝ_ℓ and ρ_ℓ are the means over all R ranks' sequences, summed by a
+        differentiable all-reduce (:func:`retention.budget.global_batch_mean`): every rank computes
+        the same term, λ's gradient ĝ_ℓ − ρ_ℓ(t) is the same on every rank (DDP then averages it,
+        leaving it unchanged), so λ takes one step on the global constraint and stays one value on
+        all ranks; each rank's gates get their share of ∂(λ_ℓ·ĝ_ℓ)/∂θ. With one process the sums are
+        the batch's own. Returns (term, ρ(t), ĝ)."""
+        both = global_batch_mean(torch.cat([expected, targets.to(expected.dtype)]), batch_size)
+        expected, targets = both[: len(expected)], both[len(expected):].detach()
         targets = self.training_targets(targets, self.global_step)
-        return lagrangian_term(self.lam, expected, targets), targets
+        return lagrangian_term(self.lam, expected, targets), targets, expected
 
     def training_targets(self, targets: torch.Tensor, step: int) -> torch.Tensor:
         """ρ_ℓ(t) at global step ``step``: the budget warm-up of :func:`retention.budget.annealed_targets`
@@ -242,8 +263,20 @@ class RetentionSystem(L.LightningModule):
     def on_fit_start(self) -> None:
         """Every module in train mode: a pretrained backbone comes from ``from_pretrained`` in eval mode
         (dropout off), and Lightning keeps the modes it finds at the start of training (it switches to
-        eval mode for validation and test and restores the modes after)."""
+        eval mode for validation and test and restores the modes after).
+
+        Under DDP every rank starts with the same generator state (``ddp_spawn`` copies the parent's,
+        ``torchrun`` runs the same ``seed_everything``), so every rank would draw the same
+        Hard-Concrete noise and dropout masks on its different examples. Each rank r therefore
+        reseeds torch with s + r, where s is one draw from that shared state: the noise differs per
+        rank and a run stays reproducible from its seed. One process keeps its stream untouched. On
+        ``--resume`` every rank first restores the checkpoint's (rank 0's) generator state
+        (:class:`commands.run_state.RngState` runs before this hook), then reseeds the same way: the
+        ranks' noise differs again, though not as the uninterrupted run's would."""
         self.train()
+        if self.trainer.world_size > 1:
+            shared = int(torch.randint(0, 2**62, (1,)))
+            torch.manual_seed(shared + self.global_rank)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """On a step that does not gate (the dense phase, a densely trained baseline) λ and the gates
@@ -255,21 +288,29 @@ class RetentionSystem(L.LightningModule):
             for p in self.dual_and_gate_parameters():
                 p.grad = None
 
+    def log_example_mean(self, stage: str, name: str, batch: dict, values: torch.Tensor, prog_bar: bool = False) -> None:
+        """Log ``{stage}/{name}``: the mean of ``values`` (B,), one per example of ``batch``, over the
+        epoch's distinct examples of every DDP rank (:class:`lightning_modules.metrics.ExampleMean`)."""
+        metric = self.example_means[f"{stage}_{name}"]
+        metric.update(batch[DATASET_INDEX], values.detach().float())
+        self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=prog_bar)
+
     def log_retention(self, stage: str, out, on_step: bool, targets: torch.Tensor | None = None,
-                      path: str = "hard") -> None:
-        """Achieved vs target at every step (train: expected retention ĝ_ℓ, the fraction of open
-        sampled gates, the current target ρ_ℓ(t) and λ_ℓ; val/test: the kept fraction of the hard
-        path, ``kept_fraction_l<ℓ>``, or of the soft path, ``soft_kept_fraction_l<ℓ>``: its open gates,
-        the hard path's top-M unless a kept token's gate is 0)."""
+                      path: str = "hard", expected: torch.Tensor | None = None, batch: dict | None = None) -> None:
+        """Achieved vs target at every step (train: ``expected`` retention ĝ_ℓ over every rank's
+        batch, this rank's fraction of open sampled gates, the current target ρ_ℓ(t) and λ_ℓ;
+        val/test, per example of ``batch`` and averaged over the epoch's examples of every rank: the
+        kept fraction of the hard path, ``kept_fraction_l<ℓ>``, or of the soft path,
+        ``soft_kept_fraction_l<ℓ>``: its open gates, the hard path's top-M unless a kept token's gate is 0)."""
         for k, layer in enumerate(self.encoder.gate_layers):
             if stage == "train":
-                self.log(f"train/expected_retention_l{layer}", out.expected_retention[k].detach(), on_step=True, on_epoch=True)
+                self.log(f"train/expected_retention_l{layer}", expected[k].detach(), on_step=True, on_epoch=True)
                 self.log(f"train/open_fraction_l{layer}", out.achieved_retention[k], on_step=True, on_epoch=True)
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
             else:
                 prefix = "" if path == "hard" else f"{path}_"
-                self.log(f"{stage}/{prefix}kept_fraction_l{layer}", out.achieved_retention[k], on_step=on_step, on_epoch=True)
+                self.log_example_mean(stage, f"{prefix}kept_fraction_l{layer}", batch, out.kept_fractions[k])
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["Budget", "SCHEDULES", "annealed_targets", "expected_retention", "lagrangian_term", "keep_counts", "threshold_counts"]
+__all__ = ["AllReduceSum", "Budget", "SCHEDULES", "annealed_targets", "expected_retention", "global_batch_mean",
+           "lagrangian_term", "keep_counts", "retention_per_sequence", "threshold_counts"]
 
 SCHEDULES = ("constant", "linear")
 
@@ -36,6 +38,12 @@ def threshold_counts(p_keep: torch.Tensor, valid: torch.Tensor, protected: torch
     return (valid & (protected | (p_keep >= 0.5))).sum(1)
 
 
+def retention_per_sequence(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each sequence's retention, (B,): Σ_t P_b,t(kept) / T_valid,b over its valid tokens."""
+    valid = valid.to(p_keep.dtype)
+    return (p_keep * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+
+
 def expected_retention(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The batch's expected retention at one gated layer:
 
@@ -44,8 +52,45 @@ def expected_retention(p_keep: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     ``p_keep`` (B, T) is the probability that token t is still kept at this layer (cumulative over
     earlier gated layers; 1 for protected tokens); ``valid`` (B, T) excludes padding.
     """
-    valid = valid.to(p_keep.dtype)
-    return ((p_keep * valid).sum(1) / valid.sum(1).clamp_min(1.0)).mean()
+    return retention_per_sequence(p_keep, valid).mean()
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Differentiable all-reduce (sum) over the default process group: every rank's output is
+    y = Σ_r x_r, so with L = Σ_r L_r (what DDP's gradient average optimises, ÷ R) the gradient of
+    each rank's input is ∂L/∂x_r = Σ_s ∂L_s/∂y, the all-reduced sum of the output gradients.
+    (torch's own ``torch.distributed.nn.functional.all_reduce`` does the same but is deprecated in
+    favour of a private module.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
+def global_batch_mean(means: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Batch means over every process's sequences: with R processes (DDP ranks), rank r holding
+    B_r sequences whose means are m_r (e.g. ĝ_ℓ,r of :func:`expected_retention`),
+
+        m = Σ_r B_r·m_r / Σ_r B_r   (the mean over all Σ_r B_r sequences),
+
+    summed with a differentiable all-reduce (:class:`AllReduceSum`), so the
+    gradient reaches every rank's inputs: rank r's inputs get R·∂L/∂m·B_r/Σ B, and DDP's gradient
+    average (÷ R) leaves exactly ∂L/∂m_r of the global mean. Every rank gets the same value; every
+    rank must call it at the same step. Without an initialised process group (or with one process)
+    it returns ``means`` itself. ``means``: a 1-d tensor."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return means
+    count = torch.full((1,), float(batch_size), dtype=means.dtype, device=means.device)
+    total = AllReduceSum.apply(torch.cat([means * batch_size, count]))
+    return total[:-1] / total[-1]
 
 
 def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

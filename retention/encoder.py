@@ -47,7 +47,7 @@ from typing import Iterator, Literal, Sequence
 import torch
 from torch import nn
 
-from .budget import Budget, expected_retention, keep_counts, threshold_counts
+from .budget import Budget, expected_retention, keep_counts, retention_per_sequence, threshold_counts
 from .fastpath import SOFT_GATE_ATTENTION, use_soft_gate_attention
 from .gate import ContextScorer
 from .hard_concrete import HardConcrete, Relaxation
@@ -100,8 +100,9 @@ class RetentionOutput:
     length M_max on the hard path. ``positions`` (B, T_out): original position of each row.
     ``valid`` (B, T_out): real (non-padding) rows.
     ``achieved_retention`` (K,): per gated layer, the achieved fraction of valid tokens still in
-    play, mean over the batch — soft path: gate open (cumulative z̃ > 0); hard path: retained
-    (M_ℓ / T_valid); dense path: 1. ``targets`` (K,): ρ_ℓ for this batch.
+    play, mean over the batch of ``kept_fractions`` (K, B), each sequence's fraction — soft path:
+    gate open (cumulative z̃ > 0); hard path: retained (M_ℓ / T_valid); dense path: 1.
+    ``targets`` (K,): ρ_ℓ for this batch.
     ``expected_retention`` (K,): ĝ_ℓ, the mean of the cumulative P(z̃ > 0) over valid tokens,
     differentiable — the left-hand side of the budget constraint; soft path, and 1 on the dense
     path (every P(kept) = 1). None on the hard path, which samples nothing: its fraction is
@@ -124,6 +125,7 @@ class RetentionOutput:
     retained_counts: list[torch.Tensor] = field(default_factory=list)
     restored_hidden_state: torch.Tensor | None = None
     gate_values: torch.Tensor | None = None  # soft path: cumulative z̃ (B, T) after the last gate
+    kept_fractions: torch.Tensor | None = None
 
 
 @dataclass
@@ -142,7 +144,7 @@ class _State:
     p_cum: torch.Tensor | None = None  # soft: (B, T)
     mask: torch.Tensor | None = None
     expected: list[torch.Tensor] = field(default_factory=list)  # soft: ĝ_ℓ
-    achieved: list[torch.Tensor] = field(default_factory=list)  # achieved retention per gate
+    achieved: list[torch.Tensor] = field(default_factory=list)  # achieved retention per gate and sequence (B,)
     log_alpha: list[torch.Tensor] = field(default_factory=list)
     counts: list[torch.Tensor] = field(default_factory=list)
     restore_buffer: torch.Tensor | None = None  # hard: states entering the gates (B, T, d); soft: Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k}
@@ -161,20 +163,10 @@ class RetentionEncoder(nn.Module):
     selector(encoder):``, whose ``score(h, weight)`` then replaces the trained gates' scores.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        gate_layers: Sequence[int],
-        budget: Budget,
-        relaxation: Relaxation | None = None,
-        protected_token_ids: Sequence[int] = (),
-        scorer_hidden: int | None = None,
-        context: str = "mean",
-        running_decay: float = 0.9,
-        init_log_alpha: float = 2.0,
-        bias_eps: float = 1e-6,
-        inference: str = "top_m",
-    ) -> None:
+    def __init__(self, backbone: nn.Module, gate_layers: Sequence[int], budget: Budget, relaxation: Relaxation | None = None,
+                 protected_token_ids: Sequence[int] = (), scorer_hidden: int | None = None, context: str = "mean",
+                 running_decay: float = 0.9, init_log_alpha: float = 2.0, bias_eps: float = 1e-6,
+                 inference: str = "top_m") -> None:
         super().__init__()
         if inference not in INFERENCE_RULES:
             raise ValueError(f"inference must be one of {', '.join(INFERENCE_RULES)}, got {inference!r}")
@@ -296,7 +288,7 @@ class RetentionEncoder(nn.Module):
             st.restore_buffer = share if st.restore_buffer is None else st.restore_buffer + share
         st.p_cum = p if st.p_cum is None else st.p_cum * p
         st.expected.append(expected_retention(st.p_cum, st.valid))
-        st.achieved.append(expected_retention((st.z_cum > 0).float(), st.valid).detach())
+        st.achieved.append(retention_per_sequence((st.z_cum > 0).float(), st.valid).detach())
         st.mask = self._additive_mask(st.valid, torch.log(st.z_cum + self.bias_eps), h.dtype)
         return h * st.z_cum.unsqueeze(-1).to(h.dtype)
 
@@ -335,7 +327,7 @@ class RetentionEncoder(nn.Module):
         st.protected = gather_tokens(st.protected, sel.index) & sel.filled
         st.valid = sel.filled
         st.counts.append(counts)
-        st.achieved.append((counts.float() / st.n_valid.clamp_min(1).float()).mean())
+        st.achieved.append(counts.float() / st.n_valid.clamp_min(1).float())
         st.mask = self._additive_mask(st.valid, None, h.dtype)
         return h
 
@@ -362,10 +354,10 @@ class RetentionEncoder(nn.Module):
         targets = self.budget.targets(n_valid).to(device)
         if mode == "dense":
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
-            full = torch.ones(self.num_gates, device=device)
+            full = torch.ones(self.num_gates, b, device=device)
             positions = torch.arange(t, device=device).expand(b, t)
-            return RetentionOutput(out.last_hidden_state, positions, valid, achieved_retention=full, targets=targets,
-                                   expected_retention=full)
+            return RetentionOutput(out.last_hidden_state, positions, valid, achieved_retention=full[:, 0], targets=targets,
+                                   expected_retention=full[:, 0], kept_fractions=full)
         if mode == "auto":
             mode = "soft" if self.training else "hard"
         if mode not in ("soft", "hard"):
@@ -394,7 +386,8 @@ class RetentionEncoder(nn.Module):
             last_hidden_state=hidden,
             positions=state.positions,
             valid=state.valid,
-            achieved_retention=torch.stack(state.achieved),
+            achieved_retention=torch.stack(state.achieved).mean(1),
+            kept_fractions=torch.stack(state.achieved),
             targets=targets,
             expected_retention=torch.stack(state.expected) if state.expected else None,
             log_alpha=state.log_alpha,

@@ -138,7 +138,8 @@ class SparseAttentionEncoder(nn.Module):
         positions = torch.arange(t, device=input_ids.device).expand(b, t)
         hidden = out.last_hidden_state
         return RetentionOutput(hidden, positions, valid, achieved_retention=frac, targets=frac,
-                               restored_hidden_state=hidden if restore else None)
+                               restored_hidden_state=hidden if restore else None,
+                               kept_fractions=frac.unsqueeze(1).expand(-1, b))
 
 
 def build_sparse_encoder(arch: str, ratio: float, seq_len: int, vocab_size: int, hidden_size: int, num_layers: int,

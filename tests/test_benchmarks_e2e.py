@@ -92,11 +92,12 @@ def test_multilabel_system_loss_and_metrics(tmp_path):
     system.eval()
     for name in ("f1_micro", "f1_macro"):
         m = system.metrics[f"val_hard_{name}"]
+        index = torch.arange(len(batch["labels"]))
         m.reset()
-        m(*system.metric_inputs(batch["labels"] * 20 - 10, batch["labels"]))
+        m.update(index, *system.metric_inputs(batch["labels"] * 20 - 10, batch["labels"]))
         assert m.compute() == 1.0
         m.reset()
-        m(*system.metric_inputs(10 - batch["labels"] * 20, batch["labels"]))
+        m.update(index, *system.metric_inputs(10 - batch["labels"] * 20, batch["labels"]))
         assert m.compute() == 0.0
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from datamodules.loaders import DATASET_INDEX
 from datamodules.qa_windows import QAWindowError, check_answer, collate_qa, tokenize_qa
 from datamodules.qasper_schema import QasperCounts, qasper_examples
 from lightning_modules.qa import RetentionQA, best_spans
@@ -127,6 +128,7 @@ def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path, monkeypatch)
     """Span logits peaked at the gold tokens → best window span → char offsets → EM = F1 = 100."""
     examples, _ = fixture_examples()
     batch = collate_qa(tokenize_qa(examples, tokenizer, 128, "sliding_window", 32), tokenizer.pad_token_id)
+    batch[DATASET_INDEX] = torch.arange(len(batch["input_ids"]))
     system = qa_system(tokenizer).eval()
     real_forward = system.forward
 
