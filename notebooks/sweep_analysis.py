@@ -37,7 +37,7 @@ storage = None  # as `retention sweep --storage` takes it: an SQLAlchemy URL, a 
 parent_run_id = None  # the study's MLflow parent run; None: the one the study records (user attr mlflow_parent_run_id)
 figure_path = None  # where to save the Pareto-front figure as PNG (None: not saved)
 
-# %%
+# %% tags=["setup"]
 import math
 import warnings
 from pathlib import Path
@@ -46,10 +46,11 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notic
 
 import matplotlib.pyplot as plt
 import mlflow
+import numpy as np
 import optuna
 import pandas as pd
 from IPython.display import Markdown, display
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState, create_trial
 from optuna.visualization import matplotlib as ov
@@ -90,7 +91,7 @@ print(f"MLflow parent run {parent_id} ({uri})" if parent else "no MLflow parent 
 # found through the trial's user attr `mlflow_run_id`; the nested runs under the parent run
 # (`tags.mlflow.parentRunId`) give its status and metrics.
 
-# %%
+# %% tags=["trials"]
 def run_link(run_id, experiment_id):
     """The run's page on a tracking server, else MLflow's run URI (open it with `mlflow ui`)."""
     if not run_id:
@@ -146,25 +147,32 @@ print(trials.to_markdown(index=False, floatfmt=".4g"))
 # (`retention sweep` with the same study name and storage resumes it). With two objectives there is
 # one panel per objective, each with its own best-so-far.
 
-# %%
+# %% tags=["history"]
 def target_of(i):
     """Optuna's `target` for objective i (None for a single-objective study, whose value is the target)."""
     return None if len(objectives) == 1 else (lambda t: t.values[i])
 
 
 def tidy(axes):
-    """Axis labels with the parameters' symbols (ρ = budget.ratio); log-scaled axes labelled at 1, 2 and
-    5 × 10^k as plain numbers (Optuna's labels 2×10⁻², 3×10⁻², … overlap, and a range inside one decade
-    would have no label at all)."""
+    """Axis labels with the parameters' symbols (ρ = budget.ratio); log-scaled axes labelled as plain numbers
+    at 1, 2 and 5 × 10^k, or, for a range too narrow to hold two of those, at two points inside it
+    (Optuna's labels 2×10⁻², 3×10⁻², … overlap on a narrow panel)."""
     for ax in getattr(axes, "flat", [axes]):
         for get, set_ in ((ax.get_xlabel, ax.set_xlabel), (ax.get_ylabel, ax.set_ylabel)):
             if get() in SYMBOL:
                 set_(f"{SYMBOL[get()]} = {get()}")
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
-            if scale == "log":
-                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                axis.set_minor_formatter(NullFormatter())
+        for axis, scale, (lo, hi) in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()), (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
+            if scale != "log":
+                continue
+            axis.set_minor_formatter(NullFormatter())
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            ticks = [m * 10.0**e for e in decades for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
+            if len(ticks) < 2:  # two points inside the range, with the fewest digits that keep them apart
+                inner = np.geomspace(lo, hi, 5)[1:4:2]
+                ticks = next(t for d in range(2, 8) for t in [[float(f"{v:.{d}g}") for v in inner]]
+                             if t[0] < t[1] and lo <= t[0] and t[1] <= hi)
+            axis.set_major_locator(FixedLocator(ticks))
 
 
 def label(name):
@@ -178,6 +186,7 @@ else:
     for i, name in enumerate(objectives):
         ax = ov.plot_optimization_history(st, target=target_of(i), target_name=label(name))
         ax.set_title(f"optimisation history: {name} ({st.directions[i].name.lower()})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="best")
         ax.figure.set_size_inches(6.5, 3.6)
         plt.show()
@@ -192,7 +201,7 @@ else:
 # objective values differ. Below that, every split of the variance fits the trials equally well and
 # the bars would be noise, so none are drawn.
 
-# %%
+# %% tags=["importances"]
 def constant(i):
     """Why objective i cannot be explained by the params: every completed trial has the same value (None if not)."""
     values = {t.values[i] for t in complete}
@@ -233,7 +242,7 @@ for i, name in enumerate(objectives):
 # of swept parameters (dots: the trials); it needs at least three completed trials and an objective that
 # varies, so otherwise it is left out.
 
-# %%
+# %% tags=["slices"]
 for i, name in enumerate(objectives):
     if not complete:
         break
@@ -244,7 +253,7 @@ for i, name in enumerate(objectives):
     fig.set_size_inches(4 * len(swept), 3.4)
     plt.show()
 
-# %%
+# %% tags=["contours"]
 for i, name in enumerate(objectives):
     why = None
     if len(swept) < 2 or len(complete) < 3:
@@ -271,7 +280,7 @@ for i, name in enumerate(objectives):
 # retention comes from each trial's user attr `retention` (or its MLflow run's `objective/retention`),
 # and the front is computed by Optuna over a two-objective view of the same trials.
 
-# %%
+# %% tags=["pareto"]
 if len(objectives) == 2:
     front_study = st
 else:  # the same trials as a two-objective study held in memory (nothing is written to the storage)
@@ -287,7 +296,11 @@ if pareto_trials:
     for t in front_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         ax.annotate(f"#{t.number}", (t.values[0], t.values[1]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_title(f"study {study!r}: {len(pareto_trials)} Pareto-optimal of {len(complete)} completed trials")
-    ax.legend(fontsize=8, loc="best")
+    for lim, get, set_ in ((0, ax.get_xlim, ax.set_xlim), (1, ax.get_ylim, ax.set_ylim)):  # room for the labels
+        lo, hi = get()
+        set_(lo - 0.08 * (hi - lo), hi + 0.12 * (hi - lo))
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, [{"Best Trial": "Pareto-optimal", "Trial": "dominated"}.get(n, n) for n in names], fontsize=8, loc="best")
     ax.figure.set_size_inches(6.5, 4.2)
     if figure_path:
         Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +317,7 @@ else:
 # `best_run_id` name the same trial). Open a run with `mlflow ui --backend-store-uri <tracking URI>`, or
 # load it in Python: `mlflow.get_run("<id>")`.
 
-# %%
+# %% tags=["best"]
 best_number = st.best_trial.number if len(objectives) == 1 and complete else None
 best_rows = []
 for t in sorted(pareto_trials, key=lambda t: (-t.values[0], t.values[1])):
@@ -312,7 +325,7 @@ for t in sorted(pareto_trials, key=lambda t: (-t.values[0], t.values[1])):
     best_rows.append({
         "trial": t.number, f"val {metric}_hard": t.values[0], "val retention": t.values[1],
         **{(f"{SYMBOL[k]} ({k})" if k in SYMBOL else k): v for k, v in t.params.items()},
-        "best (single objective)": t.number == best_number, "MLflow run": run_id,
+        **({"best (single objective)": t.number == best_number} if best_number is not None else {}), "MLflow run": run_id,
         "link": run_link(run_id, parent.info.experiment_id if parent else ""),
     })
 best = pd.DataFrame(best_rows)

@@ -37,7 +37,7 @@ n_examples = 3  # test examples shown as highlighted text, per run
 n_batches = 2  # test batches behind the histograms and tables, per run
 figure_path = None  # where to save the first run's score and position figure as PNG (None: not saved)
 
-# %%
+# %% tags=["setup"]
 import html
 import warnings
 from collections import Counter
@@ -86,7 +86,7 @@ print(f"tracking URI {uri}; runs {run_ids}")
 # weights loaded with `commands.checkpoints.load_checkpoint` (`weights_only=True`: no code in the file
 # runs). Then `n_batches` test batches go through the hard path.
 
-# %%
+# %% tags=["load"]
 def load_run(run_id):
     """(MLflow run, config, data module set up for test, system in eval mode) of a trained run."""
     run = client.get_run(run_id)
@@ -184,7 +184,7 @@ for run_id in run_ids:
 # framed in red: a gate that has learned the task keeps it at every layer. For text models the tokens
 # are the tokenizer's WordPiece pieces (`##` marks a piece that continues a word).
 
-# %%
+# %% tags=["highlight"]
 def token_texts(dm, ids):
     """Printable tokens of one sequence: the tokenizer's pieces, or the needle task's names
     (N<c>: a needle of class c; d<id>: a distractor)."""
@@ -264,7 +264,7 @@ for r in runs.values():
 # batches. A flat ratio means the gate keeps by content, not position; a pile-up at the start means it
 # behaves like first-M. Needle positions (red) are spread uniformly by construction.
 
-# %%
+# %% tags=["figures"]
 def score_and_position_figure(r):
     dm, system = r["dm"], r["system"]
     gates = system.encoder.gate_layers
@@ -327,7 +327,7 @@ for i, r in enumerate(runs.values()):
 # needle task the fraction of needles still kept at that layer (random selection would keep about
 # ρ_ℓ of them).
 
-# %%
+# %% tags=["per_layer"]
 rows = []
 for r in runs.values():
     for k, layer in enumerate(r["system"].encoder.gate_layers):
@@ -363,7 +363,7 @@ print(per_layer.to_markdown(index=False, floatfmt=".4g"))
 # learned what decides the label keeps those words (on a sentiment task: the sentiment words) and
 # drops fillers.
 
-# %%
+# %% tags=["tokens"]
 for r in runs.values():
     if not hasattr(r["dm"], "tokenizer"):
         continue
