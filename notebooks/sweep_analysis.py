@@ -52,6 +52,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 from mlflow.tracking import MlflowClient
+from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import TrialState, create_trial
 from optuna.visualization import matplotlib as ov
 
@@ -167,7 +168,10 @@ def tidy(axes):
             axis.set_minor_formatter(NullFormatter())
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
             decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-            ticks = [m * 10.0**e for e in decades for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
+            for subs in ((1, 2, 5), (1, 5), (1,)):  # at most 3 labels on a panel
+                ticks = [m * 10.0**e for e in decades for m in subs if lo <= m * 10.0**e <= hi]
+                if len(ticks) <= 3:
+                    break
             if len(ticks) < 2:  # two points inside the range, with the fewest digits that keep them apart
                 inner = np.geomspace(lo, hi, 5)[1:4:2]
                 ticks = next(t for d in range(2, 8) for t in [[float(f"{v:.{d}g}") for v in inner]]
@@ -194,8 +198,8 @@ else:
 # %% [markdown]
 # ## Parameter importances
 #
-# How much of the objective's variation each swept parameter explains (Optuna's default fANOVA
-# evaluator: a random forest fitted to (params → objective), its variance decomposed per parameter;
+# How much of the objective's variation each swept parameter explains (Optuna's fANOVA evaluator,
+# FanovaImportanceEvaluator: a random forest fitted to (params → objective), its variance decomposed per parameter;
 # the importances sum to 1). They are only meaningful when the trials are many enough to separate the
 # parameters' effects: with d swept parameters they need at least d + 1 completed trials whose
 # objective values differ. Below that, every split of the variance fits the trials equally well and
@@ -224,7 +228,9 @@ for i, name in enumerate(objectives):
         display(Markdown(f"**Parameter importances for `{name}` are undefined here**: {why}. "
                          "Run more trials (the same `retention sweep` command adds trials to the study) and run this notebook again."))
         continue
-    ax = ov.plot_param_importances(st, target=target_of(i), target_name=label(name))
+    # fANOVA explicitly (Optuna's default evaluator, PED-ANOVA, ranks params for reaching *low* target
+    # values, which is backwards for the maximised metric); seeded so a rerun draws the same bars
+    ax = ov.plot_param_importances(st, evaluator=FanovaImportanceEvaluator(seed=0), target=target_of(i), target_name=label(name))
     ax.set_xlabel(f"importance for {label(name)} (fANOVA, sums to 1)")
     ax.set_ylabel("swept parameter")
     ax.set_yticks(ax.get_yticks(), [f"{SYMBOL[k]} = {k}" if k in SYMBOL else k for k in (t.get_text() for t in ax.get_yticklabels())])
@@ -293,8 +299,11 @@ else:  # the same trials as a two-objective study held in memory (nothing is wri
 pareto_trials = [] if not complete else front_study.best_trials
 if pareto_trials:
     ax = ov.plot_pareto_front(front_study, target_names=[label("metric"), label("retention")])
+    at = {}  # trials at the same point share one label
     for t in front_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        ax.annotate(f"#{t.number}", (t.values[0], t.values[1]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        at.setdefault((t.values[0], t.values[1]), []).append(f"#{t.number}")
+    for xy, names in at.items():
+        ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_title(f"study {study!r}: {len(pareto_trials)} Pareto-optimal of {len(complete)} completed trials")
     for lim, get, set_ in ((0, ax.get_xlim, ax.set_xlim), (1, ax.get_ylim, ax.set_ylim)):  # room for the labels
         lo, hi = get()
