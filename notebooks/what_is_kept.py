@@ -46,7 +46,6 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice when MLflow imports it in a kernel
 
 import matplotlib.pyplot as plt
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -178,7 +177,7 @@ for run_id in run_ids:
 # ## The kept tokens, highlighted
 #
 # Each example shows its label and the class the hard path predicts, then one line per gated layer:
-# a **highlighted** token is kept at that layer (darker: a higher gate score log α), a grey struck-out
+# a **highlighted** token is kept at that layer (darker: a higher gate score log α within that line), a grey struck-out
 # token was removed there or at an earlier gate, a **bold** token is protected ([CLS], [SEP]: always
 # kept, counted in M). On the needle task the needle token, the one token that decides the label, is
 # framed in red: a gate that has learned the task keeps it at every layer. For text models the tokens
