@@ -1,7 +1,8 @@
 """The package layering, checked statically on every import of the tree (``ast``, no module is run).
 
-Bottom to top: {retention, conf} → datamodules → lightning_modules → commands; a module imports only
-from its own layer or below. retention/ imports neither Lightning nor OmegaConf; conf/ imports no
+Bottom to top: {retention, conf} → datamodules → lightning_modules → commands → notebooks (the
+analysis notebooks' jupytext sources and their demo store, which may use every package below); a
+module imports only from its own layer or below. retention/ imports neither Lightning nor OmegaConf; conf/ imports no
 torch, transformers or Lightning (config errors answer before torch loads) and, of retention/, only
 the torch-free ``retention.methods``. No module imports an underscore-private name, of another of our
 modules or of a library. An import inside a function is allowed only where a docstring says why: ``commands.cli``
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"retention": 0, "conf": 0, "datamodules": 1, "lightning_modules": 2, "commands": 3}
+LAYERS = {"retention": 0, "conf": 0, "datamodules": 1, "lightning_modules": 2, "commands": 3, "notebooks": 4}
 PACKAGES = tuple(LAYERS)
 FORBIDDEN = {  # package -> top-level modules it must not import
     "retention": ("lightning", "pytorch_lightning", "omegaconf"),
@@ -274,6 +275,10 @@ def test_checker_resolves_relative_and_dynamic_imports_and_conf_rules():
     # a module two levels down: `..` is its grandparent package
     (imp,) = imports_in_source("from ..system import X\n", "lightning_modules/sub/mod.py")
     assert imp.module == "lightning_modules.system"
+    # notebooks are the top layer: they may import commands, nothing below imports them
+    assert not violations(imports_in_source("from commands.compare import fetch_runs\n", "notebooks/ablations.py"))
+    assert [m for _, m in violations(imports_in_source("from notebooks.demo_store import build\n", "commands/x.py"))] == [
+        "commands/x.py:1: from notebooks.demo_store import build: commands (layer 3) imports from higher layer notebooks (layer 4)"]
     # a library's private API is reported as well
     assert [m for _, m in violations(imports_in_source("from torch._dynamo import config\n", "commands/x.py"))] == [
         "commands/x.py:1: from torch._dynamo import config: imports underscore-private _dynamo"]
