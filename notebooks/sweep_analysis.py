@@ -35,7 +35,7 @@ tracking_uri = None  # MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sql
 study = "needle-sweep"  # the study's name (`study.name` of the sweep config)
 storage = None  # as `retention sweep --storage` takes it: an SQLAlchemy URL, a NAME.log journal file, or None for ./optuna.db
 parent_run_id = None  # the study's MLflow parent run; None: the one the study records (user attr mlflow_parent_run_id)
-figure_path = None  # where to save the Pareto-front figure as PNG (None: not saved)
+save_figure = None  # where to save the Pareto-front figure as PNG (None: not saved)
 
 # %% tags=["setup"]
 import math
@@ -311,9 +311,9 @@ if pareto_trials:
     handles, names = ax.get_legend_handles_labels()
     ax.legend(handles, [{"Best Trial": "Pareto-optimal", "Trial": "dominated"}.get(n, n) for n in names], fontsize=8, loc="best")
     ax.figure.set_size_inches(6.5, 4.2)
-    if figure_path:
-        Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
-        ax.figure.savefig(figure_path, dpi=120, bbox_inches="tight")
+    if save_figure:
+        Path(save_figure).parent.mkdir(parents=True, exist_ok=True)
+        ax.figure.savefig(save_figure, dpi=120, bbox_inches="tight")
     plt.show()
 else:
     display(Markdown("**No Pareto front**: the study has no completed trial with both an accuracy and a retention."))

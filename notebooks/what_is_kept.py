@@ -35,7 +35,7 @@ run_ids = None  # MLflow run ids of trained runs with a checkpoint; None: the la
 experiment = "adaptive-retention"  # used when run_ids is None
 n_examples = 3  # test examples shown as highlighted text, per run
 n_batches = 2  # test batches behind the histograms and tables, per run
-figure_path = None  # where to save the first run's score and position figure as PNG (None: not saved)
+save_figure = None  # where to save the first run's score and position figure as PNG (None: not saved)
 
 # %% tags=["setup"]
 import html
@@ -312,9 +312,9 @@ def score_and_position_figure(r):
 
 for i, r in enumerate(runs.values()):
     fig = score_and_position_figure(r)
-    if figure_path and i == 0:
-        Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(figure_path, dpi=120, bbox_inches="tight")
+    if save_figure and i == 0:
+        Path(save_figure).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_figure, dpi=120, bbox_inches="tight")
     plt.show()
 
 # %% [markdown]
