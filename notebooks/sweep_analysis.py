@@ -71,9 +71,10 @@ client = MlflowClient(uri)
 st = optuna.load_study(study_name=study, storage=make_storage(StudyConfig(storage=storage)))
 parent_id = parent_run_id or st.user_attrs.get(PARENT_ATTR)
 parent = client.get_run(parent_id) if parent_id else None
-if parent is not None and "sweep.objectives" in parent.data.tags:
-    objectives = parent.data.tags["sweep.objectives"].split(",")
-else:  # a study made elsewhere: `metric` first, `retention` second, as `retention sweep` orders them
+objectives = parent.data.tags.get("sweep.objectives", "").split(",") if parent is not None else []
+if len(objectives) != len(st.directions) or not set(objectives) <= set(OBJECTIVES):
+    # a study made elsewhere (or under another study's parent run): `metric` first, `retention` second,
+    # as `retention sweep` orders them
     objectives = list(OBJECTIVES)[: len(st.directions)]
 complete = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 metric = next((t.user_attrs["metric"] for t in complete if "metric" in t.user_attrs), "metric")

@@ -105,34 +105,49 @@ def test_sweep_analysis_on_the_demo_sweep(demo_store, tmp_path):
     assert all(r["MLflow run"] in runs for r in best)
 
 
-def test_sweep_analysis_of_a_journal_study_draws_importances_and_contours(demo_store, tmp_path):
-    """A journal-file study (the storage `retention sweep --storage NAME.log` writes) holding the demo's two
-    trials and four more made with ``optuna.trial.create_trial`` (no MLflow runs): with six trials for three
-    parameters the importances and contours are drawn, and the trials without a run have empty run cells."""
+def pareto_front(points: dict[int, tuple[float, float]]) -> set[int]:
+    """Trials no other trial dominates (accuracy at least as high, retention at most as high, one strictly)."""
+    return {n for n, (a, r) in points.items()
+            if not any(a2 >= a and r2 <= r and (a2, r2) != (a, r) for a2, r2 in points.values())}
+
+
+def test_sweep_analysis_of_a_single_objective_journal_study(demo_store, tmp_path):
+    """A single-objective study in a journal file (the storage `retention sweep --storage NAME.log` writes)
+    holding the demo's two trials (their runs, user attrs and accuracy) and four more made with
+    ``optuna.trial.create_trial`` (no MLflow run): with six trials for three parameters the importances
+    and contours are drawn; the Pareto front takes each trial's retention from its user attr."""
     info = demo_store
     demo = optuna.load_study(study_name=info.study, storage=info.storage)
     journal = tmp_path / "study.log"
     study = optuna.create_study(study_name="journal", storage=JournalStorage(JournalFileBackend(str(journal))),
-                                directions=demo.directions)
-    study.set_user_attr(PARENT_ATTR, demo.user_attrs[PARENT_ATTR])
-    study.add_trials(demo.trials)
+                                direction="maximize")
+    study.set_user_attr(PARENT_ATTR, demo.user_attrs[PARENT_ATTR])  # the demo's parent run: its trials' runs join
     dists = demo.trials[0].distributions
+    study.add_trials([create_trial(state=TrialState.COMPLETE, value=t.values[0], params=t.params, distributions=dists,
+                                   user_attrs=t.user_attrs) for t in demo.trials])
     rng = random.Random(0)
     for _ in range(4):
         params = {k: rng.uniform(d.low, d.high) for k, d in dists.items()}
-        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[1 - abs(params["budget.ratio"] - 0.3), params["budget.ratio"]],
-                                     params=params, distributions=dists, user_attrs={"metric": "acc"}))
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=1 - abs(params["budget.ratio"] - 0.3), params=params,
+                                     distributions=dists, user_attrs={"metric": "acc", "retention": params["budget.ratio"]}))
     params = {"tracking_uri": info.tracking_uri, "study": "journal", "storage": str(journal)}
     nb = nbformat.read(execute("sweep_analysis", params, tmp_path, html=False), as_version=4)
     assert_no_error(nb)
 
     rows = markdown_rows(stdout(cell(nb, "trials")))
     assert [int(r["trial"]) for r in rows] == list(range(6))
-    assert [r["MLflow run"] for r in rows[2:]] == [""] * 4 and all(r["MLflow run"] for r in rows[:2])
-    assert len(rich(cell(nb, "importances"), "image/png")) == 2 and not rich(cell(nb, "importances"), "text/markdown")
-    assert len(rich(cell(nb, "contours"), "image/png")) == 2
+    assert [r["MLflow run"] for r in rows[:2]] == [t.user_attrs["mlflow_run_id"] for t in demo.trials]
+    assert [r["MLflow run"] for r in rows[2:]] == [""] * 4
+    for row, t in zip(rows, study.trials):
+        assert close(row["val acc_hard"], t.value) and close(row["val retention"], t.user_attrs["retention"])
+    assert len(rich(cell(nb, "history"), "image/png")) == 1
+    assert len(rich(cell(nb, "importances"), "image/png")) == 1 and not rich(cell(nb, "importances"), "text/markdown")
+    assert len(rich(cell(nb, "contours"), "image/png")) == 1
+    assert len(rich(cell(nb, "pareto"), "image/png")) == 1
     best = markdown_rows(stdout(cell(nb, "best")))
-    assert sorted(int(r["trial"]) for r in best) == sorted(t.number for t in study.best_trials)
+    front = pareto_front({t.number: (t.value, t.user_attrs["retention"]) for t in study.trials})
+    assert {int(r["trial"]) for r in best} == front
+    assert {int(r["trial"]) for r in best if r["best (single objective)"] == "True"} <= {study.best_trial.number}
 
 
 # ---------------------------------------------------------------------------------------------- what_is_kept
