@@ -23,7 +23,9 @@ train, < 90 → validation, else test):
   command line, RETURN VALUE/ERRORS sections, a file format's description). ``.so`` link pages and
   duplicates (same name and section, or the same text) are dropped; pages under ``--min-words`` words are
   dropped; at most ``--max-per-label`` pages per section are kept (the smallest hashes), which bounds
-  the imbalance from manpages-dev's ~2,000 section-3 pages. Trains with the bring-your-own-data preset:
+  the imbalance from manpages-dev's section-3 pages. ``--omit-sections NAME SYNOPSIS`` leaves out the
+  page sections that open most pages and nearly decide the label on their own, so that a model
+  reading only the first tokens (or keeping the first M) has less to go on. Trains with the bring-your-own-data preset:
   ``retention train data=byo 'data.data_files={train: OUT/section/train.jsonl, …}'``.
 * ``options/*.jsonl`` — **extractive QA**: for every option a section-1 or section-8 page describes in a
   ``.TP``/``.IP`` list (a tag starting with ``-``), the question "What does the <option> option of
@@ -176,10 +178,12 @@ def man_page(path: str, data: bytes) -> tuple[str, str, str] | None:
     return name, m.group(1), raw.decode("utf-8", errors="replace")
 
 
-def page_text(page, name: str, section: str) -> str:
-    """The rendered text with the page's own ``name(section)`` mentions removed (see the module docstring)."""
+def page_text(page, name: str, section: str, omit: tuple[str, ...] = ()) -> str:
+    """The rendered text with the page's own ``name(section)`` mentions removed (see the module
+    docstring), without the blocks under the headings in ``omit`` (compared upper-case)."""
     own = re.compile(rf"\b{re.escape(name)}\s*\({re.escape(section)}\w*\)", re.I)
-    return own.sub(name, page.text)
+    omit = tuple(h.upper() for h in omit)
+    return own.sub(name, "\n\n".join(b.text for b in page.blocks if b.heading.upper() not in omit))
 
 
 def qa_examples(page, name: str, package: str, max_questions: int) -> list[dict]:
@@ -255,7 +259,7 @@ def write_tasks(pages: dict, out: Path, args) -> dict:
     texts, seen_text = collections.defaultdict(list), set()
     qa = collections.defaultdict(list)
     for (name, section), (package, page) in sorted(pages.items()):
-        text = page_text(page, name, section)
+        text = page_text(page, name, section, tuple(args.omit_sections))
         digest = hashlib.sha256(text.encode()).hexdigest()
         if len(text.split()) >= args.min_words and digest not in seen_text:
             seen_text.add(digest)
@@ -309,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-words", type=int, default=150, help="shortest page kept for the section task")
     ap.add_argument("--max-per-label", type=int, default=400, help="most pages kept per section")
     ap.add_argument("--max-questions-per-page", type=int, default=10)
+    ap.add_argument("--omit-sections", nargs="*", default=[], metavar="HEADING",
+                    help="leave these page sections out of the classification text (e.g. NAME SYNOPSIS, which "
+                         "open most pages and decide the section at once)")
     args = ap.parse_args(argv)
     result = build(get_debs(args.packages, Path(args.out), args.mirror, args.suite, args.offline), args)
     print(summary(result))

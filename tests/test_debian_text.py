@@ -125,6 +125,7 @@ def test_section_label_from_the_path():
 def test_page_text_removes_the_pages_own_section():
     p = manpage.render(".TH FOO 3\n.SH NAME\nfoo \\- bar\n.SH SEE ALSO\n.BR foo (3),\n.BR foobar (3),\n.BR bar (2)\n")
     assert debian_text.page_text(p, "foo", "3") == "NAME\n\nfoo - bar\n\nSEE ALSO\n\nfoo, foobar(3), bar(2)"
+    assert debian_text.page_text(p, "foo", "3", omit=("name",)) == "SEE ALSO\n\nfoo, foobar(3), bar(2)"
 
 
 @pytest.mark.parametrize("name", ["cp.1", "mkswap.8", "git-rm.1"])
