@@ -16,7 +16,7 @@ exp="results-needle_cue-seed$SEED"
 ckdir="$OUT/checkpoints"
 "$RETENTION" train experiment=needle_cue_pretrain seed=$SEED data.seed=$SEED logging.experiment="$exp-pretrain" \
   logging.run_name=pretrain logging.checkpoint_dir="$ckdir/pretrain"
-dense=$(ls -t "$ckdir"/pretrain/*/best.ckpt | head -1)
+dense=$(ls -t "$ckdir"/pretrain/*/last.ckpt | head -1)  # best.ckpt is picked by hard-path accuracy: meaningless while dense
 for variant in method=gate ablation=no_context; do
   "$RETENTION" train experiment=needle_cue $variant seed=$SEED data.seed=$SEED model.init_from="$dense" \
     logging.experiment="$exp" logging.run_name="${variant#*=}" logging.checkpoint_dir="$ckdir"
