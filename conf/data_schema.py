@@ -121,6 +121,9 @@ class NeedleDataConfig(TokenTaskConfig):
     num_classes: int = field(default=4, metadata=at_least(2))
     num_needles: int = field(default=1, metadata=at_least(1))
     tokens_per_class: int = field(default=4, metadata=at_least(1))
+    # > 0: the cue variant: F needles (one per family), a cue token before [SEP] names the family whose
+    # needle's class is the label (datamodules/needle.py)
+    cue_families: int = field(default=0, metadata=at_least(0))
 
 
 @dataclass

@@ -103,7 +103,7 @@ def test_data_section_holds_the_selected_modules_keys_only():
         assert cls.CONFIG is DATA_SCHEMAS[name], name
     assert set(compose(["data=needle"]).data) == {
         "name", "seq_len", "min_seq_len", "vocab_size", "num_classes", "num_needles", "tokens_per_class",
-        "train_size", "val_size", "test_size", "batch_size", "eval_batch_size", "num_workers", "seed"}
+        "cue_families", "train_size", "val_size", "test_size", "batch_size", "eval_batch_size", "num_workers", "seed"}
     # a data.name that changes the module starts the section from its defaults, as data=<name> does;
     # later sources refine it
     kv = compose(["data.name=kv_retrieval", "data.train_size=100"])
@@ -210,14 +210,18 @@ def test_every_preset_group_option_composes():
     assert {"experiment", "method", "ablation", "model", "data"} <= set(groups) and "sweep" not in groups
     for name in groups["experiment"]:
         cfg = compose([f"experiment={name}"])
+        cue = cfg.data.name == "needle" and cfg.data.cue_families > 0  # the context-vector study: one short T
         if name.endswith("_pretrain"):  # stage 1: short sequences, positions sized for stage 2
             stage2 = compose([f"experiment={name.removesuffix('_pretrain')}"])
-            assert cfg.data.seq_len < stage2.data.seq_len == cfg.model.max_positions == stage2.model.max_positions
+            if cue:
+                assert dict(cfg.data) == {**stage2.data, "train_size": cfg.data.train_size} and cfg.gate == stage2.gate
+            else:
+                assert cfg.data.seq_len < stage2.data.seq_len == cfg.model.max_positions == stage2.model.max_positions
             assert cfg.budget.dense_steps >= 10**6 and stage2.budget.dense_steps == 0
         elif cfg.data.name == "synthetic_qa":  # hard vs soft QA: the target reaches rho before training ends
             steps = cfg.data.train_size // cfg.data.batch_size * cfg.trainer.max_epochs
             assert cfg.budget.dense_steps + cfg.budget.warmup_steps < steps
-        else:  # the results page's long-context settings (the needle at T >= 1024)
+        elif not cue:  # the results page's long-context settings (the needle at T >= 1024)
             assert cfg.data.seq_len >= (1024 if cfg.data.name == "needle" else 512)
     for name in groups["method"]:
         assert compose([f"method={name}"]).method == name

@@ -11,6 +11,7 @@ from datamodules.synthetic import CLS_ID, PAD_ID, SEP_ID
 
 GENERATORS = [
     (generate_needle, NeedleSpec(seq_len=64, min_seq_len=40, vocab_size=40)),
+    (generate_needle, NeedleSpec(seq_len=64, min_seq_len=40, vocab_size=64, tokens_per_class=2, cue_families=5)),
     (generate_kv_retrieval, KVSpec(seq_len=64, min_seq_len=40, vocab_size=80, num_keys=16, num_classes=4)),
     (generate_mqar, MQARSpec(seq_len=96, min_seq_len=60, vocab_size=80, num_keys=16, num_classes=4)),
     (generate_listops, ListOpsSpec(seq_len=64, min_seq_len=16, max_depth=4, max_args=4)),
@@ -63,6 +64,37 @@ def test_needle_label_from_needles_alone():
         others = torch.ones_like(ids, dtype=torch.bool)
         others[pos] = False
         assert (spec.needle_class(ids[others]) == -1).all()
+
+
+def test_cued_needle_label_from_the_cue_and_its_familys_needle():
+    spec = NeedleSpec(seq_len=48, min_seq_len=20, vocab_size=64, num_classes=3, tokens_per_class=2, cue_families=6)
+    assert (spec.first_cue, spec.first_distractor) == (3 + 6 * 3 * 2, 3 + 6 * 3 * 2 + 6)
+    d = generate_needle(spec, 300, 0)
+    lengths = d["attention_mask"].sum(1)
+    assert torch.equal(d["cue_position"], lengths - 2)
+    for ids, cue_pos, fam_pos, pos, label in zip(d["input_ids"], d["cue_position"], d["family_positions"],
+                                                 d["needle_positions"], d["labels"]):
+        cue = int(ids[cue_pos]) - spec.first_cue
+        assert 0 <= cue < spec.cue_families
+        # one needle per family, nowhere else a needle or a cue
+        families = spec.needle_family(ids)
+        assert sorted(families[families >= 0].tolist()) == list(range(spec.cue_families))
+        assert torch.equal(spec.needle_family(ids[fam_pos]), torch.arange(spec.cue_families))
+        assert int(((ids >= spec.first_cue) & (ids < spec.first_distractor)).sum()) == 1
+        # the decisive needle is the cued family's, and its class is the label
+        assert int(spec.needle_family(ids[pos])) == cue and int(spec.needle_class(ids[pos])) == int(label)
+    # every family is cued and every class is a label (no shortcut through a constant answer)
+    assert set(d["labels"].tolist()) == {0, 1, 2}
+    assert len({int(i[p]) for i, p in zip(d["input_ids"], d["cue_position"])}) == spec.cue_families
+
+
+def test_cued_needle_config_errors():
+    with pytest.raises(ValueError, match="num_needles"):
+        NeedleSpec(seq_len=64, vocab_size=64, tokens_per_class=1, cue_families=4, num_needles=2)
+    with pytest.raises(ValueError, match="vocab_size=40 is too small"):
+        NeedleSpec(seq_len=64, vocab_size=40, tokens_per_class=1, cue_families=8)
+    with pytest.raises(ValueError, match="do not fit"):
+        NeedleSpec(seq_len=8, vocab_size=64, tokens_per_class=1, cue_families=6)
 
 
 def test_kv_label_from_query_and_pairs_alone():
