@@ -23,8 +23,8 @@ BAD = [
     ("optim.lr=-0.001", "optim.lr", ">= 0"),
     ("optim.gate_lr=-1", "optim.gate_lr", ">= 0"),
     ("optim.dual_lr=-0.01", "optim.dual_lr", ">= 0"),
-    ("gate.layers=[3]", "gate.layers", "0..2"),
-    ("gate.layers=[-1]", "gate.layers", "0..2"),
+    ("gate.layers=[3]", "gate.layers", "0..1"),  # the main job's model has 2 layers
+    ("gate.layers=[-1]", "gate.layers", "0..1"),
     ("budget.ratio=abc", "budget.ratio", "Float"),
     ("budget.ratoi=0.3", "ratoi", "Did you mean"),
     ("model=nonexistent", "model", "minilm"),
@@ -48,6 +48,9 @@ BAD = [
     ("trainer.accelerator=bogus", "trainer.accelerator", "auto, cpu, cuda, gpu, mps, tpu"),
     ("model.backbone=no-such-org/no-such-model", "model.backbone", "hf download no-such-org/no-such-model"),
     ("model.backbone=./no/such/folder", "model.backbone", "no such folder"),
+    ("budget.dense_fraction=1.5", "budget.dense_fraction", "[0, 1]"),
+    ("budget.warmup_fraction=0.8", "budget.dense_fraction", "a sum <= 1"),  # with the default dense_fraction 0.5
+    ("budget.dense_steps=-1", "budget.dense_steps", ">= 0"),
 ]
 
 # A key of the selected data module only: (overrides, key, what the message says is allowed)
@@ -108,7 +111,7 @@ def test_data_section_holds_the_selected_modules_keys_only():
     # later sources refine it
     kv = compose(["data.name=kv_retrieval", "data.train_size=100"])
     assert (kv.data.seq_len, kv.data.train_size, kv.data.num_pairs, kv.data.num_keys) == (1024, 100, 4, 32)
-    assert compose(["data=needle"]).data.train_size == 4096 and compose([]).data.train_size == 8192
+    assert compose(["data=needle"]).data.train_size == 4096 and compose([]).data.train_size == 9600
     assert compose(["data=synthetic_qa", "data.num_facts=3"]).data.num_facts == 3
 
 
@@ -213,7 +216,7 @@ def test_every_preset_group_option_composes():
         if name.endswith("_pretrain"):  # stage 1: short sequences, positions sized for stage 2
             stage2 = compose([f"experiment={name.removesuffix('_pretrain')}"])
             assert cfg.data.seq_len < stage2.data.seq_len == cfg.model.max_positions == stage2.model.max_positions
-            assert cfg.budget.dense_steps >= 10**6 and stage2.budget.dense_steps == 0
+            assert cfg.budget.dense_fraction == 1.0 and stage2.budget.dense_fraction == 0.0
         else:  # the results page's long-context settings (the needle at T >= 1024)
             assert cfg.data.seq_len >= (1024 if cfg.data.name == "needle" else 512)
     for name in groups["method"]:

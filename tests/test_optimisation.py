@@ -129,6 +129,28 @@ def test_training_logs_the_warmed_up_target_after_the_dense_phase():
     torch.testing.assert_close(torch.stack(trace.targets[2:]), torch.tensor([1.0, 0.825, 0.65, 0.475, 0.3, 0.3]))
 
 
+def test_fractions_place_the_dense_phase_and_warmup_in_the_fit():
+    """8 steps, dense_fraction 0.25, warmup_fraction 0.5: D = 2, W = 4, so the same targets as the step
+    counts 2 and 4 (the test above): none at steps 0 and 1, then 1, 0.825, 0.65, 0.475, 0.3, 0.3."""
+    _, dm, system = make("budget.dense_fraction=0.25", "budget.warmup_fraction=0.5", "data.train_size=128")
+    trace = TargetTrace()
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu").fit(system, datamodule=dm)
+    assert system.phases == (2, 4) and len(trace.targets) == 8
+    assert trace.targets[:2] == [None, None]
+    torch.testing.assert_close(torch.stack(trace.targets[2:]), torch.tensor([1.0, 0.825, 0.65, 0.475, 0.3, 0.3]))
+
+
+def test_step_counts_that_do_not_fit_the_run_are_a_config_error(tmp_path, capsys):
+    """dense 3 + warm-up 2 steps in a 4-step run: exit code 2, one line naming the keys and the run's steps."""
+    code = cli.main(["train", *TINY, "budget.dense_steps=3", "budget.warmup_steps=2", "logging.save_checkpoints=false",
+                     f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert ("config error: budget.dense_steps=3, budget.warmup_steps=2: the dense phase (3 steps) and the budget "
+            "warm-up (2 steps) do not fit in this run's 4 optimizer steps") in err
+
+
 class LambdaTrace(Callback):
     def __init__(self):
         self.values = []
