@@ -200,8 +200,31 @@ def test_tiny_train_run_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
     assert "config.yaml" in [a.path for a in client.list_artifacts(run["run_id"])]
     ckpt = client.get_run(run["run_id"]).data.tags["checkpoint_path"]
     assert ckpt.endswith("best.ckpt") and (tmp_path / "checkpoints" / run["run_id"] / "best.ckpt").exists()
-    for label in ("dense accuracy", "retained accuracy", "achieved retention, layer 1", "final lambda, layer 1"):
+    for label in ("dense accuracy", "retained accuracy", "achieved retention, layer 1", "final lambda, layer 1",
+                  "random selection accuracy (same model, rho = 0.3)", "end of training |g-hat - rho|, layer 1"):
         assert label in out
+    # the needle task's decisive-token rate, and the same model with random selection (logged beside, not over, ours)
+    for metric in ("test/needle_kept_hard", "test/acc_hard_random", "test/needle_kept_hard_random"):
+        assert runs[f"metrics.{metric}"].notna().all(), metric
+
+
+SUMMARY = {"run_id": "abc", "tracking_uri": "sqlite:///m.db", "checkpoint": None, "metric_label": "accuracy",
+           "dense": 1.0, "soft": 0.99, "retained": 0.99, "random": 0.48, "needle_kept": 0.991, "random_needle_kept": 0.3,
+           "retained_over_dense": 0.99, "ratio": 0.3, "tokens": None, "kept": {0: 0.3008}, "lambda": {0: 1.5}}
+
+
+def test_summary_reports_random_selection_the_needle_and_the_budget_gap():
+    """The results block (ours, random on the same model, the needle's survival), |g-hat - rho| per gated
+    layer, and one warning line only when a gap exceeds runner.BUDGET_TOLERANCE (0.05)."""
+    close = runner.format_summary({**SUMMARY, "budget_gap": {0: 0.012}})
+    assert "needle kept in 99.1 % of test sequences" in close and "needle kept in 30.0 % of test sequences" in close
+    assert "random / dense 0.480" in close
+    (gap,) = [line for line in close.splitlines() if line.startswith("end of training |g-hat - rho|, layer 0")]
+    assert gap.split()[-1] == "0.0120"
+    assert "warning" not in close
+    far = runner.format_summary({**SUMMARY, "budget_gap": {0: 0.2}})
+    (warning,) = [line for line in far.splitlines() if line.startswith("warning")]
+    assert "|g-hat - rho| > 0.05 (layer 0 0.200)" in warning
 
 
 def test_every_preset_group_option_composes():
