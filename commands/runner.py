@@ -266,11 +266,11 @@ def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri) 
 
 
 def budget_gaps(system) -> dict[int, float]:
-    """|ĝ_ℓ − ρ_ℓ| per gated layer at the last gated training step (empty when no step gated)."""
+    """ĝ_ℓ − ρ_ℓ per gated layer at the last gated training step (empty when no step gated)."""
     achieved, targets = system.last_expected_retention, system.last_budget_targets
     if achieved is None:
         return {}
-    return {layer: abs(float(a) - float(t)) for layer, a, t in zip(system.encoder.gate_layers, achieved, targets)}
+    return {layer: float(a) - float(t) for layer, a, t in zip(system.encoder.gate_layers, achieved, targets)}
 
 
 def random_selection(cfg, system, dm) -> dict[str, float]:
@@ -328,16 +328,20 @@ def format_summary(s: dict) -> str:
         details.append((f"final lambda, layer {layer}", f"{lam:.4f}"))
     gaps = s.get("budget_gap") or {}
     for layer, gap in gaps.items():
-        details.append((f"end of training |g-hat - rho|, layer {layer}", f"{gap:.4f}"))
+        details.append((f"end of training |g-hat - rho|, layer {layer}", f"{abs(gap):.4f}"))
     width = max(len(r[0]) for r in [*results, *details])
     value_width = max(len(r[1]) for r in results)
     lines = [f"{k:<{width}}  {v:<{value_width}}  {note}".rstrip() for k, v, note in results]
     lines += [f"{k:<{width}}  {v}" for k, v in details]
     rule = "-" * max(len(line) for line in lines)
     out = [rule, *lines[: len(results)], rule, *lines[len(results):], rule]
-    off = ", ".join(f"layer {layer} {gap:.3f}" for layer, gap in gaps.items() if gap > BUDGET_TOLERANCE)
-    if off:
-        out.append(f"warning: training ended with |g-hat - rho| > {BUDGET_TOLERANCE} ({off}): the model trained on more "
-                   f"(or fewer) tokens than evaluation keeps; give the gates more steps (budget.dense_fraction, "
+    above = ", ".join(f"layer {layer} {gap:+.3f}" for layer, gap in gaps.items() if gap > BUDGET_TOLERANCE)
+    below = ", ".join(f"layer {layer} {gap:+.3f}" for layer, gap in gaps.items() if gap < -BUDGET_TOLERANCE)
+    if above:
+        out.append(f"warning: training ended with g-hat - rho > {BUDGET_TOLERANCE} ({above}): the model trained on more "
+                   f"tokens than evaluation keeps; give the gates more steps (budget.dense_fraction, "
                    f"budget.warmup_fraction, trainer.max_epochs) or a larger optim.gate_lr / optim.dual_lr")
+    if below:
+        out.append(f"warning: training ended with g-hat - rho < -{BUDGET_TOLERANCE} ({below}): the gates closed below "
+                   f"the budget (g-hat <= rho holds, lambda stops pushing); evaluation keeps more tokens than training did")
     return "\n".join(out)

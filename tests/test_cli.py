@@ -224,7 +224,12 @@ def test_summary_reports_random_selection_the_needle_and_the_budget_gap():
     assert "warning" not in close
     far = runner.format_summary({**SUMMARY, "budget_gap": {0: 0.2}})
     (warning,) = [line for line in far.splitlines() if line.startswith("warning")]
-    assert "|g-hat - rho| > 0.05 (layer 0 0.200)" in warning
+    assert "g-hat - rho > 0.05 (layer 0 +0.200)" in warning and "more tokens" in warning
+    under = runner.format_summary({**SUMMARY, "budget_gap": {0: -0.281}})
+    (warning,) = [line for line in under.splitlines() if line.startswith("warning")]
+    assert "g-hat - rho < -0.05 (layer 0 -0.281)" in warning and "closed below the budget" in warning
+    (gap,) = [line for line in under.splitlines() if line.startswith("end of training |g-hat - rho|, layer 0")]
+    assert gap.split()[-1] == "0.2810"
 
 
 def test_every_preset_group_option_composes():
