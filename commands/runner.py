@@ -21,6 +21,8 @@ from omegaconf import OmegaConf
 
 from datamodules import build_datamodule
 from lightning_modules import build_system
+from retention.baselines import selector_for
+from retention.methods import Method
 
 from .backbone_checks import check_config as check_config_and_files
 from .checkpoints import load_checkpoint
@@ -28,8 +30,13 @@ from .device_checks import check_devices
 from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, LAST, TAG_CKPT_DIR, RngState, RunKilled, SharedRun, killed_by,
                         mark_ended, owner_tags, reap_orphan_runs, resume_target, run_name, signals_raise)
 
-__all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "RunKilled", "check_config", "check_run", "default_tracking_uri",
+__all__ = ["BUDGET_TOLERANCE", "CONFIG_NEXT_TO_CHECKPOINT", "RunKilled", "check_config", "check_run", "default_tracking_uri",
            "flatten_params", "format_summary", "make_logger", "reap_orphan_runs", "resume_target", "train", "warm_start"]
+
+
+# At the end of training every gated layer's expected retention ĝ_ℓ should be this close to ρ_ℓ: the
+# model is evaluated keeping ρ_ℓ of the tokens, so it should have trained on about as many.
+BUDGET_TOLERANCE = 0.05
 
 
 def default_tracking_uri(configured: str | None) -> str:
@@ -268,11 +275,41 @@ def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri, 
         "kept": {layer: m.get(f"test/kept_fraction_l{layer}") for layer in system.encoder.gate_layers},
         "lambda": {layer: float(v) for layer, v in zip(system.encoder.gate_layers, system.lam.detach().cpu())},
     }
+    summary["needle_kept"] = m.get("test/needle_kept_hard")
+    summary["budget_gap"] = budget_gaps(system)
+    if system.method == Method.gate and trainer.world_size == 1:
+        random = random_selection(cfg, system, dm)
+        summary.update(random=random.get(f"test/{metric}_hard"), random_needle_kept=random.get("test/needle_kept_hard"))
+        logger.log_metrics({f"{k}_random": v for k, v in random.items() if k in (f"test/{metric}_hard", "test/needle_kept_hard")})
     if summary["dense"]:
         summary["retained_over_dense"] = summary["retained"] / summary["dense"]
         if trainer.is_global_zero:
             logger.log_metrics({"test/retained_over_dense": summary["retained_over_dense"]})
     return summary
+
+
+def budget_gaps(system) -> dict[int, float]:
+    """ĝ_ℓ − ρ_ℓ per gated layer at the last gated training step (empty when no step gated)."""
+    achieved, targets = system.last_expected_retention, system.last_budget_targets
+    if achieved is None:
+        return {}
+    return {layer: float(a) - float(t) for layer, a, t in zip(system.encoder.gate_layers, achieved, targets)}
+
+
+def random_selection(cfg, system, dm) -> dict[str, float]:
+    """The test metrics of the hard path of the same trained model with random selection at the same
+    budget (:class:`retention.baselines.RandomSelector`, seeded with ``cfg.seed``), on a Trainer of its
+    own without a logger, so the run's test metrics stay those of its own selection."""
+    own_selector, own_paths = system.selector, system.eval_paths
+    system.selector, system.eval_paths = selector_for(Method.random, seed=cfg.seed), ("hard",)
+    try:
+        tester = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                           accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                           limit_test_batches=cfg.trainer.limit_test_batches)
+        tester.test(system, datamodule=dm, verbose=False)
+        return {k: float(v) for k, v in tester.callback_metrics.items() if k.startswith("test/")}
+    finally:
+        system.selector, system.eval_paths = own_selector, own_paths
 
 
 def _number(v: float | None) -> str:
@@ -281,23 +318,53 @@ def _number(v: float | None) -> str:
 
 
 def format_summary(s: dict) -> str:
+    """The run's printed summary: the test results (dense, soft, retained; random selection on the same
+    model and how often the needle survived, when the run has them), then where the run is and how
+    close training came to its budget, with one warning line per layer whose |ĝ − ρ| exceeds
+    :data:`BUDGET_TOLERANCE`."""
     budget = f"rho = {s['ratio']}" if s["ratio"] is not None else f"M = {s['tokens']}"
     label = s["metric_label"]
-    rows = [
+
+    def kept(rate: float | None) -> str:
+        return "" if rate is None else f"needle kept in {100 * rate:.1f} % of test sequences"
+
+    results = [
+        (f"dense {label} (nothing dropped)", _number(s["dense"]), ""),
+        (f"soft-gate {label}", _number(s["soft"]), ""),
+        (f"retained {label} (top-M, {budget})", _number(s["retained"]), kept(s.get("needle_kept"))),
+    ]
+    if s.get("random") is not None:
+        results.append((f"random selection {label} (same model, {budget})", _number(s["random"]), kept(s.get("random_needle_kept"))))
+    if "retained_over_dense" in s:
+        random_ratio = (f"random / dense {s['random'] / s['dense']:.3f}" if s.get("random") is not None and s["dense"]
+                        else "")
+        results.append(("retained / dense", f"{s['retained_over_dense']:.3f}", random_ratio))
+    details = [
         ("MLflow run id", s["run_id"]),
         ("tracking URI", s["tracking_uri"]),
         ("checkpoint", s["checkpoint"] or "-"),
         ("checkpoint size", s.get("checkpoint_size") or "-"),
-        (f"dense {label} (nothing dropped)", _number(s["dense"])),
-        (f"soft-gate {label}", _number(s["soft"])),
-        (f"retained {label} (top-M, {budget})", _number(s["retained"])),
     ]
-    if "retained_over_dense" in s:
-        rows.append(("retained / dense", f"{s['retained_over_dense']:.3f}"))
-    for layer, kept in s["kept"].items():
-        rows.append((f"achieved retention, layer {layer}", f"{kept:.4f}"))
+    for layer, kept_fraction in s["kept"].items():
+        details.append((f"achieved retention, layer {layer}", f"{kept_fraction:.4f}"))
     for layer, lam in s["lambda"].items():
-        rows.append((f"final lambda, layer {layer}", f"{lam:.4f}"))
-    width = max(len(r[0]) for r in rows)
-    line = "-" * (width + 2 + max(len(str(r[1])) for r in rows))
-    return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
+        details.append((f"final lambda, layer {layer}", f"{lam:.4f}"))
+    gaps = s.get("budget_gap") or {}
+    for layer, gap in gaps.items():
+        details.append((f"end of training |g-hat - rho|, layer {layer}", f"{abs(gap):.4f}"))
+    width = max(len(r[0]) for r in [*results, *details])
+    value_width = max(len(r[1]) for r in results)
+    lines = [f"{k:<{width}}  {v:<{value_width}}  {note}".rstrip() for k, v, note in results]
+    lines += [f"{k:<{width}}  {v}" for k, v in details]
+    rule = "-" * max(len(line) for line in lines)
+    out = [rule, *lines[: len(results)], rule, *lines[len(results):], rule]
+    above = ", ".join(f"layer {layer} {gap:+.3f}" for layer, gap in gaps.items() if gap > BUDGET_TOLERANCE)
+    below = ", ".join(f"layer {layer} {gap:+.3f}" for layer, gap in gaps.items() if gap < -BUDGET_TOLERANCE)
+    if above:
+        out.append(f"warning: training ended with g-hat - rho > {BUDGET_TOLERANCE} ({above}): the model trained on more "
+                   f"tokens than evaluation keeps; give the gates more steps (budget.dense_fraction, "
+                   f"budget.warmup_fraction, trainer.max_epochs) or a larger optim.gate_lr / optim.dual_lr")
+    if below:
+        out.append(f"warning: training ended with g-hat - rho < -{BUDGET_TOLERANCE} ({below}): the gates closed below "
+                   f"the budget (g-hat <= rho holds, lambda stops pushing); evaluation keeps more tokens than training did")
+    return "\n".join(out)

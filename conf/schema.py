@@ -163,10 +163,14 @@ class BudgetConfig:
     ratio: Optional[float] = field(default=0.3, metadata=within(0.0, 1.0, lo_open=True))
     tokens: Optional[int] = field(default=None, metadata=at_least(1))
     schedule: Schedule = Schedule.constant
-    # first train the task densely (gates open, λ term × 0) for these steps
-    dense_steps: int = field(default=0, metadata=at_least(0))
-    # then anneal the training target from 1 to rho over these steps
-    warmup_steps: int = field(default=0, metadata=at_least(0))
+    # first train the task densely (gates open, λ term × 0) for this fraction of the fit's optimizer steps
+    dense_fraction: float = field(default=0.0, metadata=within(0.0, 1.0))
+    # then anneal the training target from 1 to rho over this fraction of them (dense + warm-up <= 1)
+    warmup_fraction: float = field(default=0.0, metadata=within(0.0, 1.0))
+    # step counts that replace the fractions when set (null: the fraction); when the fit starts, the
+    # two must fit in its total steps, else a ConfigError
+    dense_steps: Optional[int] = field(default=None, metadata=at_least(0))
+    warmup_steps: Optional[int] = field(default=None, metadata=at_least(0))
     inference: Inference = Inference.top_m
     # λ's initial value (with optim.dual_lr=0: the fixed-λ penalty ablation)
     init_lambda: float = field(default=0.0, metadata=at_least(0))
@@ -256,6 +260,10 @@ def validate(cfg: DictConfig, num_backbone_layers: int | None = None) -> None:
         raise ConfigError(
             f"budget.ratio={cfg.budget.ratio!r} and budget.tokens={cfg.budget.tokens!r}: set exactly one (the other to null)"
         )
+    b = cfg.budget
+    if b.dense_fraction + b.warmup_fraction > 1.0:
+        raise ConfigError(f"budget.dense_fraction={b.dense_fraction} and budget.warmup_fraction={b.warmup_fraction} "
+                          f"add up to more than 1; allowed: a sum <= 1 (the target must reach rho within the run)")
     if num_backbone_layers is not None:
         for i in cfg.gate.layers:
             if not 0 <= i < num_backbone_layers:

@@ -123,10 +123,13 @@ def generate_cued_needle(spec: NeedleSpec, size: int, seed: int) -> dict[str, to
 
 
 class NeedleDataModule(SyntheticDataModule):
-    """Train / val / test splits generated from ``seed`` with a distinct stream per split."""
+    """Train / val / test splits generated from ``seed`` with a distinct stream per split; batches
+    carry ``needle_positions`` beside the model inputs."""
 
     CONFIG = NeedleDataConfig
     SPEC = NeedleSpec
+    # needle_positions (B, num_needles): where the decisive tokens are, for the "needle kept" rate
+    keys = ("input_ids", "attention_mask", "labels", "needle_positions")
 
     def generate(self, size: int, seed: int) -> dict[str, torch.Tensor]:
         return generate_needle(self.spec, size, seed)

@@ -4,6 +4,9 @@ Single-label (:class:`RetentionClassifier`: cross-entropy, accuracy) and multi-l
 (:class:`RetentionMultiLabelClassifier`: BCE with logits, micro and macro F1) share everything but
 the loss and the metrics (:meth:`make_loss`, :meth:`make_metrics`, :meth:`metric_inputs`).
 
+Batches that carry ``needle_positions`` (the needle task) also log ``{stage}/needle_kept_hard``: the
+fraction of sequences whose decisive tokens all survive the hard path's selection.
+
 When a data module cuts long documents into sliding windows (batches then carry ``doc_id``), every
 metric is also logged per document as ``{stage}/<name>_<path>_doc`` (:class:`DocumentMetric`).
 
@@ -25,8 +28,15 @@ from datamodules.loaders import DATASET_INDEX
 from .metrics import Deduplicated
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
-__all__ = ["RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS",
+__all__ = ["needles_kept", "RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS",
            "logits_and_labels", "probabilities_and_int_labels"]
+
+
+def needles_kept(out, needle_positions: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every decisive token of the sequence (its original positions ``needle_positions``,
+    (B, N)) is among the rows the encoder kept (``out.positions`` where ``out.valid``)."""
+    found = (out.positions.unsqueeze(1) == needle_positions.unsqueeze(2)) & out.valid.unsqueeze(1)  # (B, N, T_out)
+    return found.any(-1).all(-1)
 
 
 def logits_and_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +154,9 @@ class RetentionClassifier(RetentionSystem):
                     self.log(f"{stage}/{name}_{path}_doc", self.doc_metrics[key], on_step=False, on_epoch=True)
             if path in ("hard", "soft"):
                 self.log_retention(stage, out, on_step=False, path=path, batch=batch)
+            if path == "hard" and "needle_positions" in batch:
+                self.log(f"{stage}/needle_kept_hard", needles_kept(out, batch["needle_positions"]).float().mean(),
+                         on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
             if path == "soft":
                 self.log_example_mean(stage, "loss_soft", batch, self.example_losses(logits, batch["labels"]))
 

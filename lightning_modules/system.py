@@ -6,7 +6,8 @@ One optimizer, three param groups:
   2. λ, one per gated layer: ``maximize=True`` (projected gradient *ascent*), no weight decay,
      its own lr η, and a constant LR-schedule factor so warm-up/decay never changes η.
 After every optimizer step λ is projected onto λ ≥ 0; gradient clipping touches groups 0 and 1 only.
-During the dense phase (``budget.dense_steps``) λ and the gates get no gradient (``None``, so AdamW
+During the dense phase (the first ``budget.dense_fraction`` of the fit's steps, or
+``budget.dense_steps``) λ and the gates get no gradient (``None``, so AdamW
 leaves their state alone): their Adam moments and step count start when the budget phase starts.
 
 Fitting puts every module in train mode (:meth:`RetentionSystem.on_fit_start`): ``from_pretrained``
@@ -31,9 +32,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from conf.checks import ConfigError
 from datamodules.loaders import DATASET_INDEX
 from retention.baselines import selector_for
-from retention.budget import annealed_targets, global_batch_mean, lagrangian_term
+from retention.budget import annealed_targets, global_batch_mean, lagrangian_term, phase_steps
 from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
 
@@ -57,8 +59,10 @@ class Optimisation:
     * ``lr`` (backbone and head), ``gate_lr``, ``dual_lr`` (η, λ's ascent step), ``weight_decay``
       (primal groups only), ``betas`` (AdamW);
     * ``scheduler`` and ``warmup_steps``: the primal groups' LR factor, :func:`lr_factor`;
-    * ``dense_steps``: the first steps train the task densely (no Lagrangian term);
-    * ``budget_warmup_steps``: then the target anneals from 1 to ρ (:func:`retention.budget.annealed_targets`);
+    * ``dense_fraction`` of the fit's steps (or ``dense_steps``, when not None) train the task
+      densely (no Lagrangian term);
+    * then over ``warmup_fraction`` of them (or ``budget_warmup_steps``) the target anneals from 1
+      to ρ (:func:`retention.budget.annealed_targets`, :func:`retention.budget.phase_steps`);
     * ``init_lambda``: λ's initial value.
     """
 
@@ -69,9 +73,11 @@ class Optimisation:
     betas: tuple[float, float]
     scheduler: str
     warmup_steps: int
-    dense_steps: int
-    budget_warmup_steps: int
+    dense_steps: int | None
+    budget_warmup_steps: int | None
     init_lambda: float
+    dense_fraction: float = 0.0
+    warmup_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -153,6 +159,10 @@ class RetentionSystem(L.LightningModule):
         # val/test means of per-example values, gathered over DDP ranks (:meth:`log_example_mean`)
         names = ["loss_soft", *(f"{p}kept_fraction_l{layer}" for p in ("", "soft_") for layer in self.encoder.gate_layers)]
         self.example_means = nn.ModuleDict({f"{stage}_{name}": ExampleMean() for stage in ("val", "test") for name in names})
+        self._phases: tuple[int, int] | None = None  # (dense, warm-up) steps, resolved when a fit starts
+        # ĝ_ℓ of the latest gated training step (the summary's |ĝ − ρ|); None before the budget phase
+        self.last_expected_retention: torch.Tensor | None = None
+        self.last_budget_targets: torch.Tensor | None = None  # ρ_ℓ of that step's batch (not the warmed-up ρ_ℓ(t))
 
     # ------------------------------------------------------------------ the Lagrangian
     @property
@@ -160,7 +170,30 @@ class RetentionSystem(L.LightningModule):
         """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
         always for a heuristic baseline ``method`` (the backbone is trained densely; the baseline
         selects at evaluation) and for the sparse-attention comparators (no gates)."""
-        return self.method.trains_scorer and self.global_step >= self.optim.dense_steps
+        return self.method.trains_scorer and self.global_step >= self.phases[0]
+
+    @property
+    def phases(self) -> tuple[int, int]:
+        """(dense phase, budget warm-up) in optimizer steps (:func:`retention.budget.phase_steps`):
+        checked against the fit's total steps when it starts (:meth:`check_phases`); before a fit the
+        fractions count the steps of :meth:`total_steps`."""
+        if self._phases is not None:
+            return self._phases
+        o = self.optim
+        return phase_steps(self.total_steps(), o.dense_fraction, o.warmup_fraction, o.dense_steps, o.budget_warmup_steps)
+
+    def check_phases(self, total_steps: int) -> tuple[int, int]:
+        """The (dense, warm-up) steps of a fit of ``total_steps`` steps; a :class:`ConfigError` naming the
+        keys when they do not fit in it (the training target would end above ρ while evaluation keeps ρ)."""
+        o = self.optim
+        dense, warmup = phase_steps(total_steps, o.dense_fraction, o.warmup_fraction, o.dense_steps, o.budget_warmup_steps)
+        if self.method.trains_scorer and dense + warmup > total_steps:
+            given = ", ".join(f"{k}={v}" for k, v in (("budget.dense_steps", o.dense_steps),
+                                                      ("budget.warmup_steps", o.budget_warmup_steps)) if v is not None)
+            raise ConfigError(f"{given}: the dense phase ({dense} steps) and the budget warm-up ({warmup} steps) do not "
+                              f"fit in this run's {total_steps} optimizer steps; allowed: dense + warm-up <= {total_steps} "
+                              f"(or set budget.dense_fraction / budget.warmup_fraction, which scale with the run)")
+        return dense, warmup
 
     # ------------------------------------------------------------------ baselines at evaluation
     def _enter_selector(self) -> None:
@@ -187,6 +220,7 @@ class RetentionSystem(L.LightningModule):
         if not gating:
             return task + self.unused_in_graph()
         lag, targets, expected = self.constraint_loss(out.expected_retention, out.targets, out.kept_fractions.shape[1])
+        self.last_expected_retention, self.last_budget_targets = expected.detach(), out.targets.detach()
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
         self.log_retention("train", out, on_step=True, targets=targets, expected=expected)
         self.log("train/exp_ret", expected.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
@@ -242,13 +276,13 @@ class RetentionSystem(L.LightningModule):
 
     def training_targets(self, targets: torch.Tensor, step: int) -> torch.Tensor:
         """ρ_ℓ(t) at global step ``step``: the budget warm-up of :func:`retention.budget.annealed_targets`
-        with t counted from the end of the dense phase, t = max(0, step − ``dense_steps``), so
+        with t counted from the end of the dense phase, t = max(0, step − D), so
 
-            ρ_ℓ(t) = 1 − (1 − ρ_ℓ)·min(1, t / ``budget_warmup_steps``)
+            ρ_ℓ(t) = 1 − (1 − ρ_ℓ)·min(1, t / W)
 
-        (1 until the dense phase ends, ρ_ℓ from ``dense_steps + budget_warmup_steps`` on)."""
-        t = max(0, step - self.optim.dense_steps)
-        return annealed_targets(targets, t, self.optim.budget_warmup_steps)
+        (1 until the dense phase ends, ρ_ℓ from D + W on; (D, W) = :attr:`phases`)."""
+        dense, warmup = self.phases
+        return annealed_targets(targets, max(0, step - dense), warmup)
 
     def unused_in_graph(self) -> torch.Tensor:
         """0 · (λ and every gate parameter): keeps them in the autograd graph on dense steps, so DDP
@@ -324,15 +358,23 @@ class RetentionSystem(L.LightningModule):
             {"params": [self.lam], "lr": o.dual_lr, "weight_decay": 0.0, "maximize": True, "name": "dual"},
         ]
 
-    def total_steps(self) -> int:
-        """Optimizer steps of the fit (the Trainer's estimate); 1 when no Trainer is attached."""
+    def fit_steps(self) -> int | None:
+        """Optimizer steps of the fit (the Trainer's estimate); None when no Trainer is attached."""
         try:
             return int(self.trainer.estimated_stepping_batches)
         except RuntimeError:  # not attached to a Trainer: configure_optimizers called on its own
-            return 1
+            return None
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the fit (the Trainer's estimate); 1 when no Trainer is attached."""
+        steps = self.fit_steps()
+        return 1 if steps is None else steps
 
     def configure_optimizers(self):
         o = self.optim
+        steps = self.fit_steps()
+        if steps is not None:
+            self._phases = self.check_phases(steps)
         optimizer = torch.optim.AdamW(self.param_groups(), betas=tuple(o.betas))
         primal = functools.partial(lr_factor, warmup_steps=o.warmup_steps, total_steps=self.total_steps(),
                                    scheduler=o.scheduler)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["AllReduceSum", "Budget", "SCHEDULES", "annealed_targets", "expected_retention", "global_batch_mean",
-           "lagrangian_term", "keep_counts", "retention_per_sequence", "threshold_counts"]
+           "lagrangian_term", "keep_counts", "phase_steps", "retention_per_sequence", "threshold_counts"]
 
 SCHEDULES = ("constant", "linear")
 
@@ -115,6 +115,21 @@ def annealed_targets(targets: torch.Tensor, step: int, warmup_steps: int) -> tor
     if warmup_steps <= 0:
         return targets
     return 1.0 - (1.0 - targets) * min(1.0, max(0, step) / warmup_steps)
+
+
+def phase_steps(total_steps: int, dense_fraction: float, warmup_fraction: float,
+                dense_steps: int | None = None, warmup_steps: int | None = None) -> tuple[int, int]:
+    """(dense phase D, budget warm-up W) in optimizer steps for a fit of ``total_steps`` steps:
+
+        D = round(dense_fraction · total),    W = round(warmup_fraction · total),
+
+    each replaced by ``dense_steps`` / ``warmup_steps`` when given. The fractions scale the schedule
+    with the run: a 189-step fit and a 5 000-step fit both reach ρ at the same point of training
+    (the training target is ρ from step D + W on, :func:`annealed_targets`).
+    """
+    dense = round(dense_fraction * total_steps) if dense_steps is None else int(dense_steps)
+    warmup = round(warmup_fraction * total_steps) if warmup_steps is None else int(warmup_steps)
+    return dense, warmup
 
 
 @dataclass(frozen=True)

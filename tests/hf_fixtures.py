@@ -77,6 +77,24 @@ def byo_rows(n: int, string_labels: bool = True) -> list[list]:
     return [[t, names[y] if string_labels else y] for t, y in zip(texts, labels)]
 
 
+def spread_rows(n: int, words: int = 60, seed: int = 0) -> list[dict]:
+    """Bring-your-own-data rows whose label is spread over the text: each word is filler (60 %) or a
+    sentiment word, which agrees with the label 70 % of the time; so every sentiment word kept is
+    evidence, and a model that drops more of them guesses worse."""
+    import random
+
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "fine", "nice", "superb"], ["bad", "awful", "poor", "dull", "weak"]
+    filler = ["the", "plot", "movie", "actor", "scene", "story", "film", "music", "end", "start"]
+    rows = []
+    for i in range(n):
+        y = i % 2
+        text = [rng.choice(filler) if rng.random() < 0.6 else rng.choice(pos if (rng.random() < 0.7) == bool(y) else neg)
+                for _ in range(words)]
+        rows.append({"text": " ".join(text), "label": ["negative", "positive"][y]})
+    return rows
+
+
 CUAD_QUESTION = 'Highlight the parts (if any) of this contract related to "{}" that should be reviewed by a lawyer. Details: {}'
 CUAD_CLAUSES = {
     "Document Name": ("The name of the contract", "DISTRIBUTOR AGREEMENT"),

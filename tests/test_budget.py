@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from retention.budget import Budget, keep_counts, threshold_counts
+from retention.budget import Budget, annealed_targets, keep_counts, phase_steps, threshold_counts
 from retention.encoder import RetentionEncoder
 
 from .retention_fixtures import CLS, SEP, batch, tiny
@@ -59,3 +59,24 @@ def test_threshold_inference_on_the_hard_path(bias, kept):
         out = enc.eval()(ids, mask, mode="hard")
     expected = [2, 2, 2, 2] if kept == "protected" else mask.sum(1).tolist()
     assert out.retained_counts[0].tolist() == expected
+
+
+def test_phase_steps_are_fractions_of_the_run_unless_step_counts_are_given():
+    """D = round(dense_fraction·N), W = round(warmup_fraction·N); a step count replaces its fraction."""
+    assert phase_steps(189, 0.2, 0.4) == (38, 76)  # a 2,000-example BYO file: 189 steps in 3 epochs
+    assert phase_steps(600, 0.5, 0.25) == (300, 150)  # the main job
+    assert phase_steps(189, 0.2, 0.4, dense_steps=10) == (10, 76)
+    assert phase_steps(189, 0.2, 0.4, warmup_steps=0) == (38, 0)
+    assert phase_steps(60, 1.0, 0.0) == (60, 0)  # dense only
+
+
+def test_fraction_schedule_reaches_rho_at_its_boundary():
+    """With (D, W) = phase_steps(189, 0.2, 0.4) = (38, 76), ρ(t) = annealed_targets(ρ, t − D, W): 1 up to
+    step D, 1 − 0.7·75/76 one step before D + W, ρ from D + W = 114 on, up to the last step 188."""
+    dense, warmup = phase_steps(189, 0.2, 0.4)
+    rho = torch.tensor([0.3])
+    at = {step: float(annealed_targets(rho, max(0, step - dense), warmup)) for step in (0, 37, 38, 39, 113, 114, 188)}
+    assert at[0] == at[37] == at[38] == 1.0
+    assert at[39] == pytest.approx(1 - 0.7 / 76)
+    assert at[113] == pytest.approx(1 - 0.7 * 75 / 76)
+    assert at[114] == at[188] == pytest.approx(0.3)

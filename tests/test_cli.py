@@ -23,8 +23,8 @@ BAD = [
     ("optim.lr=-0.001", "optim.lr", ">= 0"),
     ("optim.gate_lr=-1", "optim.gate_lr", ">= 0"),
     ("optim.dual_lr=-0.01", "optim.dual_lr", ">= 0"),
-    ("gate.layers=[3]", "gate.layers", "0..2"),
-    ("gate.layers=[-1]", "gate.layers", "0..2"),
+    ("gate.layers=[3]", "gate.layers", "0..1"),  # the main job's model has 2 layers
+    ("gate.layers=[-1]", "gate.layers", "0..1"),
     ("budget.ratio=abc", "budget.ratio", "Float"),
     ("budget.ratoi=0.3", "ratoi", "Did you mean"),
     ("model=nonexistent", "model", "minilm"),
@@ -48,6 +48,9 @@ BAD = [
     ("trainer.accelerator=bogus", "trainer.accelerator", "auto, cpu, cuda, gpu, mps, tpu"),
     ("model.backbone=no-such-org/no-such-model", "model.backbone", "hf download no-such-org/no-such-model"),
     ("model.backbone=./no/such/folder", "model.backbone", "no such folder"),
+    ("budget.dense_fraction=1.5", "budget.dense_fraction", "[0, 1]"),
+    ("budget.warmup_fraction=0.8", "budget.dense_fraction", "a sum <= 1"),  # with the default dense_fraction 0.5
+    ("budget.dense_steps=-1", "budget.dense_steps", ">= 0"),
 ]
 
 # A key of the selected data module only: (overrides, key, what the message says is allowed)
@@ -108,7 +111,7 @@ def test_data_section_holds_the_selected_modules_keys_only():
     # later sources refine it
     kv = compose(["data.name=kv_retrieval", "data.train_size=100"])
     assert (kv.data.seq_len, kv.data.train_size, kv.data.num_pairs, kv.data.num_keys) == (1024, 100, 4, 32)
-    assert compose(["data=needle"]).data.train_size == 4096 and compose([]).data.train_size == 8192
+    assert compose(["data=needle"]).data.train_size == 4096 and compose([]).data.train_size == 9600
     assert compose(["data=synthetic_qa", "data.num_facts=3"]).data.num_facts == 3
 
 
@@ -197,8 +200,36 @@ def test_tiny_train_run_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
     assert "config.yaml" in [a.path for a in client.list_artifacts(run["run_id"])]
     ckpt = client.get_run(run["run_id"]).data.tags["checkpoint_path"]
     assert ckpt.endswith("best.ckpt") and (tmp_path / "checkpoints" / run["run_id"] / "best.ckpt").exists()
-    for label in ("dense accuracy", "retained accuracy", "achieved retention, layer 1", "final lambda, layer 1"):
+    for label in ("dense accuracy", "retained accuracy", "achieved retention, layer 1", "final lambda, layer 1",
+                  "random selection accuracy (same model, rho = 0.3)", "end of training |g-hat - rho|, layer 1"):
         assert label in out
+    # the needle task's decisive-token rate, and the same model with random selection (logged beside, not over, ours)
+    for metric in ("test/needle_kept_hard", "test/acc_hard_random", "test/needle_kept_hard_random"):
+        assert runs[f"metrics.{metric}"].notna().all(), metric
+
+
+SUMMARY = {"run_id": "abc", "tracking_uri": "sqlite:///m.db", "checkpoint": None, "metric_label": "accuracy",
+           "dense": 1.0, "soft": 0.99, "retained": 0.99, "random": 0.48, "needle_kept": 0.991, "random_needle_kept": 0.3,
+           "retained_over_dense": 0.99, "ratio": 0.3, "tokens": None, "kept": {0: 0.3008}, "lambda": {0: 1.5}}
+
+
+def test_summary_reports_random_selection_the_needle_and_the_budget_gap():
+    """The results block (ours, random on the same model, the needle's survival), |g-hat - rho| per gated
+    layer, and one warning line only when a gap exceeds runner.BUDGET_TOLERANCE (0.05)."""
+    close = runner.format_summary({**SUMMARY, "budget_gap": {0: 0.012}})
+    assert "needle kept in 99.1 % of test sequences" in close and "needle kept in 30.0 % of test sequences" in close
+    assert "random / dense 0.480" in close
+    (gap,) = [line for line in close.splitlines() if line.startswith("end of training |g-hat - rho|, layer 0")]
+    assert gap.split()[-1] == "0.0120"
+    assert "warning" not in close
+    far = runner.format_summary({**SUMMARY, "budget_gap": {0: 0.2}})
+    (warning,) = [line for line in far.splitlines() if line.startswith("warning")]
+    assert "g-hat - rho > 0.05 (layer 0 +0.200)" in warning and "more tokens" in warning
+    under = runner.format_summary({**SUMMARY, "budget_gap": {0: -0.281}})
+    (warning,) = [line for line in under.splitlines() if line.startswith("warning")]
+    assert "g-hat - rho < -0.05 (layer 0 -0.281)" in warning and "closed below the budget" in warning
+    (gap,) = [line for line in under.splitlines() if line.startswith("end of training |g-hat - rho|, layer 0")]
+    assert gap.split()[-1] == "0.2810"
 
 
 def test_every_preset_group_option_composes():
@@ -217,10 +248,9 @@ def test_every_preset_group_option_composes():
                 assert dict(cfg.data) == {**stage2.data, "train_size": cfg.data.train_size} and cfg.gate == stage2.gate
             else:
                 assert cfg.data.seq_len < stage2.data.seq_len == cfg.model.max_positions == stage2.model.max_positions
-            assert cfg.budget.dense_steps >= 10**6 and stage2.budget.dense_steps == 0
+            assert cfg.budget.dense_fraction == 1.0 and stage2.budget.dense_fraction == 0.0
         elif cfg.data.name == "synthetic_qa":  # hard vs soft QA: the target reaches rho before training ends
-            steps = cfg.data.train_size // cfg.data.batch_size * cfg.trainer.max_epochs
-            assert cfg.budget.dense_steps + cfg.budget.warmup_steps < steps
+            assert cfg.budget.dense_fraction + cfg.budget.warmup_fraction < 1
         elif not cue:  # the results page's long-context settings (the needle at T >= 1024)
             assert cfg.data.seq_len >= (1024 if cfg.data.name == "needle" else 512)
     for name in groups["method"]:

@@ -97,6 +97,23 @@ def test_cued_needle_config_errors():
         NeedleSpec(seq_len=8, vocab_size=64, tokens_per_class=1, cue_families=6)
 
 
+def test_needle_batches_carry_the_needle_positions_and_the_kept_rate_reads_them():
+    """Batches hold where the needle is; ``needles_kept`` is True for a sequence only when every needle
+    position is among the valid rows the encoder kept."""
+    from types import SimpleNamespace
+
+    from lightning_modules.classification import needles_kept
+
+    spec = NeedleSpec(seq_len=32, num_needles=1, tokens_per_class=1)
+    data = generate_needle(spec, 16, seed=0)
+    rows = torch.arange(16)
+    assert (spec.needle_class(data["input_ids"][rows, data["needle_positions"][:, 0]]) >= 0).all()
+    out = SimpleNamespace(positions=torch.tensor([[0, 3, 5, 0], [0, 2, 4, 7]]),
+                          valid=torch.tensor([[True, True, True, False], [True, True, True, True]]))
+    assert needles_kept(out, torch.tensor([[5], [3]])).tolist() == [True, False]
+    assert needles_kept(out, torch.tensor([[3, 5], [2, 5]])).tolist() == [True, False]  # every needle must survive
+
+
 def test_kv_label_from_query_and_pairs_alone():
     spec = KVSpec(seq_len=64, min_seq_len=40, vocab_size=80, num_keys=16, num_classes=4, num_pairs=4)
     d = generate_kv_retrieval(spec, 200, 0)
