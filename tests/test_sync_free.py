@@ -15,7 +15,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from retention.backbones import build_seq2seq
 from retention.budget import Budget, keep_counts
+from retention.encoder import RetentionEncoder
 from tests.retention_fixtures import ARCHS, batch, tiny, wrap
 
 
@@ -118,6 +120,26 @@ def test_planned_forward_with_explicit_protected_mask_and_token_budget(no_sync, 
         with no_sync:
             out = enc(ids, mask, protected=prot, mode="hard", plan=plan)
     _assert_same(out, ref)
+
+
+@pytest.mark.parametrize("arch", ["bart", "t5"])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_planned_forward_in_a_seq2seq_encoder(no_sync, arch, layer):
+    """BART / T5 encoder stacks take the wrapper's 4-d mask too (T5: the relative bias of the kept
+    tokens' original positions is added to it)."""
+    torch.manual_seed(0)
+    stack = build_seq2seq("random", arch=arch, vocab_size=50, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
+                          max_positions=64, special_ids={"pad": 0, "bos": 5, "eos": 6, "decoder_start": 5}).eval().get_encoder()
+    enc = RetentionEncoder(stack, [layer], Budget(ratio=0.3), protected_token_ids=[5, 6]).eval()
+    torch.nn.init.normal_(enc.gates[0].v.weight, std=1.0)
+    ids, mask = batch()
+    plan = _plan(enc, ids, mask)
+    with torch.no_grad():
+        ref = enc(ids, mask, mode="hard", restore=True)
+        with no_sync:
+            out = enc(ids, mask, mode="hard", restore=True, plan=plan)
+    _assert_same(out, ref)
+    assert torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
 
 
 def test_threshold_ablation_plans_the_full_width(no_sync):
