@@ -33,11 +33,13 @@ gated layer ℓ_k (k = 1..K), h_L the encoder's final state, and z̃_k the cumul
   paths through the later layers' inputs and attention bias). z̃ is the gate value the soft path
   uses (sampled in training, the relaxation's deterministic value in soft evaluation).
 
-**Host synchronisation.** Given host-side ``lengths`` (and ``protected_counts``), the hard path reads
-nothing back from the device: the retained widths and whether a mask is needed come from the host
+**Host synchronisation.** Given a host plan (:meth:`RetentionEncoder.host_plan`, from the batch's
+host-side valid lengths and protected counts), the hard path reads nothing back from the device: the
+retained widths M_max and whether a key mask is needed come from the host
 (:class:`retention.selection.HostPlan`), so an accelerator's queue never drains mid-forward.
 
-(This file is a little over 400 lines: the hooks, both gate paths and the forward share ``_State``.)
+(This file is about 440 lines, over the usual 400: the hooks, both gate paths, the host plan and the
+forward share ``_State``, and splitting them would pass that state across modules.)
 
 "Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
 (ℓ = 0: the embeddings); layer ℓ and all later layers see only retained tokens. Gates are
