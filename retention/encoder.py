@@ -33,6 +33,14 @@ gated layer ℓ_k (k = 1..K), h_L the encoder's final state, and z̃_k the cumul
   paths through the later layers' inputs and attention bias). z̃ is the gate value the soft path
   uses (sampled in training, the relaxation's deterministic value in soft evaluation).
 
+**Host synchronisation.** Given a host plan (:meth:`RetentionEncoder.host_plan`, from the batch's
+host-side valid lengths and protected counts), the hard path reads nothing back from the device: the
+retained widths M_max and whether a key mask is needed come from the host
+(:class:`retention.selection.HostPlan`), so an accelerator's queue never drains mid-forward.
+
+(This file is about 440 lines, over the usual 400: the hooks, both gate paths, the host plan and the
+forward share ``_State``, and splitting them would pass that state across modules.)
+
 "Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
 (ℓ = 0: the embeddings); layer ℓ and all later layers see only retained tokens. Gates are
 cumulative: a token dropped at one gated layer stays dropped.
@@ -51,7 +59,7 @@ from .budget import Budget, expected_retention, keep_counts, retention_per_seque
 from .fastpath import SOFT_GATE_ATTENTION, use_soft_gate_attention
 from .gate import ContextScorer
 from .hard_concrete import HardConcrete, Relaxation
-from .selection import gather_tokens, scatter_tokens, select_top_m
+from .selection import HostPlan, gather_tokens, host_plan, scatter_tokens, select_top_m
 
 __all__ = ["RetentionEncoder", "RetentionOutput", "SEQ2SEQ_MODEL_TYPES", "SUPPORTED_MODEL_TYPES", "transformer_layers"]
 
@@ -148,6 +156,7 @@ class _State:
     log_alpha: list[torch.Tensor] = field(default_factory=list)
     counts: list[torch.Tensor] = field(default_factory=list)
     restore_buffer: torch.Tensor | None = None  # hard: states entering the gates (B, T, d); soft: Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k}
+    plan: HostPlan | None = None  # hard path with host-side lengths: the shapes, so nothing is read back
 
 
 class RetentionEncoder(nn.Module):
@@ -259,10 +268,12 @@ class RetentionEncoder(nn.Module):
         return attn.relative_attention_bias(bucket).permute(0, 3, 1, 2)
 
     # ------------------------------------------------------------------ gating
-    def _additive_mask(self, valid: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        """(B, 1, 1, T) additive key mask: 0 (or the soft-gate bias) for valid keys, dtype-min for padding."""
+    def _additive_mask(self, valid: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                       full: bool | None = None) -> torch.Tensor | None:
+        """(B, 1, 1, T) additive key mask: 0 (or the soft-gate bias) for valid keys, dtype-min for padding.
+        ``full``: whether every key is valid, if the host knows (else read from ``valid``, a host sync)."""
         if bias is None:
-            if bool(valid.all()):
+            if bool(valid.all()) if full is None else full:
                 return None  # nothing to mask: lets SDPA pick its fastest kernel
             bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
         return bias.to(dtype).masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
@@ -317,7 +328,7 @@ class RetentionEncoder(nn.Module):
 
     def _hard_gate(self, k: int, h: torch.Tensor, log_alpha: torch.Tensor, st: _State) -> torch.Tensor:
         counts = self._keep_counts(k, log_alpha, st.valid, st.protected, st)
-        sel = select_top_m(log_alpha, st.valid, st.protected, counts)
+        sel = select_top_m(log_alpha, st.valid, st.protected, counts, None if st.plan is None else st.plan.widths[k])
         if st.restore:
             st.restore_buffer = (
                 h.clone() if st.restore_buffer is None else scatter_tokens(st.restore_buffer, st.positions, h, st.valid)
@@ -328,10 +339,37 @@ class RetentionEncoder(nn.Module):
         st.valid = sel.filled
         st.counts.append(counts)
         st.achieved.append(counts.float() / st.n_valid.clamp_min(1).float())
-        st.mask = self._additive_mask(st.valid, None, h.dtype)
+        st.mask = self._additive_mask(st.valid, None, h.dtype, None if st.plan is None else st.plan.full[k])
         return h
 
     # ------------------------------------------------------------------ forward
+    def host_plan(self, lengths: Sequence[int] | torch.Tensor, protected_counts: Sequence[int] | torch.Tensor | None = None,
+                  padded_length: int | None = None) -> HostPlan:
+        """The hard path's shapes for a batch, from its host-side (Python or CPU) valid lengths
+        T_valid and protected counts (:func:`retention.selection.host_plan`), for ``forward(plan=...)``.
+        ``padded_length``: the batch's T (default max(lengths)); ``protected_counts`` may be left out
+        only when nothing is protected. Built for the current budget; host work only."""
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        if protected_counts is None and self.protected_token_ids.numel():
+            raise ValueError("protected_counts must come with lengths: this encoder protects tokens")
+        n_prot = torch.zeros_like(lengths) if protected_counts is None else torch.as_tensor(protected_counts, dtype=torch.long)
+        if lengths.device.type != "cpu" or n_prot.device.type != "cpu" or lengths.dim() != 1 or n_prot.shape != lengths.shape:
+            raise ValueError("lengths and protected_counts must be host-side, one count per sequence")
+        t = int(lengths.max()) if padded_length is None else padded_length
+        return host_plan(self.budget, lengths, n_prot, t, threshold=self.inference == "threshold")
+
+    def _check_plan(self, plan: HostPlan, valid: torch.Tensor, prot: torch.Tensor) -> torch.Tensor | None:
+        """Check ``plan`` is for this batch and budget (the counts on CPU only: on an accelerator
+        that would be the read-back the plan avoids), and return the mask to hand the stock model:
+        ``None`` (no padding) or the wrapper's own 4-d additive mask, which transformers uses as
+        given (from a 2-d mask it would ask ``padding_mask.all()``, a host sync)."""
+        if (plan.t, plan.lengths.shape[0]) != (valid.shape[1], valid.shape[0]) or plan.budget != self.budget \
+                or plan.threshold != (self.inference == "threshold"):
+            raise ValueError("the host plan was made for another batch shape, budget or inference rule")
+        if valid.device.type == "cpu" and not (torch.equal(plan.lengths, valid.sum(1)) and torch.equal(plan.n_protected, prot.sum(1))):
+            raise ValueError("the host plan's lengths / protected counts disagree with attention_mask / the protected tokens")
+        return None if plan.full_input else self._additive_mask(valid, None, self.backbone.dtype, full=False)
+
     def protected_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Tokens that are never dropped: those whose id is one of ``protected_token_ids`` (e.g. [CLS], [SEP])."""
         if self.protected_token_ids.numel() == 0:
@@ -345,8 +383,12 @@ class RetentionEncoder(nn.Module):
         protected: torch.Tensor | None = None,
         mode: Mode = "auto",
         restore: bool = False,
+        plan: HostPlan | None = None,
         **backbone_kwargs,
     ) -> RetentionOutput:
+        """``plan``: the batch's :meth:`host_plan` (hard path only; ignored on the others). With it
+        the hard path never waits on the device; its counts must equal ``attention_mask.sum(1)`` and
+        ``(protected & valid).sum(1)`` (checked on CPU, trusted on an accelerator)."""
         b, t = input_ids.shape
         device = input_ids.device
         valid = torch.ones(b, t, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
@@ -364,7 +406,12 @@ class RetentionEncoder(nn.Module):
             raise ValueError(f"mode must be one of auto, soft, hard, dense; got {mode!r}")
         prot = self.protected_mask(input_ids) if protected is None else protected.bool()
         prot = prot & valid
+        if mode != "hard":
+            plan = None
+        elif plan is not None:
+            attention_mask = self._check_plan(plan, valid, prot)
         state = _State(
+            plan=plan,
             hard=mode == "hard",
             sample=self.training,
             restore=restore,

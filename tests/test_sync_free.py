@@ -1,0 +1,190 @@
+"""The hard (retained) forward with a host plan reads nothing back from the device.
+
+On CUDA a read-back (``.item()``, ``bool(t)``, ``int(t)``, ``.cpu()``, ``.tolist()``, ``nonzero``,
+boolean-mask indexing, one-argument ``torch.where``) waits for every queued kernel. This CPU test
+makes each of those raise while the retained forward runs, and checks that the forward with a
+:class:`retention.selection.HostPlan` gives exactly today's output (which reads the widths back).
+
+The calls are intercepted with a ``TorchFunctionMode`` (torch's public hook that sees every tensor
+method and torch function, ``__bool__`` and ``__index__`` included) rather than by setting
+attributes on ``torch.Tensor``: setting and then deleting ``Tensor.__getitem__`` leaves CPython's
+sequence slot behind, and every later ``torch.tensor([0-d tensors])`` in the process fails.
+"""
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from retention.backbones import build_seq2seq
+from retention.budget import Budget, keep_counts
+from retention.encoder import RetentionEncoder
+from tests.retention_fixtures import ARCHS, batch, tiny, wrap
+
+
+class HostSync(AssertionError):
+    """A call that would make the host wait for the device."""
+
+
+_READBACKS = {
+    torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+    torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.nonzero, torch.nonzero,
+    torch.Tensor.masked_select, torch.masked_select, torch.Tensor.argwhere, torch.argwhere,
+    torch.Tensor.unique, torch.unique, torch.Tensor.unique_consecutive, torch.unique_consecutive,
+}
+
+
+def _is_bool_index(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+
+
+class NoHostSync(TorchFunctionMode):
+    """Raises :class:`HostSync` on every read-back above, on boolean-mask indexing and assignment,
+    on one-argument ``torch.where`` and on ``repeat_interleave`` without ``output_size``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _READBACKS:
+            raise HostSync(f"host sync: {func.__name__}")
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and _is_bool_index(args[1]):
+            raise HostSync(f"host sync: boolean-mask {func.__name__}")
+        if func is torch.where and len(args) + len(kwargs) == 1:
+            raise HostSync("host sync: torch.where(condition)")
+        if func in (torch.repeat_interleave, torch.Tensor.repeat_interleave) and "output_size" not in kwargs \
+                and isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), torch.Tensor):
+            raise HostSync("host sync: repeat_interleave without output_size")
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def no_sync():
+    """A fresh guard (the reference forward and the host plan are built outside it)."""
+    return NoHostSync()
+
+
+def _plan(enc, ids, mask):
+    prot = enc.protected_mask(ids) & mask.bool()
+    return enc.host_plan(mask.sum(1).tolist(), prot.sum(1).tolist(), padded_length=ids.shape[1])
+
+
+def _assert_same(out, ref):
+    assert out.last_hidden_state.shape == ref.last_hidden_state.shape
+    assert torch.equal(out.last_hidden_state, ref.last_hidden_state)
+    assert torch.equal(out.positions, ref.positions) and torch.equal(out.valid, ref.valid)
+    assert all(torch.equal(a, b) for a, b in zip(out.retained_counts, ref.retained_counts, strict=True))
+    assert torch.equal(out.kept_fractions, ref.kept_fractions)
+
+
+def test_the_guard_catches_todays_readbacks(no_sync):
+    """Without a plan the hard path reads M_max back (``int(counts.max())``): the guard must see it."""
+    enc = wrap(tiny("bert"), [1], 0.5)
+    ids, mask = batch()
+    with no_sync, torch.no_grad(), pytest.raises(HostSync):
+        enc(ids, mask, mode="hard")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("layers,schedule", [([1, 2], "linear"), ([0], "constant")])
+@pytest.mark.parametrize("pad", [True, False])
+def test_planned_hard_forward_reads_nothing_back_and_equals_todays(no_sync, arch, attn, layers, schedule, pad):
+    enc = wrap(tiny(arch, attn=attn), layers, 0.4, schedule)
+    ids, mask = batch(pad=pad)
+    plan = _plan(enc, ids, mask)
+    with torch.no_grad():
+        ref = enc(ids, mask, mode="hard", restore=True)
+        with no_sync:
+            out = enc(ids, mask, mode="hard", restore=True, plan=plan)
+    _assert_same(out, ref)
+    assert torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
+    # The widths are the exact budget's: M_k = clamp(⌈ρ_k·T_valid⌉, n_protected, T_valid), cumulative.
+    lengths, n_prot = mask.sum(1), (enc.protected_mask(ids) & mask.bool()).sum(1)
+    alive = lengths
+    for k, width in enumerate(plan.widths):
+        alive = torch.minimum(keep_counts(enc.budget.layer_ratio(k, lengths), lengths, n_prot), alive)
+        assert torch.equal(out.retained_counts[k], alive) and width == int(alive.max())
+    assert plan.full_input == (not pad) and out.last_hidden_state.shape[1] == plan.widths[-1]
+
+
+@pytest.mark.parametrize("budget", [Budget(ratio=None, tokens=7), Budget(ratio=0.25, schedule="linear", num_layers=2)])
+def test_planned_forward_with_explicit_protected_mask_and_token_budget(no_sync, budget):
+    """QA-style: a caller-given protected mask (a long protected prefix) and an absolute token budget."""
+    enc = wrap(tiny("roberta"), list(range(budget.num_layers)), 0.5, budget.schedule)
+    enc.budget = budget
+    ids, mask = batch()
+    prot = torch.zeros_like(mask, dtype=torch.bool)
+    prot[:, :9] = True  # more than ⌈ρ·T_valid⌉ for some rows: n_protected decides M
+    plan = enc.host_plan(mask.sum(1).tolist(), (prot & mask.bool()).sum(1).tolist(), padded_length=ids.shape[1])
+    with torch.no_grad():
+        ref = enc(ids, mask, protected=prot, mode="hard")
+        with no_sync:
+            out = enc(ids, mask, protected=prot, mode="hard", plan=plan)
+    _assert_same(out, ref)
+
+
+@pytest.mark.parametrize("arch", ["bart", "t5"])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_planned_forward_in_a_seq2seq_encoder(no_sync, arch, layer):
+    """BART / T5 encoder stacks take the wrapper's 4-d mask too (T5: the relative bias of the kept
+    tokens' original positions is added to it)."""
+    torch.manual_seed(0)
+    stack = build_seq2seq("random", arch=arch, vocab_size=50, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
+                          max_positions=64, special_ids={"pad": 0, "bos": 5, "eos": 6, "decoder_start": 5}).eval().get_encoder()
+    enc = RetentionEncoder(stack, [layer], Budget(ratio=0.3), protected_token_ids=[5, 6]).eval()
+    torch.nn.init.normal_(enc.gates[0].v.weight, std=1.0)
+    ids, mask = batch()
+    plan = _plan(enc, ids, mask)
+    with torch.no_grad():
+        ref = enc(ids, mask, mode="hard", restore=True)
+        with no_sync:
+            out = enc(ids, mask, mode="hard", restore=True, plan=plan)
+    _assert_same(out, ref)
+    assert torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
+
+
+def test_threshold_ablation_plans_the_full_width(no_sync):
+    """The threshold rule's counts depend on the scores: the plan keeps width T, an upper bound, and
+    the kept tokens (the filled slots) are today's."""
+    enc = wrap(tiny("bert"), [1], 0.5)
+    enc.inference = "threshold"
+    ids, mask = batch()
+    plan = _plan(enc, ids, mask)
+    assert plan.widths == (ids.shape[1],) and plan.full == (False,)
+    with torch.no_grad():
+        ref = enc(ids, mask, mode="hard")
+        with no_sync:
+            out = enc(ids, mask, mode="hard", plan=plan)
+    assert torch.equal(out.retained_counts[0], ref.retained_counts[0])
+    m = ref.last_hidden_state.shape[1]
+    assert not out.valid[:, m:].any() and torch.equal(out.valid[:, :m], ref.valid)
+    assert torch.equal(out.positions[:, :m][ref.valid], ref.positions[ref.valid])
+    torch.testing.assert_close(out.last_hidden_state[:, :m][ref.valid], ref.last_hidden_state[ref.valid])
+
+
+def test_a_plan_for_another_batch_or_budget_is_refused():
+    enc = wrap(tiny("bert"), [1], 0.5)
+    ids, mask = batch()
+    plan = _plan(enc, ids, mask)
+    wrong = enc.host_plan((mask.sum(1) - 1).tolist(), [2] * len(ids), padded_length=ids.shape[1])
+    with torch.no_grad(), pytest.raises(ValueError, match="disagree"):
+        enc(ids, mask, mode="hard", plan=wrong)
+    enc.budget = Budget(ratio=0.3)
+    with torch.no_grad(), pytest.raises(ValueError, match="another batch shape, budget"):
+        enc(ids, mask, mode="hard", plan=plan)
+    with pytest.raises(ValueError, match="protected_counts"):
+        enc.host_plan(mask.sum(1).tolist())
+
+
+@pytest.mark.parametrize("readback", [
+    lambda x: bool(x.sum()), lambda x: int(x.max()), lambda x: float(x[0]), lambda x: x.sum().item(), lambda x: x.tolist(),
+    lambda x: x.cpu(), lambda x: x.nonzero(), lambda x: x[x > 0], lambda x: x.__setitem__(x > 0, 1.0),
+    lambda x: torch.where(x > 0), lambda x: [1, 2][x[0].long()], lambda x: x.repeat_interleave(x.long()),
+], ids=["bool", "int", "float", "item", "tolist", "cpu", "nonzero", "mask-index", "mask-assign", "where1", "index",
+        "repeat_interleave"])
+def test_the_guard_raises_on_each_readback_and_lets_device_work_through(readback):
+    x = torch.ones(3)
+    with NoHostSync(), pytest.raises(HostSync):
+        readback(x)
+    with NoHostSync():  # shapes, slices, integer-tensor indexing and three-argument where stay on the device
+        y = torch.where(x[1:] > 0, x[torch.tensor([0, 1])], x[:2]).repeat_interleave(2)
+    assert y.shape == (4,)
