@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from datamodules.loaders import DATASET_INDEX
 
-from .metrics import Deduplicated
+from .metrics import Deduplicated, ExampleMean
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
 __all__ = ["needles_kept", "RetentionClassifier", "RetentionMultiLabelClassifier", "RetentionMultiQueryClassifier", "DocumentMetric", "EVAL_PATHS",
@@ -102,6 +102,7 @@ class RetentionClassifier(RetentionSystem):
         self.loss_fn = self.make_loss()
         self.example_loss_fn = self.make_loss("none")
         self.metric_names = tuple(self.make_metrics(num_labels))
+        self.example_means.update({f"{stage}_needle_kept_hard": ExampleMean() for stage in ("val", "test")})
         self.metrics = nn.ModuleDict({
             f"{stage}_{path}_{name}": Deduplicated(metric, num_inputs=2)
             for stage in ("val", "test") for path in EVAL_PATHS for name, metric in self.make_metrics(num_labels).items()
@@ -155,8 +156,7 @@ class RetentionClassifier(RetentionSystem):
             if path in ("hard", "soft"):
                 self.log_retention(stage, out, on_step=False, path=path, batch=batch)
             if path == "hard" and "needle_positions" in batch:
-                self.log(f"{stage}/needle_kept_hard", needles_kept(out, batch["needle_positions"]).float().mean(),
-                         on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
+                self.log_example_mean(stage, "needle_kept_hard", batch, needles_kept(out, batch["needle_positions"]).float())
             if path == "soft":
                 self.log_example_mean(stage, "loss_soft", batch, self.example_losses(logits, batch["labels"]))
 
