@@ -180,6 +180,51 @@ def test_default_storage_is_sqlite_with_heartbeats_and_a_log_path_a_journal(work
     assert sweep_study.storage_url("postgresql://u:pw@h/db") == "postgresql+psycopg://u:***@h/db"
 
 
+@pytest.mark.parametrize("storage", ["x.sqlite", "/no/such/dir/optuna", "optuna"])
+def test_a_storage_that_is_no_url_nor_db_or_log_path_exits_2_in_one_line(storage, workdir, capsys):
+    assert cli.main(["sweep", *TINY, "--storage", storage]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"retention: config error: study.storage={storage!r} is not a storage; expected an SQLAlchemy URL "
+                   "(sqlite:///PATH/optuna.db, postgresql://USER:PASSWORD@HOST/DB), a PATH.db SQLite file or a PATH.log "
+                   "Optuna journal file"), err
+    assert not list(workdir.iterdir())  # no Optuna or MLflow store
+
+
+def test_a_db_path_is_an_sqlite_study(workdir, uri, capsys):
+    """``--storage PATH.db`` (not ``sqlite:///PATH.db``) opens that SQLite file, as the default ``./optuna.db``."""
+    (workdir / "runs").mkdir()
+    assert sweep_study.storage_url("runs/o.db") == f"sqlite:///{workdir / 'runs' / 'o.db'}"
+    assert sweep_study.rdb_url(None) == sweep_study.rdb_url(sweep_study.DEFAULT_STORAGE)
+    assert cli.main(["sweep", "--storage", "runs/o.db", "--n-trials", "0", *TINY, "study.name=plain",
+                     f"logging.tracking_uri={uri}"]) == 0
+    assert f"at sqlite:///{workdir / 'runs' / 'o.db'}: 0 trials so far" in capsys.readouterr().out
+    assert load("plain", f"sqlite:///{workdir / 'runs' / 'o.db'}").user_attrs[sweep_study.PARENT_ATTR]
+
+
+@pytest.mark.parametrize("sampler,objectives", [("tpe", ["metric"]), ("nsga2", ["metric", "retention"])])
+def test_a_resumed_seeded_study_draws_new_parameters_reproducibly(sampler, objectives, workdir, uri):
+    """Re-opening a seeded study (as a second ``retention sweep`` does) must not replay the first run's random
+    stream; the same history (seed, trials so far) gives the same resumed trials."""
+    def run(name: str, n: int) -> list[dict]:
+        scfg = sweep_config.compose_sweep(write_sweep(workdir / f"{name}.yaml", {
+            "name": name, "seed": 0, "sampler": sampler, "pruner": "none", "objectives": objectives}),
+            [f"logging.tracking_uri={uri}"])
+        dists = sweep_config.build_distributions(scfg)
+        study, _, _ = sweep_study.open_study(scfg)
+        study.optimize(lambda t: [t.suggest_float(k, d.low, d.high, log=d.log) for k, d in dists.items()][:len(objectives)],
+                       n_trials=n)
+        return [t.params for t in study.trials]
+
+    first = run("resumed", 2)
+    assert first[0] != first[1]
+    resumed = run("resumed", 2)
+    assert resumed[:2] == first
+    assert resumed[2] not in first and resumed[3] not in first  # before: trials 2, 3 repeated trials 0, 1
+    assert sweep_study.sampler_seed(0, 0, 1) == 1 and sweep_study.sampler_seed(None, 5, 0) is None
+    run("again", 2)
+    assert run("again", 2) == resumed  # same seed, same history: same resumed trials
+
+
 @pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(workdir, uri):
     cfg = write_sweep(workdir / "s.yaml", {"name": "two", "seed": 0, "pruner": "none"})
