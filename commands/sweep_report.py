@@ -2,8 +2,17 @@
 
 Counts per trial state (metrics ``trials_<state>``), the best trial (metric ``best_value``, tags
 ``best_trial_number``, ``best_run_id``, ``best.<param>``, ``best_trial.json``) or, with two objectives,
-the Pareto set (``pareto_set.json``, tag ``pareto_trials``), ``trials.csv`` and Optuna's plots as PNG:
-optimisation history, parameter importances, Pareto front.
+the Pareto set (``pareto_set.json``, tag ``pareto_trials``), ``trials.csv``, the parameter importances
+per objective (``param_importances.json``, printed too) and Optuna's plots as PNG: optimisation history,
+parameter importances, Pareto front.
+
+Parameter importances are fANOVA's (Hutter, Hoos & Leyton-Brown, ICML 2014; Optuna's
+``FanovaImportanceEvaluator``, :func:`importance_evaluator`): a random forest fitted to params → objective,
+its variance split per parameter, the shares summing to 1. A variance share does not depend on the sign
+of the objective, so it ranks a maximised objective (``metric``) as it ranks a minimised one. Optuna's
+default evaluator (PED-ANOVA) instead ranks the parameters that separate the trials of *lowest* target
+value whenever a ``target`` is given (each objective of a two-objective study), which is backwards for
+``metric``.
 """
 
 from __future__ import annotations
@@ -15,14 +24,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as ov
 
 from commands.sweep_study import storage_url
 
-__all__ = ["summarize"]
+__all__ = ["summarize", "importance_evaluator", "param_importances", "IMPORTANCE_SEED"]
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+IMPORTANCE_SEED = 0  # the fANOVA forest's seed: a summary made twice draws the same importances
 
 
 def summarize(study, scfg, client, parent_run_id: str) -> str:
@@ -40,6 +51,7 @@ def summarize(study, scfg, client, parent_run_id: str) -> str:
         out = Path(tmp)
         if counts["COMPLETE"]:
             lines += _best(study, s.objectives, client, parent_run_id, step, out)
+            lines += _importances(study, s.objectives, out)
         study.trials_dataframe().to_csv(out / "trials.csv", index=False)
         for name, make in _plots(study, s.objectives).items():
             with warnings.catch_warnings():
@@ -87,16 +99,48 @@ def _best(study, objectives: Sequence[str], client, parent_run_id: str, step: in
     return lines
 
 
+def importance_evaluator() -> FanovaImportanceEvaluator:
+    """The evaluator of every parameter-importance figure and table: fANOVA, seeded (module docstring)."""
+    return FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
+
+
+def _target(objectives: Sequence[str], i: int):
+    """Optuna's ``target`` for objective ``i`` (None for one objective: the trial's value)."""
+    return None if len(objectives) == 1 else (lambda t: t.values[i])
+
+
+def param_importances(study, objectives: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Objective name -> {param: fANOVA importance}, most important first (shares of the objective's
+    variance over the completed trials, summing to 1). Raises Optuna's error where the importances are
+    undefined (e.g. fewer than two completed trials)."""
+    return {name: {k: float(v) for k, v in get_param_importances(
+                study, evaluator=importance_evaluator(), target=_target(objectives, i)).items()}
+            for i, name in enumerate(objectives)}
+
+
+def _importances(study, objectives: Sequence[str], out: Path) -> list[str]:
+    """The importances as ``param_importances.json`` in ``out`` and as summary lines."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            table = param_importances(study, objectives)
+        except Exception as err:  # e.g. a single completed trial
+            return [f"  (parameter importances not computed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"]
+    (out / "param_importances.json").write_text(json.dumps(table, indent=2))
+    return [f"parameter importances for {name} (fANOVA): " + ", ".join(f"{k} {v:.3f}" for k, v in imp.items())
+            for name, imp in table.items()]
+
+
 def _plots(study, objectives: Sequence[str]) -> dict[str, Any]:
     """Plot name -> a function drawing it with ``optuna.visualization.matplotlib``."""
     plots: dict[str, Any] = {}
     for i, name in enumerate(objectives):
         suffix = "" if len(objectives) == 1 else f"_{name}"
-        target = None if len(objectives) == 1 else (lambda t, i=i: t.values[i])
+        target = _target(objectives, i)
         plots[f"optimization_history{suffix}"] = lambda target=target, name=name: ov.plot_optimization_history(
             study, target=target, target_name=name)
         plots[f"param_importances{suffix}"] = lambda target=target, name=name: ov.plot_param_importances(
-            study, target=target, target_name=name)
+            study, evaluator=importance_evaluator(), target=target, target_name=name)
     if len(objectives) > 1:
         plots["pareto_front"] = lambda: ov.plot_pareto_front(study, target_names=list(objectives))
     return plots

@@ -23,9 +23,10 @@ import mlflow
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
-from commands import cli, sweep, sweep_config, sweep_study
+from commands import cli, sweep, sweep_config, sweep_report, sweep_study
 from commands.compare import pareto_front
 
 from .helpers import TINY
@@ -223,6 +224,33 @@ def test_a_resumed_seeded_study_draws_new_parameters_reproducibly(sampler, objec
     assert sweep_study.sampler_seed(0, 0, 1) == 1 and sweep_study.sampler_seed(None, 5, 0) is None
     run("again", 2)
     assert run("again", 2) == resumed  # same seed, same history: same resumed trials
+
+
+def test_importances_rank_for_the_objectives_direction(workdir, uri):
+    """``metric`` (maximised) = 10·[a > 0.5] − 12·[b < 0.1] on a 10 × 10 grid: a decides the high values, b the
+    lowest. fANOVA splits the variance: a's share is 25 / (25 + 12.96) (the terms are additive, Var 10·[a > 0.5]
+    = 25, Var 12·[b < 0.1] = 144 · 0.09). Optuna's default evaluator, given the objective as ``target``, ranks b
+    first (the parameter of the lowest values: backwards for a maximised objective). ``retention`` (minimised)
+    = b + 0.05·a: b's share is 1 / (1 + 0.0025)."""
+    dists = {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    grid = [(i + 0.5) / 10 for i in range(10)]
+    study.add_trials([create_trial(state=TrialState.COMPLETE, params={"a": a, "b": b}, distributions=dists,
+                                   values=[10 * (a > 0.5) - 12 * (b < 0.1), b + 0.05 * a]) for a in grid for b in grid])
+    with pytest.warns(UserWarning, match="importances of params to achieve low `target` values"):  # PED-ANOVA
+        assert list(optuna.importance.get_param_importances(study, target=lambda t: t.values[0])) == ["b", "a"]
+
+    scfg = sweep_config.compose_sweep("pareto", [])
+    client = mlflow.tracking.MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("imp")).info.run_id
+    summary = sweep_report.summarize(study, scfg, client, parent)
+    path = client.download_artifacts(parent, "param_importances.json", str(workdir))
+    table = json.loads(Path(path).read_text())
+    assert list(table) == ["metric", "retention"] and list(table["metric"]) == ["a", "b"] and list(table["retention"]) == ["b", "a"]
+    assert table["metric"]["a"] == pytest.approx(25 / 37.96, abs=0.01)
+    assert table["retention"]["b"] == pytest.approx(1 / 1.0025, abs=0.01)
+    assert f"parameter importances for metric (fANOVA): a {table['metric']['a']:.3f}, b {table['metric']['b']:.3f}" in summary
+    assert sweep_report.param_importances(study, ["metric", "retention"]) == table  # seeded: the same again
 
 
 @pytest.mark.slow
