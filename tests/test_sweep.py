@@ -253,6 +253,23 @@ def test_importances_rank_for_the_objectives_direction(workdir, uri):
     assert sweep_report.param_importances(study, ["metric", "retention"]) == table  # seeded: the same again
 
 
+def test_importances_of_an_objective_every_trial_scored_alike_are_undefined(workdir, uri):
+    """fANOVA has no variance to split (Optuna's default evaluator would still rank the parameters, by noise):
+    the summary says so, and only the varying objective gets importances and a plot."""
+    dists = {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trials([create_trial(state=TrialState.COMPLETE, params={"a": a, "b": 0.5}, distributions=dists,
+                                   values=[0.25, a]) for a in (0.1, 0.4, 0.7, 0.9)])
+    client = mlflow.tracking.MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("flat")).info.run_id
+    summary = sweep_report.summarize(study, sweep_config.compose_sweep("pareto", []), client, parent)
+    assert "parameter importances for metric undefined: every completed trial has metric = 0.25" in summary
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert "param_importances_retention.png" in artifacts and "param_importances_metric.png" not in artifacts
+    table = json.loads(Path(client.download_artifacts(parent, "param_importances.json", str(workdir))).read_text())
+    assert list(table) == ["retention"] and table["retention"]["a"] == pytest.approx(1.0)  # b never varies
+
+
 @pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(workdir, uri):
     cfg = write_sweep(workdir / "s.yaml", {"name": "two", "seed": 0, "pruner": "none"})
@@ -267,7 +284,9 @@ def test_two_worker_processes_share_one_sqlite_study(workdir, uri):
     assert parent.data.tags["best_trial_number"] == str(study.best_trial.number)
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"best_trial.json", "trials.csv", "optimization_history.png", "param_importances.png"} <= artifacts
+    assert {"best_trial.json", "trials.csv", "optimization_history.png"} <= artifacts
+    varied = len({t.value for t in study.trials}) > 1  # tiny one-epoch trials may all score alike: nothing to explain
+    assert ("param_importances.png" in artifacts) == varied and ("param_importances.json" in artifacts) == varied
 
 
 @pytest.mark.slow
