@@ -12,7 +12,9 @@ Hyperband); two: NSGA-II and a Pareto set. At the end the summary (:mod:`command
 logged to the study's MLflow parent run and printed.
 
 Storage and killed workers: :mod:`commands.sweep_study` (default: the SQLite file ``./optuna.db`` with
-heartbeats). Re-running with the same study name and storage adds trials to the study.
+heartbeats). Re-running with the same study name and storage adds trials to the study; its samplers are
+then seeded from (``study.seed``, the trials so far, the worker) so that they draw new parameters
+(:func:`commands.sweep_study.sampler_seed`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if v is not None:
             scfg.study[k] = v
     check_sweep(scfg)
+    where = storage_url(scfg.study.storage)  # a storage that is no URL, .db or .log path: ConfigError
     if args.print_config:
         print(OmegaConf.to_yaml(scfg))
         return 0
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         study, tracking_uri, exp_id = open_study(scfg)
     except Exception as err:
-        print(f"retention: cannot open the study {s.name!r} at {storage_url(s.storage)}: {type(err).__name__}: "
+        print(f"retention: cannot open the study {s.name!r} at {where}: {type(err).__name__}: "
               f"{str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
         return 1
     client = MlflowClient(tracking_uri)
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a killed worker's trial (no-op without heartbeats)
-    print(f"[sweep] study {s.name!r} at {storage_url(s.storage)}: {len(study.trials)} trials so far; adding "
+    print(f"[sweep] study {s.name!r} at {where}: {len(study.trials)} trials so far; adding "
           f"{s.n_trials if s.n_trials is not None else 'trials until the timeout'} with {s.workers} worker(s); "
           f"MLflow parent run {parent} ({tracking_uri})", flush=True)
     container = OmegaConf.to_container(scfg, resolve=True)

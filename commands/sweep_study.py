@@ -4,8 +4,15 @@ study's MLflow parent run, and what happens to the trial of a killed worker.
 Storage (``study.storage``): by default a local SQLite file ``./optuna.db`` through Optuna's
 ``RDBStorage`` (the sweep's few worker processes on one machine; SQLite's lock wait is raised to
 :data:`SQLITE_TIMEOUT_S` so that concurrent writers wait instead of failing with "database is
-locked"); any other SQLAlchemy URL, e.g. PostgreSQL for workers on many machines (``postgresql://``
-uses the psycopg 3 driver); a ``*.log`` path names an Optuna journal file.
+locked"); a path ending in ``.db`` names such an SQLite file too; any other SQLAlchemy URL, e.g.
+PostgreSQL for workers on many machines (``postgresql://`` uses the psycopg 3 driver); a ``*.log`` path
+names an Optuna journal file. Anything else is refused before the study opens (:func:`rdb_url`).
+
+Sampler seed (``study.seed``): worker ``k`` of an invocation that finds ``n`` trials already in the
+study seeds its sampler with :func:`sampler_seed` ``(seed, n, k)``: ``seed + k`` for a new study (as a
+single run always was), else a seed drawn from ``(seed, n, k)`` by NumPy's ``SeedSequence``. So a
+resumed study does not replay the random stream of its first run (which would draw the first trials'
+parameters again), and a resume is reproducible given the same history (same seed, same trials so far).
 
 Killed workers: on an RDB storage (SQLite or PostgreSQL) every running trial sends a heartbeat every
 ``study.heartbeat_interval`` seconds; a trial silent for ``study.grace_period`` is failed by Optuna's
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import optuna
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
@@ -39,17 +47,19 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from commands.runner import default_tracking_uri, make_logger, train
 from commands.sweep_config import compose_trial, make_pruner, make_sampler
+from conf.checks import ConfigError
 from conf.compose import compose
 from conf.sweep_schema import OBJECTIVES
 from datamodules import DATAMODULES
 from lightning_modules import TASK_SYSTEMS
 from lightning_modules.callbacks import NaNLossGuard, ValidationRecorder
 
-__all__ = ["DEFAULT_STORAGE", "SQLITE_TIMEOUT_S", "PARENT_ATTR", "rdb_url", "storage_url", "make_storage",
-           "finish_trial_run", "StaleTrialHandler", "Objective", "open_study", "ensure_parent_run"]
+__all__ = ["DEFAULT_STORAGE", "SQLITE_TIMEOUT_S", "PARENT_ATTR", "STORAGE_FORMS", "rdb_url", "storage_url", "make_storage",
+           "sampler_seed", "finish_trial_run", "StaleTrialHandler", "Objective", "open_study", "ensure_parent_run"]
 
 DEFAULT_STORAGE = "optuna.db"  # SQLite file in the working directory
 SQLITE_TIMEOUT_S = 60  # seconds a SQLite writer waits for another's lock before "database is locked"
@@ -58,14 +68,25 @@ TRIAL_STATES = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  #
 
 
 # ---------------------------------------------------------------------------------------- storage
+STORAGE_FORMS = ("an SQLAlchemy URL (sqlite:///PATH/optuna.db, postgresql://USER:PASSWORD@HOST/DB), "
+                 "a PATH.db SQLite file or a PATH.log Optuna journal file")
+
+
 def rdb_url(storage: str | None) -> str:
-    """The SQLAlchemy URL of an RDB ``storage`` (``None``: ``sqlite:///<cwd>/optuna.db``)."""
-    if not storage:
-        return f"sqlite:///{Path(DEFAULT_STORAGE).resolve()}"
+    """The SQLAlchemy URL of an RDB ``storage``: ``None`` is ``sqlite:///<cwd>/optuna.db``, a path ending in
+    ``.db`` ``sqlite:///<its absolute path>``, ``postgresql://`` the psycopg 3 driver's URL. Raises
+    :class:`ConfigError` (naming ``study.storage`` and the accepted forms) for a string that is no URL."""
+    url = storage or DEFAULT_STORAGE
+    if url.endswith(".db") and "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
     for plain in ("postgresql://", "postgres://"):
-        if storage.startswith(plain):
-            return "postgresql+psycopg://" + storage[len(plain):]
-    return storage
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url[len(plain):]
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"study.storage={storage!r} is not a storage; expected {STORAGE_FORMS}") from None
+    return url
 
 
 def _is_journal(storage: str | None) -> bool:
@@ -77,6 +98,17 @@ def storage_url(storage: str | None) -> str:
     if _is_journal(storage):
         return f"journal:{Path(storage).resolve()}"
     return make_url(rdb_url(storage)).render_as_string(hide_password=True)
+
+
+def sampler_seed(seed: int | None, n_trials: int, worker: int) -> int | None:
+    """The sampler seed of worker ``worker`` when the study already holds ``n_trials`` trials: ``seed + worker``
+    for a new study, else the first word of NumPy's ``SeedSequence((seed, n_trials, worker))`` (a resume
+    must not replay the first run's random stream); ``None`` stays unseeded."""
+    if seed is None:
+        return None
+    if n_trials == 0:
+        return seed + worker
+    return int(np.random.SeedSequence((seed, n_trials, worker)).generate_state(1)[0])
 
 
 def make_storage(study, stale_callback=None):
@@ -212,17 +244,22 @@ class Objective:
 
 
 def open_study(scfg, seed_offset: int = 0):
-    """(study, tracking URI, MLflow experiment id) in this process; creates the study on first use."""
+    """(study, tracking URI, MLflow experiment id) in this process; creates the study on first use. The
+    sampler is seeded with :func:`sampler_seed` ``(study.seed, trials already in the study, seed_offset)``."""
     s = scfg.study
     base = compose(scfg.base.overrides, scfg.base.config)
     tracking_uri = default_tracking_uri(base.logging.tracking_uri)
     grace = s.grace_period or 2 * s.heartbeat_interval
     handler = StaleTrialHandler(tracking_uri, s.max_retry, f"no heartbeat for {grace} s: worker {{worker}} was killed or lost")
-    seed = None if s.seed is None else s.seed + seed_offset
+    storage = make_storage(s, handler)
+    try:
+        n_trials = storage.get_n_trials(storage.get_study_id_from_name(s.name))
+    except KeyError:  # a new study
+        n_trials = 0
     study = optuna.create_study(
-        study_name=s.name, storage=make_storage(s, handler), load_if_exists=True,
-        directions=[OBJECTIVES[o] for o in s.objectives],
-        sampler=make_sampler(s, seed, len(s.objectives) > 1), pruner=make_pruner(s),
+        study_name=s.name, storage=storage, load_if_exists=True, directions=[OBJECTIVES[o] for o in s.objectives],
+        sampler=make_sampler(s, sampler_seed(s.seed, n_trials, seed_offset), len(s.objectives) > 1),
+        pruner=make_pruner(s),
     )
     client = mlflow.tracking.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(base.logging.experiment)

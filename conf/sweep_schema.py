@@ -39,11 +39,13 @@ class ParamSpec:
 @dataclass
 class StudyConfig:
     name: str = "retention-sweep"  # re-running with the same name and storage adds trials to the study
-    storage: Optional[str] = None  # None: SQLite file ./optuna.db (heartbeats); a *.log path: an Optuna
-    #                                journal file (no heartbeats); otherwise an RDB URL (postgresql://user:pw@host/db)
+    storage: Optional[str] = None  # None: SQLite file ./optuna.db (heartbeats); a *.db path: that SQLite file;
+    #                                a *.log path: an Optuna journal file (no heartbeats); otherwise an SQLAlchemy
+    #                                URL (sqlite:///path/x.db, postgresql://user:pw@host/db); anything else: exit 2
     objectives: List[str] = field(default_factory=lambda: ["metric"])  # [metric] or [metric, retention]
     sampler: str = "auto"  # auto (TPE; NSGA-II for two objectives) | tpe | random | nsga2
-    seed: Optional[int] = None  # sampler seed; worker k uses seed + k
+    seed: Optional[int] = None  # sampler seed; worker k uses seed + k on a new study, and a seed derived from
+    #                             (seed, trials already in the study, k) on a resumed one (no replayed draws)
     pruner: str = "median"  # median | hyperband | none (pruning needs a single objective)
     pruner_args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna pruner
     n_trials: Optional[int] = 20  # trials this invocation adds (over all its workers); None: until timeout

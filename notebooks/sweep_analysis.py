@@ -52,11 +52,11 @@ import pandas as pd
 from IPython.display import Markdown, display
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 from mlflow.tracking import MlflowClient
-from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import TrialState, create_trial
 from optuna.visualization import matplotlib as ov
 
 from commands.runner import default_tracking_uri
+from commands.sweep_report import importance_evaluator
 from commands.sweep_study import PARENT_ATTR, make_storage, storage_url
 from conf.sweep_schema import OBJECTIVES, StudyConfig
 
@@ -229,9 +229,9 @@ for i, name in enumerate(objectives):
         display(Markdown(f"**Parameter importances for `{name}` are undefined here**: {why}. "
                          "Run more trials (the same `retention sweep` command adds trials to the study) and run this notebook again."))
         continue
-    # fANOVA explicitly (Optuna's default evaluator, PED-ANOVA, ranks params for reaching *low* target
-    # values, which is backwards for the maximised metric); seeded so a rerun draws the same bars
-    ax = ov.plot_param_importances(st, evaluator=FanovaImportanceEvaluator(seed=0), target=target_of(i), target_name=label(name))
+    # fANOVA, seeded, as the sweep's own summary ranks them (Optuna's default evaluator, PED-ANOVA, ranks
+    # params for reaching *low* target values, which is backwards for the maximised metric)
+    ax = ov.plot_param_importances(st, evaluator=importance_evaluator(), target=target_of(i), target_name=label(name))
     ax.set_xlabel(f"importance for {label(name)} (fANOVA, sums to 1)")
     ax.set_ylabel("swept parameter")
     ax.set_yticks(ax.get_yticks(), [f"{SYMBOL[k]} = {k}" if k in SYMBOL else k for k in (t.get_text() for t in ax.get_yticklabels())])

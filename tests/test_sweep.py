@@ -23,9 +23,10 @@ import mlflow
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
-from commands import cli, sweep, sweep_config, sweep_study
+from commands import cli, sweep, sweep_config, sweep_report, sweep_study
 from commands.compare import pareto_front
 
 from .helpers import TINY
@@ -180,6 +181,95 @@ def test_default_storage_is_sqlite_with_heartbeats_and_a_log_path_a_journal(work
     assert sweep_study.storage_url("postgresql://u:pw@h/db") == "postgresql+psycopg://u:***@h/db"
 
 
+@pytest.mark.parametrize("storage", ["x.sqlite", "/no/such/dir/optuna", "optuna"])
+def test_a_storage_that_is_no_url_nor_db_or_log_path_exits_2_in_one_line(storage, workdir, capsys):
+    assert cli.main(["sweep", *TINY, "--storage", storage]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"retention: config error: study.storage={storage!r} is not a storage; expected an SQLAlchemy URL "
+                   "(sqlite:///PATH/optuna.db, postgresql://USER:PASSWORD@HOST/DB), a PATH.db SQLite file or a PATH.log "
+                   "Optuna journal file"), err
+    assert not list(workdir.iterdir())  # no Optuna or MLflow store
+
+
+def test_a_db_path_is_an_sqlite_study(workdir, uri, capsys):
+    """``--storage PATH.db`` (not ``sqlite:///PATH.db``) opens that SQLite file, as the default ``./optuna.db``."""
+    (workdir / "runs").mkdir()
+    assert sweep_study.storage_url("runs/o.db") == f"sqlite:///{workdir / 'runs' / 'o.db'}"
+    assert sweep_study.rdb_url(None) == sweep_study.rdb_url(sweep_study.DEFAULT_STORAGE)
+    assert cli.main(["sweep", "--storage", "runs/o.db", "--n-trials", "0", *TINY, "study.name=plain",
+                     f"logging.tracking_uri={uri}"]) == 0
+    assert f"at sqlite:///{workdir / 'runs' / 'o.db'}: 0 trials so far" in capsys.readouterr().out
+    assert load("plain", f"sqlite:///{workdir / 'runs' / 'o.db'}").user_attrs[sweep_study.PARENT_ATTR]
+
+
+@pytest.mark.parametrize("sampler,objectives", [("tpe", ["metric"]), ("nsga2", ["metric", "retention"])])
+def test_a_resumed_seeded_study_draws_new_parameters_reproducibly(sampler, objectives, workdir, uri):
+    """Re-opening a seeded study (as a second ``retention sweep`` does) must not replay the first run's random
+    stream; the same history (seed, trials so far) gives the same resumed trials."""
+    def run(name: str, n: int) -> list[dict]:
+        scfg = sweep_config.compose_sweep(write_sweep(workdir / f"{name}.yaml", {
+            "name": name, "seed": 0, "sampler": sampler, "pruner": "none", "objectives": objectives}),
+            [f"logging.tracking_uri={uri}"])
+        dists = sweep_config.build_distributions(scfg)
+        study, _, _ = sweep_study.open_study(scfg)
+        study.optimize(lambda t: [t.suggest_float(k, d.low, d.high, log=d.log) for k, d in dists.items()][:len(objectives)],
+                       n_trials=n)
+        return [t.params for t in study.trials]
+
+    first = run("resumed", 2)
+    assert first[0] != first[1]
+    resumed = run("resumed", 2)
+    assert resumed[:2] == first
+    assert resumed[2] not in first and resumed[3] not in first  # before: trials 2, 3 repeated trials 0, 1
+    assert sweep_study.sampler_seed(0, 0, 1) == 1 and sweep_study.sampler_seed(None, 5, 0) is None
+    run("again", 2)
+    assert run("again", 2) == resumed  # same seed, same history: same resumed trials
+
+
+def test_importances_rank_for_the_objectives_direction(workdir, uri):
+    """``metric`` (maximised) = 10·[a > 0.5] − 12·[b < 0.1] on a 10 × 10 grid: a decides the high values, b the
+    lowest. fANOVA splits the variance: a's share is 25 / (25 + 12.96) (the terms are additive, Var 10·[a > 0.5]
+    = 25, Var 12·[b < 0.1] = 144 · 0.09). Optuna's default evaluator, given the objective as ``target``, ranks b
+    first (the parameter of the lowest values: backwards for a maximised objective). ``retention`` (minimised)
+    = b + 0.05·a: b's share is 1 / (1 + 0.0025)."""
+    dists = {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    grid = [(i + 0.5) / 10 for i in range(10)]
+    study.add_trials([create_trial(state=TrialState.COMPLETE, params={"a": a, "b": b}, distributions=dists,
+                                   values=[10 * (a > 0.5) - 12 * (b < 0.1), b + 0.05 * a]) for a in grid for b in grid])
+    with pytest.warns(UserWarning, match="importances of params to achieve low `target` values"):  # PED-ANOVA
+        assert list(optuna.importance.get_param_importances(study, target=lambda t: t.values[0])) == ["b", "a"]
+
+    scfg = sweep_config.compose_sweep("pareto", [])
+    client = mlflow.tracking.MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("imp")).info.run_id
+    summary = sweep_report.summarize(study, scfg, client, parent)
+    path = client.download_artifacts(parent, "param_importances.json", str(workdir))
+    table = json.loads(Path(path).read_text())
+    assert list(table) == ["metric", "retention"] and list(table["metric"]) == ["a", "b"] and list(table["retention"]) == ["b", "a"]
+    assert table["metric"]["a"] == pytest.approx(25 / 37.96, abs=0.01)
+    assert table["retention"]["b"] == pytest.approx(1 / 1.0025, abs=0.01)
+    assert f"parameter importances for metric (fANOVA): a {table['metric']['a']:.3f}, b {table['metric']['b']:.3f}" in summary
+    assert sweep_report.param_importances(study, ["metric", "retention"]) == table  # seeded: the same again
+
+
+def test_importances_of_an_objective_every_trial_scored_alike_are_undefined(workdir, uri):
+    """fANOVA has no variance to split (Optuna's default evaluator would still rank the parameters, by noise):
+    the summary says so, and only the varying objective gets importances and a plot."""
+    dists = {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trials([create_trial(state=TrialState.COMPLETE, params={"a": a, "b": 0.5}, distributions=dists,
+                                   values=[0.25, a]) for a in (0.1, 0.4, 0.7, 0.9)])
+    client = mlflow.tracking.MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("flat")).info.run_id
+    summary = sweep_report.summarize(study, sweep_config.compose_sweep("pareto", []), client, parent)
+    assert "parameter importances for metric undefined: every completed trial has metric = 0.25" in summary
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert "param_importances_retention.png" in artifacts and "param_importances_metric.png" not in artifacts
+    table = json.loads(Path(client.download_artifacts(parent, "param_importances.json", str(workdir))).read_text())
+    assert list(table) == ["retention"] and table["retention"]["a"] == pytest.approx(1.0)  # b never varies
+
+
 @pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(workdir, uri):
     cfg = write_sweep(workdir / "s.yaml", {"name": "two", "seed": 0, "pruner": "none"})
@@ -194,7 +284,9 @@ def test_two_worker_processes_share_one_sqlite_study(workdir, uri):
     assert parent.data.tags["best_trial_number"] == str(study.best_trial.number)
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"best_trial.json", "trials.csv", "optimization_history.png", "param_importances.png"} <= artifacts
+    assert {"best_trial.json", "trials.csv", "optimization_history.png"} <= artifacts
+    varied = len({t.value for t in study.trials}) > 1  # tiny one-epoch trials may all score alike: nothing to explain
+    assert ("param_importances.png" in artifacts) == varied and ("param_importances.json" in artifacts) == varied
 
 
 @pytest.mark.slow
