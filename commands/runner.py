@@ -366,5 +366,6 @@ def format_summary(s: dict) -> str:
                    f"budget.warmup_fraction, trainer.max_epochs) or a larger optim.gate_lr / optim.dual_lr")
     if below:
         out.append(f"warning: training ended with g-hat - rho < -{BUDGET_TOLERANCE} ({below}): the gates closed below "
-                   f"the budget (g-hat <= rho holds, lambda stops pushing); evaluation keeps more tokens than training did")
+                   f"the budget (with budget.constraint=inequality g-hat <= rho holds and lambda stops pushing; "
+                   f"budget.constraint=equality holds g-hat at rho); evaluation keeps more tokens than training did")
     return "\n".join(out)

@@ -67,6 +67,15 @@ class Relaxation(Choice):
     straight_through = "straight_through"
 
 
+class Constraint(Choice):
+    """The budget constraint's form: ĝ_ℓ ≤ ρ_ℓ with λ_ℓ ≥ 0 (the paper's, λ projected onto ≥ 0), or
+    ĝ_ℓ = ρ_ℓ with λ_ℓ unconstrained in sign (CoFiPruning's Lagrangian, Xia et al., ACL 2022), which
+    also pushes ĝ_ℓ up when it falls below ρ_ℓ."""
+
+    inequality = "inequality"
+    equality = "equality"
+
+
 class Schedule(Choice):
     """The per-layer budget across gated layers: the same ρ everywhere, or linearly decreasing."""
 
@@ -172,6 +181,8 @@ class BudgetConfig:
     dense_steps: Optional[int] = field(default=None, metadata=at_least(0))
     warmup_steps: Optional[int] = field(default=None, metadata=at_least(0))
     inference: Inference = Inference.top_m
+    # inequality: g-hat <= rho, lambda projected onto >= 0 (the paper); equality: g-hat = rho, lambda any sign
+    constraint: Constraint = Constraint.inequality
     # λ's initial value (with optim.dual_lr=0: the fixed-λ penalty ablation)
     init_lambda: float = field(default=0.0, metadata=at_least(0))
 

@@ -58,6 +58,7 @@ def optimisation(cfg) -> Optimisation:
         betas=(float(o.betas[0]), float(o.betas[1])), scheduler=str(o.scheduler), warmup_steps=o.warmup_steps,
         dense_steps=b.dense_steps, budget_warmup_steps=b.warmup_steps, init_lambda=float(b.init_lambda),
         dense_fraction=float(b.dense_fraction), warmup_fraction=float(b.warmup_fraction),
+        constraint=str(b.constraint),
     )
 
 

@@ -5,7 +5,9 @@ One optimizer, three param groups:
   1. gates (gate_lr, weight decay),
   2. λ, one per gated layer: ``maximize=True`` (projected gradient *ascent*), no weight decay,
      its own lr η, and a constant LR-schedule factor so warm-up/decay never changes η.
-After every optimizer step λ is projected onto λ ≥ 0; gradient clipping touches groups 0 and 1 only.
+After every optimizer step λ is projected onto λ ≥ 0 under ``budget.constraint=inequality`` (the
+paper's ĝ_ℓ ≤ ρ_ℓ) and left free under ``equality`` (:meth:`RetentionSystem.optimizer_step`);
+gradient clipping touches groups 0 and 1 only.
 During the dense phase (the first ``budget.dense_fraction`` of the fit's steps, or
 ``budget.dense_steps``) λ and the gates get no gradient (``None``, so AdamW
 leaves their state alone): their Adam moments and step count start when the budget phase starts.
@@ -41,12 +43,13 @@ from retention.sparse import SPARSE_METHODS
 
 from .metrics import ExampleMean
 
-__all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "lr_factor", "encoder_record", "EVAL_PATHS",
+__all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "CONSTRAINTS", "lr_factor", "encoder_record", "EVAL_PATHS",
            "PRIMAL_GROUPS", "DUAL_GROUP"]
 
 PRIMAL_GROUPS = (0, 1)
 DUAL_GROUP = 2
 SCHEDULERS = ("linear", "cosine", "constant")
+CONSTRAINTS = ("inequality", "equality")
 
 # A system's hparams hold the run's Method; Lightning loads checkpoints with weights_only=True.
 torch.serialization.add_safe_globals([Method])
@@ -63,7 +66,7 @@ class Optimisation:
       densely (no Lagrangian term);
     * then over ``warmup_fraction`` of them (or ``budget_warmup_steps``) the target anneals from 1
       to ρ (:func:`retention.budget.annealed_targets`, :func:`retention.budget.phase_steps`);
-    * ``init_lambda``: λ's initial value.
+    * ``init_lambda``: λ's initial value; ``constraint``: :meth:`RetentionSystem.optimizer_step`.
     """
 
     lr: float
@@ -78,10 +81,13 @@ class Optimisation:
     init_lambda: float
     dense_fraction: float = 0.0
     warmup_fraction: float = 0.0
+    constraint: str = "inequality"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {self.constraint!r}")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
@@ -382,9 +388,15 @@ class RetentionSystem(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_step(self, *args, **kwargs):
+        """The step (λ ascends on ĝ_ℓ − ρ_ℓ(t)), then the one place that sets the constraint's form,
+        ``budget.constraint``. ``inequality`` (the paper's ĝ_ℓ ≤ ρ_ℓ): λ_ℓ ← max(0, λ_ℓ), so once
+        ĝ_ℓ < ρ_ℓ nothing holds ĝ_ℓ at ρ_ℓ and the task loss may close gates below it. ``equality``
+        (ĝ_ℓ = ρ_ℓ, CoFiPruning's Lagrangian, Xia et al., ACL 2022): no projection; while ĝ_ℓ < ρ_ℓ
+        λ_ℓ falls below 0 and λ_ℓ·(ĝ_ℓ − ρ_ℓ) pushes ĝ_ℓ back up, holding it at ρ_ℓ from both sides."""
         super().optimizer_step(*args, **kwargs)
-        with torch.no_grad():
-            self.lam.clamp_(min=0.0)  # projection: λ ← max(0, λ)
+        if self.optim.constraint == "inequality":
+            with torch.no_grad():
+                self.lam.clamp_(min=0.0)  # projection: λ ← max(0, λ)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         if not gradient_clip_val:

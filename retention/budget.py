@@ -94,11 +94,11 @@ def global_batch_mean(means: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Σ_ℓ λ_ℓ·(ĝ_ℓ − ρ_ℓ), one λ ≥ 0 per gated layer.
+    """Σ_ℓ λ_ℓ·(ĝ_ℓ − ρ_ℓ), one λ_ℓ per gated layer.
 
-    The model and gates minimise it (it pushes ĝ_ℓ down while λ_ℓ > 0); λ maximises it, so its
-    gradient ĝ_ℓ − ρ_ℓ raises λ_ℓ while the constraint ĝ_ℓ ≤ ρ_ℓ is violated and lowers it (to the
-    projection at 0) while it is slack.
+    The model and gates minimise it (it pushes ĝ_ℓ down while λ_ℓ > 0, up while λ_ℓ < 0); λ
+    maximises it, so its gradient ĝ_ℓ − ρ_ℓ raises λ_ℓ while ĝ_ℓ > ρ_ℓ and lowers it while ĝ_ℓ < ρ_ℓ:
+    to the projection at 0 for the inequality ĝ_ℓ ≤ ρ_ℓ (λ_ℓ ≥ 0), below 0 for the equality ĝ_ℓ = ρ_ℓ.
     """
     return (lam * (achieved - target)).sum()
 

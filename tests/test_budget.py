@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from retention.budget import Budget, annealed_targets, keep_counts, phase_steps, threshold_counts
+from retention.budget import Budget, annealed_targets, keep_counts, lagrangian_term, phase_steps, threshold_counts
 from retention.encoder import RetentionEncoder
 
 from .retention_fixtures import CLS, SEP, batch, tiny
@@ -80,3 +80,17 @@ def test_fraction_schedule_reaches_rho_at_its_boundary():
     assert at[39] == pytest.approx(1 - 0.7 / 76)
     assert at[113] == pytest.approx(1 - 0.7 * 75 / 76)
     assert at[114] == at[188] == pytest.approx(0.3)
+
+
+def test_lagrangian_term_signs_for_both_constraint_forms():
+    """Σ_ℓ λ_ℓ(ĝ_ℓ − ρ_ℓ): ∂/∂ĝ_ℓ = λ_ℓ and ∂/∂λ_ℓ = ĝ_ℓ − ρ_ℓ. With λ_0 = 2 (inequality, active) a
+    descent step on ĝ_0 lowers it; with λ_1 = −1.5 (only the equality form lets λ go negative) it raises
+    ĝ_1, which sits below its target."""
+    lam = torch.tensor([2.0, -1.5], requires_grad=True)
+    achieved = torch.tensor([0.5, 0.1], requires_grad=True)
+    target = torch.tensor([0.3, 0.3])
+    term = lagrangian_term(lam, achieved, target)
+    term.backward()
+    assert float(term) == pytest.approx(2.0 * 0.2 + (-1.5) * (-0.2))
+    torch.testing.assert_close(achieved.grad, torch.tensor([2.0, -1.5]))
+    torch.testing.assert_close(lam.grad, torch.tensor([0.2, -0.2]))

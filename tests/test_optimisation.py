@@ -306,3 +306,37 @@ def test_byo_preset_reaches_its_budget_on_2000_examples(tmp_path):
     assert system.phases == (30, 60) and system.global_step == 150
     gap = (system.last_expected_retention - system.last_budget_targets).abs()
     assert float(gap.max()) <= runner.BUDGET_TOLERANCE, (system.last_expected_retention, float(system.lam[0]))
+
+
+class RetentionTrace(Callback):
+    """λ_0 and ĝ_0 after every training step."""
+
+    def __init__(self):
+        self.lam, self.expected = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.lam.append(float(pl_module.lam[0].detach()))
+        self.expected.append(float(pl_module.last_expected_retention[0]))
+
+
+@pytest.mark.parametrize("constraint", ["inequality", "equality"])
+def test_equality_constraint_lets_lambda_go_negative_and_pushes_g_hat_up(constraint):
+    """Gates start nearly closed (log α = −3: ĝ ≈ 0.2) with ρ = 0.9 and λ = 0. Under the inequality
+    ĝ ≤ ρ holds, so the ascent's step on ĝ − ρ < 0 is projected back: λ stays exactly 0 and only the
+    task moves the gates. Under the equality λ falls below 0 at every step (Adam: about η per step),
+    and λ·(ĝ − ρ) with λ < 0 then opens the gates: ĝ rises towards ρ."""
+    _, dm, system = make("budget.ratio=0.9", "gate.init_log_alpha=-3.0", "optim.dual_lr=0.5", "optim.gate_lr=0.05",
+                         "optim.lr=0.0", "optim.warmup_steps=0", "optim.scheduler=constant", f"budget.constraint={constraint}",
+                         "data.train_size=320")
+    L.seed_everything(0)
+    trace = RetentionTrace()
+    L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu").fit(system, datamodule=dm)
+    lam, expected = torch.tensor(trace.lam), torch.tensor(trace.expected)
+    assert expected[0] < 0.3
+    if constraint == "inequality":
+        assert torch.all(lam == 0.0)
+        assert expected[-1] < 0.5
+    else:
+        assert torch.all(lam[1:] < lam[:-1]) and lam[-1] < -5.0  # η = 0.5 per step over 20 steps
+        assert expected[-1] > 0.6
