@@ -38,6 +38,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from commands import cli
+from commands.quiet import silence_library_noise
 from commands.runner import train
 from commands.sweep_study import PARENT_ATTR
 from conf.compose import compose
@@ -145,6 +146,7 @@ def _sweep_config(root: Path, uri: str, common: list[str]) -> Path:
 def build(root: Path, threads: int | None = 1) -> StoreInfo:
     """Build the demo store under ``root`` (created; must not hold a previous store). ``threads``:
     torch threads while building (restored after; None leaves them)."""
+    silence_library_noise()  # as `retention train` does: no litlogger tip, one device banner
     root = Path(root).resolve()
     if (root / "mlflow.db").exists():
         raise FileExistsError(f"{root / 'mlflow.db'} exists: build the demo store into an empty folder")
