@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException
 
 THROUGHPUT = re.compile(r"throughput|speedup|tokens_per_s|samples_per_s", re.IGNORECASE)
 _HARD = re.compile(r"^metrics\.(?:val|test)/(.+)_hard$")
+NOT_TASK_METRICS = ("kept_fraction", "needle_kept")  # <name>_hard metrics that are not the task's
 BOOKKEEPING = ("logging.", "trainer.enable_progress_bar")  # params that say nothing about the model
 MAX_AUTO_PLOTS = 4  # runs of no sweep, no --params: plot the differing params only if this few
 
@@ -115,7 +116,9 @@ def build_table(df, params: Sequence[str] | None = None, metrics: Sequence[str] 
     """(table, primary metric name, param columns, params to plot) from ``fetch_runs``' DataFrame;
     the params as :func:`choose_params` chooses them. A run without a value of a column (a param
     it does not log, a metric it has not got) has an empty cell there."""
-    found = Counter(m.group(1) for c in df.columns if (m := _HARD.match(c)) and not m.group(1).startswith("kept_fraction"))
+    # the task's metric: kept fractions and the needle-kept rate are hard-path figures too, not the task's
+    found = Counter(m.group(1) for c in df.columns
+                    if (m := _HARD.match(c)) and not m.group(1).startswith(NOT_TASK_METRICS))
     metric = found.most_common(1)[0][0] if found else None
     columns = {"run_id": df["run_id"], "run_name": df.get("tags.mlflow.runName")}  # one DataFrame at the end
     if "tags.optuna.trial_number" in df.columns:

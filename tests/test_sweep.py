@@ -26,7 +26,7 @@ import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from commands import cli, sweep, sweep_config, sweep_report, sweep_study
+from commands import cli, compare, sweep, sweep_config, sweep_report, sweep_study
 from commands.compare import pareto_front
 
 from .helpers import TINY
@@ -577,3 +577,16 @@ def test_compare_on_mixed_runs_gives_a_table_and_plots_only_swept_or_chosen_para
     assert list(pd.read_csv(workdir / "f" / "runs.csv").columns[3:5]) == ["budget.ratio", "seed"]
     assert sorted(p.name for p in (workdir / "f").glob("*.png")) == [
         "metric_vs_budget.ratio.png", "metric_vs_retention.png", "metric_vs_seed.png"]
+
+
+def test_compare_picks_the_task_metric_not_another_hard_path_figure():
+    """Needle runs log ``needle_kept_hard`` as often as ``acc_hard``; whatever the column order, the
+    table's primary metric is the task's (it was chosen by column order when the two tied)."""
+    import pandas as pd
+
+    for order in (1, -1):
+        cols = ["metrics.test/needle_kept_hard", "metrics.val/needle_kept_hard", "metrics.test/acc_hard",
+                "metrics.val/acc_hard", "metrics.test/kept_fraction_l0"][::order]
+        df = pd.DataFrame({"run_id": ["a", "b"], "status": ["FINISHED"] * 2, **{c: [0.5, 0.7] for c in cols}})
+        table, metric, _, _ = compare.build_table(df)
+        assert metric == "acc" and "test/acc_hard" in table.columns
