@@ -91,6 +91,6 @@ def test_lagrangian_term_signs_for_both_constraint_forms():
     target = torch.tensor([0.3, 0.3])
     term = lagrangian_term(lam, achieved, target)
     term.backward()
-    assert float(term) == pytest.approx(2.0 * 0.2 + (-1.5) * (-0.2))
+    assert float(term.detach()) == pytest.approx(2.0 * 0.2 + (-1.5) * (-0.2))
     torch.testing.assert_close(achieved.grad, torch.tensor([2.0, -1.5]))
     torch.testing.assert_close(lam.grad, torch.tensor([0.2, -0.2]))
