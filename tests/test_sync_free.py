@@ -67,6 +67,15 @@ def _plan(enc, ids, mask):
     return enc.host_plan(mask.sum(1).tolist(), prot.sum(1).tolist(), padded_length=ids.shape[1])
 
 
+def _today_and_planned(enc, ids, mask, no_sync, plan, **kw):
+    """(planned, today's) hard forward on the same batch: today's path first, then the planned one with
+    every read-back made to raise."""
+    with torch.no_grad():
+        ref = enc(ids, mask, mode="hard", **kw)
+        with no_sync:
+            return enc(ids, mask, mode="hard", plan=plan, **kw), ref
+
+
 def _assert_same(out, ref):
     assert out.last_hidden_state.shape == ref.last_hidden_state.shape
     assert torch.equal(out.last_hidden_state, ref.last_hidden_state)
@@ -91,10 +100,7 @@ def test_planned_hard_forward_reads_nothing_back_and_equals_todays(no_sync, arch
     enc = wrap(tiny(arch, attn=attn), layers, 0.4, schedule)
     ids, mask = batch(pad=pad)
     plan = _plan(enc, ids, mask)
-    with torch.no_grad():
-        ref = enc(ids, mask, mode="hard", restore=True)
-        with no_sync:
-            out = enc(ids, mask, mode="hard", restore=True, plan=plan)
+    out, ref = _today_and_planned(enc, ids, mask, no_sync, plan, restore=True)
     _assert_same(out, ref)
     assert torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
     # The widths are the exact budget's: M_k = clamp(⌈ρ_k·T_valid⌉, n_protected, T_valid), cumulative.
@@ -115,10 +121,7 @@ def test_planned_forward_with_explicit_protected_mask_and_token_budget(no_sync, 
     prot = torch.zeros_like(mask, dtype=torch.bool)
     prot[:, :9] = True  # more than ⌈ρ·T_valid⌉ for some rows: n_protected decides M
     plan = enc.host_plan(mask.sum(1).tolist(), (prot & mask.bool()).sum(1).tolist(), padded_length=ids.shape[1])
-    with torch.no_grad():
-        ref = enc(ids, mask, protected=prot, mode="hard")
-        with no_sync:
-            out = enc(ids, mask, protected=prot, mode="hard", plan=plan)
+    out, ref = _today_and_planned(enc, ids, mask, no_sync, plan, protected=prot)
     _assert_same(out, ref)
 
 
@@ -134,10 +137,7 @@ def test_planned_forward_in_a_seq2seq_encoder(no_sync, arch, layer):
     torch.nn.init.normal_(enc.gates[0].v.weight, std=1.0)
     ids, mask = batch()
     plan = _plan(enc, ids, mask)
-    with torch.no_grad():
-        ref = enc(ids, mask, mode="hard", restore=True)
-        with no_sync:
-            out = enc(ids, mask, mode="hard", restore=True, plan=plan)
+    out, ref = _today_and_planned(enc, ids, mask, no_sync, plan, restore=True)
     _assert_same(out, ref)
     assert torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
 
@@ -150,10 +150,7 @@ def test_threshold_ablation_plans_the_full_width(no_sync):
     ids, mask = batch()
     plan = _plan(enc, ids, mask)
     assert plan.widths == (ids.shape[1],) and plan.full == (False,)
-    with torch.no_grad():
-        ref = enc(ids, mask, mode="hard")
-        with no_sync:
-            out = enc(ids, mask, mode="hard", plan=plan)
+    out, ref = _today_and_planned(enc, ids, mask, no_sync, plan)
     assert torch.equal(out.retained_counts[0], ref.retained_counts[0])
     m = ref.last_hidden_state.shape[1]
     assert not out.valid[:, m:].any() and torch.equal(out.valid[:, :m], ref.valid)
