@@ -247,11 +247,15 @@ def test_every_preset_group_option_composes():
             stage2 = compose([f"experiment={name.removesuffix('_pretrain')}"])
             if cue:
                 assert dict(cfg.data) == {**stage2.data, "train_size": cfg.data.train_size} and cfg.gate == stage2.gate
+            elif cfg.data.name == "byo":  # real text: stage 1 fine-tunes on the same pages at the same length
+                assert cfg.data == stage2.data and cfg.model == stage2.model and cfg.gate.layers == stage2.gate.layers
             else:
                 assert cfg.data.seq_len < stage2.data.seq_len == cfg.model.max_positions == stage2.model.max_positions
             assert cfg.budget.dense_fraction == 1.0 and stage2.budget.dense_fraction == 0.0
         elif cfg.data.name == "synthetic_qa":  # hard vs soft QA: the target reaches rho before training ends
             assert cfg.budget.dense_fraction + cfg.budget.warmup_fraction < 1
+        elif cfg.data.name == "byo":  # the real-text results: Debian's manual pages (scripts/debian_text.py)
+            assert all(str(f).startswith("data/debian/") for f in cfg.data.data_files.values())
         elif not cue:  # the results page's long-context settings (the needle at T >= 1024)
             assert cfg.data.seq_len >= (1024 if cfg.data.name == "needle" else 512)
     for name in groups["method"]:
