@@ -40,7 +40,7 @@ from the host (:class:`retention.selection.HostPlan`), and the stock model gets 
 mask (from a 2-d mask it would ask ``padding_mask.all()``), so an accelerator's queue never drains
 mid-forward.
 
-(This file is about 440 lines, over the usual 400: the hooks, both gate paths, the host plan and the
+(This file is about 460 lines, over the usual 400: the hooks, both gate paths, the host plan and the
 forward share ``_State``, and splitting them would pass that state across modules.)
 
 "Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
