@@ -383,13 +383,15 @@ class RetentionEncoder(nn.Module):
         return None if plan.full_input else self._additive_mask(valid, None, self.backbone.dtype, full=False)
 
     def protected_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Tokens that are never dropped: those whose id is one of ``protected_token_ids`` (e.g. [CLS], [SEP])."""
+        """Tokens that are never dropped: those whose id is one of ``protected_token_ids`` (e.g. [CLS], [SEP]).
+        A broadcast comparison, not ``torch.isin``: on CUDA isin sorts and calls ``unique`` for all but
+        the smallest inputs, whose output size the host must read back."""
         if not self.protected_ids:
             return torch.zeros_like(input_ids, dtype=torch.bool)
         ids = self.protected_token_ids
         if ids.device != input_ids.device:  # a host-side batch while the model is on an accelerator
             ids = torch.tensor(self.protected_ids, device=input_ids.device)
-        return torch.isin(input_ids, ids)
+        return (input_ids.unsqueeze(-1) == ids).any(-1)
 
     def forward(
         self,

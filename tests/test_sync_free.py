@@ -1,9 +1,13 @@
 """The hard (retained) forward with a host plan reads nothing back from the device.
 
 On CUDA a read-back (``.item()``, ``bool(t)``, ``int(t)``, ``.cpu()``, ``.tolist()``, ``nonzero``,
-boolean-mask indexing, one-argument ``torch.where``) waits for every queued kernel. This CPU test
-makes each of those raise while the retained forward runs, and checks that the forward with a
-:class:`retention.selection.HostPlan` gives exactly today's output (which reads the widths back).
+boolean-mask indexing, one-argument ``torch.where``, ``unique`` and ``isin``, which calls it) waits for
+every queued kernel. This CPU test makes each of those raise while the retained forward runs, and
+checks that the forward with a :class:`retention.selection.HostPlan` gives exactly today's output
+(which reads the widths back); then the same for the soft and dense paths, and for whole training,
+validation and test steps of the Lightning systems, which get their plans from
+:mod:`lightning_modules.host_plans`. A read-back inside a C++ op that the guard does not list
+(as ``isin``'s was) stays invisible to it.
 
 The calls are intercepted with a ``TorchFunctionMode`` (torch's public hook that sees every tensor
 method and torch function, ``__bool__`` and ``__index__`` included) rather than by setting
@@ -38,6 +42,7 @@ _READBACKS = {
     torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.nonzero, torch.nonzero,
     torch.Tensor.masked_select, torch.masked_select, torch.Tensor.argwhere, torch.argwhere,
     torch.Tensor.unique, torch.unique, torch.Tensor.unique_consecutive, torch.unique_consecutive,
+    torch.isin,  # on CUDA it sorts and calls unique (a read-back of the output size) beyond tiny inputs
 }
 
 
@@ -205,8 +210,9 @@ def test_a_plan_for_another_batch_or_budget_is_refused():
     lambda x: bool(x.sum()), lambda x: int(x.max()), lambda x: float(x[0]), lambda x: x.sum().item(), lambda x: x.tolist(),
     lambda x: x.cpu(), lambda x: x.nonzero(), lambda x: x[x > 0], lambda x: x.__setitem__(x > 0, 1.0),
     lambda x: torch.where(x > 0), lambda x: [1, 2][x[0].long()], lambda x: x.repeat_interleave(x.long()),
+    lambda x: torch.isin(x, x[:1]),
 ], ids=["bool", "int", "float", "item", "tolist", "cpu", "nonzero", "mask-index", "mask-assign", "where1", "index",
-        "repeat_interleave"])
+        "repeat_interleave", "isin"])
 def test_the_guard_raises_on_each_readback_and_lets_device_work_through(readback):
     x = torch.ones(3)
     with NoHostSync(), pytest.raises(HostSync):
