@@ -1,7 +1,7 @@
 """The hard (retained) forward with a host plan reads nothing back from the device.
 
 On CUDA a read-back (``.item()``, ``bool(t)``, ``int(t)``, ``.cpu()``, ``.tolist()``, ``nonzero``,
-boolean-mask indexing, one-argument ``torch.where``, ``unique`` and ``isin``, which calls it) waits for
+boolean-mask indexing, one-argument ``torch.where``, ``unique``, and ``isin``, which can call it) waits for
 every queued kernel. This CPU test makes each of those raise while the retained forward runs, and
 checks that the forward with a :class:`retention.selection.HostPlan` gives exactly today's output
 (which reads the widths back); then the same for the soft and dense paths, and for whole training,
@@ -42,7 +42,7 @@ _READBACKS = {
     torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.nonzero, torch.nonzero,
     torch.Tensor.masked_select, torch.masked_select, torch.Tensor.argwhere, torch.argwhere,
     torch.Tensor.unique, torch.unique, torch.Tensor.unique_consecutive, torch.unique_consecutive,
-    torch.isin,  # on CUDA it sorts and calls unique (a read-back of the output size) beyond tiny inputs
+    torch.isin,  # with many test elements it sorts and calls unique (on CUDA a read-back of the output size)
 }
 
 
