@@ -386,7 +386,7 @@ class RetentionEncoder(nn.Module):
         """Tokens that are never dropped: those whose id is one of ``protected_token_ids`` (e.g. [CLS], [SEP]).
         A broadcast comparison, not ``torch.isin``: isin sorts and calls ``unique`` (whose output size the
         host reads back on CUDA) once the id list is long for the input, at ≥ 10·(B·T)^0.145 ids
-        (34 ids at 4096 tokens; T5 tokenizers list over 100 special ids)."""
+        (34 ids at 4096 tokens: a tokenizer's ``all_special_ids`` can be that long)."""
         if not self.protected_ids:
             return torch.zeros_like(input_ids, dtype=torch.bool)
         ids = self.protected_token_ids
