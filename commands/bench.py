@@ -4,6 +4,7 @@
     retention bench --quick                           # under 2 minutes
     retention bench --backbone random --layers 6 --hidden 384 --heads 12 --lengths 4096 --batch-sizes 2
     retention bench --mlflow                          # also log to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)
+    retention bench --device cuda --cuda-graphs --sync-debug error   # CUDA graph replays; any host sync fails
 
 Writes ``bench.json`` (environment + one record per configuration), ``bench.csv`` (the records) and
 ``bench.png`` (speed-up and activation-memory reduction against T, one line per budget) to ``--out``.
@@ -54,6 +55,8 @@ def spec_from_args(args: argparse.Namespace):
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         autocast=args.autocast,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        sync_debug=args.sync_debug,
         memory=not args.no_memory,
         train_max_length=pick("train_max_length"),
         train_reps=pick("train_reps"),

@@ -109,6 +109,10 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile every transformer layer (hooks stay eager)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="time replays of CUDA graphs, captured once per shape and budget (CUDA only)")
+    p.add_argument("--sync-debug", choices=("off", "warn", "error"), default="off",
+                   help="torch.cuda.set_sync_debug_mode around every timed forward: a host sync warns / fails (CUDA only)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory phases")
     p.add_argument("--train-max-length", type=int, default=None,
                    help="time dense vs gated training steps for lengths up to this (default 512; 0: never)")

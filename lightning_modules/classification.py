@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from datamodules.loaders import DATASET_INDEX
 
+from .host_plans import host_plan_of
 from .metrics import Deduplicated, ExampleMean
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
@@ -124,13 +125,14 @@ class RetentionClassifier(RetentionSystem):
     metric_inputs = staticmethod(logits_and_labels)
     DOC_POOL = "mean"  # how DocumentMetric pools a document's window logits
 
-    def forward(self, input_ids, attention_mask=None, mode: str = "auto"):
-        out = self.encoder(input_ids, attention_mask, mode=mode)
+    def forward(self, input_ids, attention_mask=None, mode: str = "auto", plan=None):
+        out = self.encoder(input_ids, attention_mask, mode=mode, plan=plan)
         return self.head(out.last_hidden_state[:, 0]), out
 
     def classify(self, batch: dict, mode: str):
-        """(logits, encoder output) for a batch on one path; subclasses read other positions."""
-        return self(batch["input_ids"], batch["attention_mask"], mode=mode)
+        """(logits, encoder output) for a batch on one path (with the batch's host plan, if it has
+        one: :mod:`lightning_modules.host_plans`); subclasses read other positions."""
+        return self(batch["input_ids"], batch["attention_mask"], mode=mode, plan=host_plan_of(batch))
 
     def task_loss(self, batch: dict, mode: str):
         logits, out = self.classify(batch, mode)
@@ -187,10 +189,14 @@ class RetentionMultiQueryClassifier(RetentionClassifier):
     every gate; the head reads each query's hidden state wherever it ended up in the (possibly
     shortened) sequence. Logits are (B, C, Q), the layout cross-entropy and torchmetrics take."""
 
+    def protected(self, batch: dict) -> torch.Tensor:
+        """The encoder's protected tokens and every query."""
+        return self.encoder.protected_mask(batch["input_ids"]).scatter(1, batch["query_positions"], True)
+
     def classify(self, batch: dict, mode: str):
-        ids, qpos = batch["input_ids"], batch["query_positions"]
-        protected = self.encoder.protected_mask(ids).scatter(1, qpos, True)
-        out = self.encoder(ids, batch["attention_mask"], protected=protected, mode=mode)
+        qpos = batch["query_positions"]
+        out = self.encoder(batch["input_ids"], batch["attention_mask"], protected=self.protected(batch), mode=mode,
+                           plan=host_plan_of(batch))
         found = (out.positions.unsqueeze(1) == qpos.unsqueeze(2)) & out.valid.unsqueeze(1)  # (B, Q, T_out)
         rows = found.to(torch.int8).argmax(-1, keepdim=True)
         h = out.last_hidden_state.gather(1, rows.expand(-1, -1, out.last_hidden_state.shape[-1]))

@@ -29,6 +29,7 @@ from torchmetrics.functional.text import squad
 
 from datamodules.loaders import DATASET_INDEX
 
+from .host_plans import host_plan_of
 from .metrics import SpanCandidates
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
@@ -75,11 +76,12 @@ class RetentionQA(RetentionSystem):
         self.loss_fn = nn.CrossEntropyLoss(reduction="none")
         self.candidates = nn.ModuleDict({f"{stage}_{path}": SpanCandidates() for stage in ("val", "test") for path in EVAL_PATHS})
 
-    def forward(self, input_ids, attention_mask=None, protected=None, mode: str = "auto"):
-        """(start_logits, end_logits), each (B, T) — every position, on every path — and the encoder output."""
+    def forward(self, input_ids, attention_mask=None, protected=None, mode: str = "auto", plan=None):
+        """(start_logits, end_logits), each (B, T) — every position, on every path — and the encoder
+        output; ``plan``: the batch's host plan (:mod:`lightning_modules.host_plans`) or None."""
         if mode == "auto":
             mode = "soft" if self.training else "hard"
-        out = self.encoder(input_ids, attention_mask, protected=protected, mode=mode, restore=mode != "dense")
+        out = self.encoder(input_ids, attention_mask, protected=protected, mode=mode, restore=mode != "dense", plan=plan)
         hidden = out.last_hidden_state if mode == "dense" else out.restored_hidden_state
         start, end = self.head(hidden).unbind(-1)
         if attention_mask is not None:
@@ -92,14 +94,20 @@ class RetentionQA(RetentionSystem):
         """Each window's loss (B,): the mean of the start and end positions' cross-entropies."""
         return 0.5 * (self.loss_fn(start, batch["start_positions"]) + self.loss_fn(end, batch["end_positions"]))
 
+    def protected(self, batch: dict) -> torch.Tensor:
+        """The question and the special tokens, as the data module marked them."""
+        return batch["protected"]
+
     def task_loss(self, batch: dict, mode: str):
-        start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=mode)
+        start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=mode,
+                               plan=host_plan_of(batch))
         return self.span_loss(start, end, batch).mean(), out
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, stage: str, batch) -> None:
         for path in self.eval_paths:
-            start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path)
+            start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path,
+                                   plan=host_plan_of(batch))
             if path in ("hard", "soft"):
                 self.log_retention(stage, out, on_step=False, path=path, batch=batch)
             if path == "soft":

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.text.rouge import rouge_score
 from transformers.modeling_outputs import BaseModelOutput
 
+from .host_plans import host_plan_of
 from .metrics import ExampleMean
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
@@ -58,11 +59,12 @@ class RetentionSummarizer(RetentionSystem):
         self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------ encoder paths
-    def encode(self, input_ids, attention_mask, mode: str):
-        """(encoder_outputs, cross-attention mask, retention output) for one path (see module docstring)."""
+    def encode(self, input_ids, attention_mask, mode: str, plan=None):
+        """(encoder_outputs, cross-attention mask, retention output) for one path (see module docstring);
+        ``plan``: the batch's host plan (:mod:`lightning_modules.host_plans`) or None."""
         if mode == "auto":
             mode = "soft" if self.training else "hard"
-        out = self.encoder(input_ids, attention_mask, mode=mode)
+        out = self.encoder(input_ids, attention_mask, mode=mode, plan=plan)
         hidden = out.last_hidden_state
         cross_mask = out.valid
         if mode == "soft":
@@ -71,10 +73,10 @@ class RetentionSummarizer(RetentionSystem):
             cross_mask = out.valid & (z > 0)
         return BaseModelOutput(last_hidden_state=hidden), cross_mask.long(), out
 
-    def forward(self, input_ids, attention_mask, labels, mode: str = "auto", per_example: bool = False):
+    def forward(self, input_ids, attention_mask, labels, mode: str = "auto", per_example: bool = False, plan=None):
         """(loss, retention output): the mean target-token cross-entropy of the batch, or with
         ``per_example`` each example's own mean (B,)."""
-        enc, cross_mask, out = self.encode(input_ids, attention_mask, mode)
+        enc, cross_mask, out = self.encode(input_ids, attention_mask, mode, plan)
         result = self.seq2seq(encoder_outputs=enc, attention_mask=cross_mask, labels=labels)
         if not per_example:
             return result.loss, out
@@ -82,13 +84,13 @@ class RetentionSummarizer(RetentionSystem):
         counts = (labels != -100).sum(1).clamp_min(1)
         return tokens.sum(1) / counts, out
 
-    def generate(self, input_ids, attention_mask, mode: str = "hard", **overrides) -> torch.Tensor:
-        enc, cross_mask, _ = self.encode(input_ids, attention_mask, mode)
+    def generate(self, input_ids, attention_mask, mode: str = "hard", plan=None, **overrides) -> torch.Tensor:
+        enc, cross_mask, _ = self.encode(input_ids, attention_mask, mode, plan)
         kwargs = {**self.generation, **overrides}
         return self.seq2seq.generate(encoder_outputs=enc, attention_mask=cross_mask, **kwargs)
 
     def task_loss(self, batch: dict, mode: str):
-        return self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode)
+        return self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode, plan=host_plan_of(batch))
 
     # ------------------------------------------------------------------ evaluation
     def _texts(self, ids: torch.Tensor) -> list[str]:
@@ -98,11 +100,12 @@ class RetentionSummarizer(RetentionSystem):
     def _evaluate(self, stage: str, batch) -> None:
         references = self._texts(batch["labels"])
         for path in self.eval_paths:
-            losses, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path, per_example=True)
+            plan = host_plan_of(batch)
+            losses, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path, per_example=True, plan=plan)
             self.log_example_mean(stage, f"loss_{path}", batch, losses)
             if path in ("hard", "soft"):
                 self.log_retention(stage, out, on_step=False, path=path, batch=batch)
-            generated = self._texts(self.generate(batch["input_ids"], batch["attention_mask"], mode=path))
+            generated = self._texts(self.generate(batch["input_ids"], batch["attention_mask"], mode=path, plan=plan))
             scores = [rouge_score(g, r, rouge_keys=ROUGE_KEYS) for g, r in zip(generated, references)]
             for key in ROUGE_KEYS:
                 values = torch.stack([s[f"{key}_fmeasure"] for s in scores]).to(self.device)

@@ -41,6 +41,7 @@ from retention.budget import annealed_targets, global_batch_mean, lagrangian_ter
 from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
 
+from .host_plans import HostPlans
 from .metrics import ExampleMean
 
 __all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "CONSTRAINTS", "lr_factor", "encoder_record", "EVAL_PATHS",
@@ -123,7 +124,7 @@ def encoder_record(encoder: nn.Module) -> dict[str, Any]:
 EVAL_PATHS = ("soft", "hard", "dense")
 
 
-class RetentionSystem(L.LightningModule):
+class RetentionSystem(HostPlans, L.LightningModule):
     """Base LightningModule: owns ``self.encoder`` (a :class:`RetentionEncoder`), ``self.head``
     (set by the task subclass) and ``self.lam`` (λ, an ``nn.Parameter`` so DDP keeps it identical on
     every rank and checkpoints carry it).

@@ -1,5 +1,8 @@
 """Speed and memory of the retained path against the full model (the measurement core of ``retention bench``).
 
+(About 450 lines, over the usual 400: timing, gate overhead, training steps and the memory probe
+share :class:`BenchSpec` and the driver; the records and the plot are already in ``bench_records``.)
+
 For every (sequence length T, batch size B) the same wrapped encoder runs
 
 * **full**: ``mode="dense"``, the stock model on all T tokens;
@@ -17,11 +20,16 @@ records (derived figures, CSV, plot) in :mod:`retention.bench_records`.
 
 The timed retained forward gets its :meth:`RetentionEncoder.host_plan`, built inside the timed call
 (it is host work), so it never waits on the device mid-forward (before the plan it did, twice).
+``cuda_graphs``: the timed full and retained forwards are replays of CUDA graphs captured once per
+shape and budget before the timing (:class:`retention.graphs.GraphedRetention`); ``sync_debug``
+(``warn``/``error``): ``torch.cuda.set_sync_debug_mode`` around every timed forward, so a host sync
+left in it warns or fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -41,6 +49,7 @@ from .bench_records import environment, memory_fields, timing_fields
 from .budget import Budget, keep_counts
 from .encoder import RetentionEncoder, transformer_layers
 from .fastpath import compile_layers
+from .graphs import GraphedRetention
 
 __all__ = ["BenchSpec", "validate_spec", "run_bench", "interleaved_times", "build_encoder", "make_inputs",
            "extend_position_embeddings", "kept_per_layer", "gate_overhead", "train_steps", "measure_memory"]
@@ -67,6 +76,8 @@ class BenchSpec:
     memory: bool = True
     train_max_length: int = 512  # training steps (dense vs gated soft) for lengths up to this; 0: none
     train_reps: int = 5
+    cuda_graphs: bool = False  # time replays of CUDA graphs (captured once per shape and budget)
+    sync_debug: str = "off"  # off | warn | error: torch.cuda.set_sync_debug_mode around the timed forwards
     # random-init backbone
     arch: str = "bert"
     layers: int = 6
@@ -96,6 +107,11 @@ def validate_spec(spec: BenchSpec) -> None:
         raise ValueError(f"autocast must be one of auto, bf16, off, got {spec.autocast!r}")
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {spec.device!r} requested but CUDA is not available")
+    if spec.sync_debug not in SYNC_DEBUG:
+        raise ValueError(f"sync_debug must be one of {', '.join(SYNC_DEBUG)}, got {spec.sync_debug!r}")
+    for flag, wanted in (("--cuda-graphs", spec.cuda_graphs), ("--sync-debug", spec.sync_debug != "off")):
+        if wanted and not spec.device.startswith("cuda"):
+            raise ValueError(f"{flag} needs a CUDA device (--device cuda); this run's device is {spec.device!r}")
     if spec.backbone == RANDOM_INIT and (spec.hidden <= 0 or spec.layers <= 0 or spec.heads <= 0 or spec.hidden % spec.heads):
         raise ValueError(f"random backbone needs positive layers/hidden/heads with hidden % heads == 0, "
                          f"got layers={spec.layers} hidden={spec.hidden} heads={spec.heads}")
@@ -181,6 +197,23 @@ def _dtype_name(spec: BenchSpec) -> str:
 def _sync(spec: BenchSpec) -> None:
     if spec.device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+SYNC_DEBUG = ("off", "warn", "error")
+
+
+@contextlib.contextmanager
+def _sync_debug(spec: BenchSpec) -> Iterator[None]:
+    """``torch.cuda.set_sync_debug_mode(spec.sync_debug)`` inside (the timer's own synchronize stays outside)."""
+    if spec.sync_debug == "off":
+        yield
+        return
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(spec.sync_debug)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
 
 
 def kept_per_layer(enc: RetentionEncoder, ids: torch.Tensor, prot: torch.Tensor, mode: str = "hard") -> list[int]:
@@ -360,24 +393,33 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, 
         for batch in spec.batch_sizes:
             ids, prot = make_inputs(spec, vocab, length, batch)
             budgets = {r: Budget(ratio=r, num_layers=k) for r in spec.ratios}
+            # with --cuda-graphs each forward is a graph replay (one graph per path, shape and budget)
+            hard, dense = (GraphedRetention(enc, mode, warmup=max(1, spec.warmup)) if spec.cuda_graphs
+                           else functools.partial(enc, mode=mode) for mode in ("hard", "dense"))
 
             def retained(r: float) -> Callable[[], None]:
                 def fn() -> None:
                     enc.budget = budgets[r]
                     plan = enc.host_plan([length] * batch, [2] * batch, padded_length=length)  # [CLS], [SEP]
-                    with torch.inference_mode(), _autocast(spec):
-                        enc(ids, None, protected=prot, mode="hard", plan=plan)
+                    with torch.inference_mode(), _autocast(spec), _sync_debug(spec):
+                        hard(ids, None, protected=prot, plan=plan)
                     _sync(spec)
                 return fn
 
             def full() -> None:
-                with torch.inference_mode(), _autocast(spec):
-                    enc(ids, None, mode="dense")
+                with torch.inference_mode(), _autocast(spec), _sync_debug(spec):
+                    dense(ids, None)
                 _sync(spec)
 
-            log(f"T={length} B={batch}: timing full and retained {list(spec.ratios)} ({spec.reps} interleaved reps)")
-            times = interleaved_times({"full": full, **{f"r{r}": retained(r) for r in spec.ratios}},
-                                 spec.reps, spec.warmup, spec.threads)
+            fns = {"full": full, **{f"r{r}": retained(r) for r in spec.ratios}}
+            if spec.cuda_graphs:
+                log(f"T={length} B={batch}: capturing {len(fns)} CUDA graphs")
+                for fn in fns.values():
+                    fn()  # warm-up and capture, outside the timing
+            log(f"T={length} B={batch}: timing full and retained {list(spec.ratios)} ({spec.reps} interleaved reps"
+                f"{', CUDA graph replays' if spec.cuda_graphs else ''})")
+            times = interleaved_times(fns, spec.reps, spec.warmup, spec.threads)
+            del hard, dense, fns  # the graphs' memory pools
             train = {"train_dense_step_s": None, "train_gated_step_s": None, "train_step_ratio": None}
             if length <= spec.train_max_length:
                 log(f"T={length} B={batch}: training step, dense vs gated (soft path)")

@@ -34,11 +34,13 @@ gated layer ℓ_k (k = 1..K), h_L the encoder's final state, and z̃_k the cumul
   uses (sampled in training, the relaxation's deterministic value in soft evaluation).
 
 **Host synchronisation.** Given a host plan (:meth:`RetentionEncoder.host_plan`, from the batch's
-host-side valid lengths and protected counts), the hard path reads nothing back from the device: the
-retained widths M_max and whether a key mask is needed come from the host
-(:class:`retention.selection.HostPlan`), so an accelerator's queue never drains mid-forward.
+host-side valid lengths and protected counts), no path reads anything back from the device: the
+retained widths M_max (hard path, and soft evaluation's top-M) and whether a key mask is needed come
+from the host (:class:`retention.selection.HostPlan`), and the stock model gets the wrapper's own key
+mask (from a 2-d mask it would ask ``padding_mask.all()``), so an accelerator's queue never drains
+mid-forward.
 
-(This file is about 440 lines, over the usual 400: the hooks, both gate paths, the host plan and the
+(This file is about 460 lines, over the usual 400: the hooks, both gate paths, the host plan and the
 forward share ``_State``, and splitting them would pass that state across modules.)
 
 "Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
@@ -156,7 +158,7 @@ class _State:
     log_alpha: list[torch.Tensor] = field(default_factory=list)
     counts: list[torch.Tensor] = field(default_factory=list)
     restore_buffer: torch.Tensor | None = None  # hard: states entering the gates (B, T, d); soft: Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k}
-    plan: HostPlan | None = None  # hard path with host-side lengths: the shapes, so nothing is read back
+    plan: HostPlan | None = None  # host-side lengths: the retained widths, so nothing is read back
 
 
 class RetentionEncoder(nn.Module):
@@ -200,6 +202,7 @@ class RetentionEncoder(nn.Module):
         self.selector = None
         self.bias_eps = bias_eps
         self.register_buffer("protected_token_ids", torch.tensor(sorted(set(protected_token_ids)), dtype=torch.long), persistent=False)
+        self.protected_ids = tuple(sorted(set(int(i) for i in protected_token_ids)))  # the host's copy (host plans)
         d = backbone.config.hidden_size
         self.gates = nn.ModuleList(
             ContextScorer(d, scorer_hidden, context, running_decay, init_log_alpha) for _ in gate_layers
@@ -320,7 +323,8 @@ class RetentionEncoder(nn.Module):
         with σ(log α) < 1/12, although it is open with probability up to 0.31)."""
         alive = st.valid if st.z_cum is None else st.valid & (st.z_cum > 0)
         protected = st.protected & alive
-        sel = select_top_m(log_alpha, alive, protected, self._keep_counts(k, log_alpha, alive, protected, st))
+        width = None if st.plan is None else st.plan.widths[k]  # the hard path's M_max: the same counts
+        sel = select_top_m(log_alpha, alive, protected, self._keep_counts(k, log_alpha, alive, protected, st), width)
         b, t = alive.shape  # unused slots write into an extra position T, cut off again
         slots = torch.where(sel.filled, sel.index, torch.full_like(sel.index, t))
         kept = torch.zeros(b, t + 1, dtype=torch.bool, device=alive.device).scatter(1, slots, True)[:, :t]
@@ -350,13 +354,21 @@ class RetentionEncoder(nn.Module):
         ``padded_length``: the batch's T (default max(lengths)); ``protected_counts`` may be left out
         only when nothing is protected. Built for the current budget; host work only."""
         lengths = torch.as_tensor(lengths, dtype=torch.long)
-        if protected_counts is None and self.protected_token_ids.numel():
+        if protected_counts is None and self.protected_ids:
             raise ValueError("protected_counts must come with lengths: this encoder protects tokens")
         n_prot = torch.zeros_like(lengths) if protected_counts is None else torch.as_tensor(protected_counts, dtype=torch.long)
         if lengths.device.type != "cpu" or n_prot.device.type != "cpu" or lengths.dim() != 1 or n_prot.shape != lengths.shape:
             raise ValueError("lengths and protected_counts must be host-side, one count per sequence")
         t = int(lengths.max()) if padded_length is None else padded_length
         return host_plan(self.budget, lengths, n_prot, t, threshold=self.inference == "threshold")
+
+    def batch_plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   protected: torch.Tensor | None = None) -> HostPlan:
+        """:meth:`host_plan` of a batch from its host-side (CPU) tensors, before they move to the device:
+        the ``input_ids``, ``attention_mask`` and ``protected`` that :meth:`forward` then gets."""
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        prot = self.protected_mask(input_ids) if protected is None else protected.bool()
+        return self.host_plan(valid.sum(1), (prot & valid).sum(1), padded_length=input_ids.shape[1])
 
     def _check_plan(self, plan: HostPlan, valid: torch.Tensor, prot: torch.Tensor) -> torch.Tensor | None:
         """Check ``plan`` is for this batch and budget (the counts on CPU only: on an accelerator
@@ -371,10 +383,16 @@ class RetentionEncoder(nn.Module):
         return None if plan.full_input else self._additive_mask(valid, None, self.backbone.dtype, full=False)
 
     def protected_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Tokens that are never dropped: those whose id is one of ``protected_token_ids`` (e.g. [CLS], [SEP])."""
-        if self.protected_token_ids.numel() == 0:
+        """Tokens that are never dropped: those whose id is one of ``protected_token_ids`` (e.g. [CLS], [SEP]).
+        A broadcast comparison, not ``torch.isin``: isin sorts and calls ``unique`` (whose output size the
+        host reads back on CUDA) once the id list is long for the input, at ≥ 10·(B·T)^0.145 ids
+        (34 ids at 4096 tokens: a tokenizer's ``all_special_ids`` can be that long)."""
+        if not self.protected_ids:
             return torch.zeros_like(input_ids, dtype=torch.bool)
-        return torch.isin(input_ids, self.protected_token_ids)
+        ids = self.protected_token_ids
+        if ids.device != input_ids.device:  # a host-side batch while the model is on an accelerator
+            ids = torch.tensor(self.protected_ids, device=input_ids.device)
+        return (input_ids.unsqueeze(-1) == ids).any(-1)
 
     def forward(
         self,
@@ -386,14 +404,19 @@ class RetentionEncoder(nn.Module):
         plan: HostPlan | None = None,
         **backbone_kwargs,
     ) -> RetentionOutput:
-        """``plan``: the batch's :meth:`host_plan` (hard path only; ignored on the others). With it
-        the hard path never waits on the device; its counts must equal ``attention_mask.sum(1)`` and
-        ``(protected & valid).sum(1)`` (checked on CPU, trusted on an accelerator)."""
+        """``plan``: the batch's :meth:`host_plan`. With it no path waits on the device (the hard path
+        and soft evaluation take their widths from it, every path its key mask); its counts must equal
+        ``attention_mask.sum(1)`` and ``(protected & valid).sum(1)`` (checked on CPU, trusted on an
+        accelerator)."""
         b, t = input_ids.shape
         device = input_ids.device
         valid = torch.ones(b, t, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
         n_valid = valid.sum(1)
         targets = self.budget.targets(n_valid).to(device)
+        prot = self.protected_mask(input_ids) if protected is None else protected.bool()
+        prot = prot & valid
+        if plan is not None:
+            attention_mask = self._check_plan(plan, valid, prot)
         if mode == "dense":
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
             full = torch.ones(self.num_gates, b, device=device)
@@ -404,12 +427,6 @@ class RetentionEncoder(nn.Module):
             mode = "soft" if self.training else "hard"
         if mode not in ("soft", "hard"):
             raise ValueError(f"mode must be one of auto, soft, hard, dense; got {mode!r}")
-        prot = self.protected_mask(input_ids) if protected is None else protected.bool()
-        prot = prot & valid
-        if mode != "hard":
-            plan = None
-        elif plan is not None:
-            attention_mask = self._check_plan(plan, valid, prot)
         state = _State(
             plan=plan,
             hard=mode == "hard",

@@ -125,7 +125,8 @@ class SparseAttentionEncoder(nn.Module):
         return torch.isin(input_ids, self.protected_token_ids)
 
     def forward(self, input_ids, attention_mask=None, protected=None, mode: str = "auto", restore: bool = False,
-                **kwargs) -> RetentionOutput:
+                plan=None, **kwargs) -> RetentionOutput:
+        """``plan`` (a retained forward's host plan) is ignored: nothing is selected here."""
         b, t = input_ids.shape
         kwargs = dict(kwargs)
         if self.backbone.config.model_type == "longformer":

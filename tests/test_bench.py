@@ -130,6 +130,8 @@ BAD = [
     (["--backbone", "no-such-backbone-xyz"], "unknown backbone 'no-such-backbone-xyz'"),
     (["--gate-layers", "7"], "0..2"),
     (["--reps", "0"], "reps"),
+    (["--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA device (--device cuda); this run's device is 'cpu'"),
+    (["--device", "cpu", "--sync-debug", "error"], "--sync-debug needs a CUDA device"),
 ]
 
 

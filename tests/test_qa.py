@@ -132,8 +132,8 @@ def test_metric_decodes_gold_logits_to_exact_match(tokenizer, path, monkeypatch)
     system = qa_system(tokenizer).eval()
     real_forward = system.forward
 
-    def gold_logits(ids, mask, prot, mode):
-        start, end, out = real_forward(ids, mask, prot, mode)
+    def gold_logits(ids, mask, prot, mode, plan=None):
+        start, end, out = real_forward(ids, mask, prot, mode, plan)
         assert start.shape == ids.shape
         hot = torch.full_like(start, -10.0)
         rows = torch.arange(ids.shape[0])

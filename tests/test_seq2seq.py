@@ -177,7 +177,7 @@ def test_rouge_of_generated_text_equal_to_reference_is_one(monkeypatch):
     src = tok(["a long article about gates", "another article"], padding=True, return_tensors="pt")
     labels = tok(text_target=["gates keep tokens", "short summary here"], padding=True, return_tensors="pt")["input_ids"]
     labels = labels.masked_fill(labels == tok.pad_token_id, -100)
-    monkeypatch.setattr(system, "generate", lambda ids, mask, mode: labels.masked_fill(labels < 0, tok.pad_token_id))
+    monkeypatch.setattr(system, "generate", lambda ids, mask, mode, plan=None: labels.masked_fill(labels < 0, tok.pad_token_id))
     with torch.no_grad():
         system.validation_step({"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels,
                                 DATASET_INDEX: torch.arange(2)}, 0)

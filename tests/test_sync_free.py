@@ -1,9 +1,13 @@
 """The hard (retained) forward with a host plan reads nothing back from the device.
 
 On CUDA a read-back (``.item()``, ``bool(t)``, ``int(t)``, ``.cpu()``, ``.tolist()``, ``nonzero``,
-boolean-mask indexing, one-argument ``torch.where``) waits for every queued kernel. This CPU test
-makes each of those raise while the retained forward runs, and checks that the forward with a
-:class:`retention.selection.HostPlan` gives exactly today's output (which reads the widths back).
+boolean-mask indexing, one-argument ``torch.where``, ``unique``, and ``isin``, which can call it) waits for
+every queued kernel. This CPU test makes each of those raise while the retained forward runs, and
+checks that the forward with a :class:`retention.selection.HostPlan` gives exactly today's output
+(which reads the widths back); then the same for the soft and dense paths, and for whole training,
+validation and test steps of the Lightning systems, which get their plans from
+:mod:`lightning_modules.host_plans`. A read-back inside a C++ op that the guard does not list
+(as ``isin``'s was) stays invisible to it.
 
 The calls are intercepted with a ``TorchFunctionMode`` (torch's public hook that sees every tensor
 method and torch function, ``__bool__`` and ``__index__`` included) rather than by setting
@@ -11,13 +15,21 @@ attributes on ``torch.Tensor``: setting and then deleting ``Tensor.__getitem__``
 sequence slot behind, and every later ``torch.tensor([0-d tensors])`` in the process fails.
 """
 
+import lightning as L
 import pytest
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.overrides import TorchFunctionMode
+from transformers import BatchEncoding
 
+from conf.compose import compose
+from datamodules import build_datamodule
+from lightning_modules import build_system
+from lightning_modules.host_plans import host_plan_of
 from retention.backbones import build_seq2seq
 from retention.budget import Budget, keep_counts
 from retention.encoder import RetentionEncoder
+from tests.helpers import TINY
 from tests.retention_fixtures import ARCHS, batch, tiny, wrap
 
 
@@ -30,6 +42,7 @@ _READBACKS = {
     torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.nonzero, torch.nonzero,
     torch.Tensor.masked_select, torch.masked_select, torch.Tensor.argwhere, torch.argwhere,
     torch.Tensor.unique, torch.unique, torch.Tensor.unique_consecutive, torch.unique_consecutive,
+    torch.isin,  # with many test elements it sorts and calls unique (on CUDA a read-back of the output size)
 }
 
 
@@ -67,13 +80,15 @@ def _plan(enc, ids, mask):
     return enc.host_plan(mask.sum(1).tolist(), prot.sum(1).tolist(), padded_length=ids.shape[1])
 
 
-def _today_and_planned(enc, ids, mask, no_sync, plan, **kw):
-    """(planned, today's) hard forward on the same batch: today's path first, then the planned one with
-    every read-back made to raise."""
+def _today_and_planned(enc, ids, mask, no_sync, plan, mode="hard", **kw):
+    """(planned, today's) forward on ``mode`` on the same batch: today's path first, then the planned
+    one with every read-back made to raise (the same seed for each, for the sampled gates of training)."""
     with torch.no_grad():
-        ref = enc(ids, mask, mode="hard", **kw)
+        torch.manual_seed(3)
+        ref = enc(ids, mask, mode=mode, **kw)
+        torch.manual_seed(3)
         with no_sync:
-            return enc(ids, mask, mode="hard", plan=plan, **kw), ref
+            return enc(ids, mask, mode=mode, plan=plan, **kw), ref
 
 
 def _assert_same(out, ref):
@@ -112,6 +127,23 @@ def test_planned_hard_forward_reads_nothing_back_and_equals_todays(no_sync, arch
     assert plan.full_input == (not pad) and out.last_hidden_state.shape[1] == plan.widths[-1]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("mode,training", [("soft", False), ("soft", True), ("dense", False)])
+@pytest.mark.parametrize("pad", [True, False])
+def test_planned_soft_and_dense_paths_read_nothing_back_and_equal_todays(no_sync, arch, attn, mode, training, pad):
+    """Soft evaluation (the top-M masked in place: its width comes from the plan), training's sampled
+    soft path and the dense path: the stock model gets the plan's key mask, not the 2-d mask it would
+    read back (``padding_mask.all()``)."""
+    enc = wrap(tiny(arch, attn=attn), [0, 2], 0.4, "linear").train(training)
+    ids, mask = batch(pad=pad)
+    out, ref = _today_and_planned(enc, ids, mask, no_sync, _plan(enc, ids, mask), mode=mode, restore=mode == "soft")
+    assert torch.equal(out.last_hidden_state, ref.last_hidden_state) and torch.equal(out.kept_fractions, ref.kept_fractions)
+    if mode == "soft":
+        assert torch.equal(out.gate_values, ref.gate_values) and torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
+        assert all(torch.equal(a, b) for a, b in zip(out.expected_retention, ref.expected_retention, strict=True))
+
+
 @pytest.mark.parametrize("budget", [Budget(ratio=None, tokens=7), Budget(ratio=0.25, schedule="linear", num_layers=2)])
 def test_planned_forward_with_explicit_protected_mask_and_token_budget(no_sync, budget):
     """QA-style: a caller-given protected mask (a long protected prefix) and an absolute token budget."""
@@ -127,7 +159,8 @@ def test_planned_forward_with_explicit_protected_mask_and_token_budget(no_sync, 
 
 @pytest.mark.parametrize("arch", ["bart", "t5"])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_planned_forward_in_a_seq2seq_encoder(no_sync, arch, layer):
+@pytest.mark.parametrize("mode", ["hard", "soft", "dense"])
+def test_planned_forward_in_a_seq2seq_encoder(no_sync, arch, layer, mode):
     """BART / T5 encoder stacks take the wrapper's 4-d mask too (T5: the relative bias of the kept
     tokens' original positions is added to it)."""
     torch.manual_seed(0)
@@ -137,9 +170,10 @@ def test_planned_forward_in_a_seq2seq_encoder(no_sync, arch, layer):
     torch.nn.init.normal_(enc.gates[0].v.weight, std=1.0)
     ids, mask = batch()
     plan = _plan(enc, ids, mask)
-    out, ref = _today_and_planned(enc, ids, mask, no_sync, plan, restore=True)
+    out, ref = _today_and_planned(enc, ids, mask, no_sync, plan, mode=mode, restore=mode != "dense")
     _assert_same(out, ref)
-    assert torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
+    if mode != "dense":
+        assert torch.equal(out.restored_hidden_state, ref.restored_hidden_state)
 
 
 def test_threshold_ablation_plans_the_full_width(no_sync):
@@ -176,8 +210,9 @@ def test_a_plan_for_another_batch_or_budget_is_refused():
     lambda x: bool(x.sum()), lambda x: int(x.max()), lambda x: float(x[0]), lambda x: x.sum().item(), lambda x: x.tolist(),
     lambda x: x.cpu(), lambda x: x.nonzero(), lambda x: x[x > 0], lambda x: x.__setitem__(x > 0, 1.0),
     lambda x: torch.where(x > 0), lambda x: [1, 2][x[0].long()], lambda x: x.repeat_interleave(x.long()),
+    lambda x: torch.isin(x, x[:1]),
 ], ids=["bool", "int", "float", "item", "tolist", "cpu", "nonzero", "mask-index", "mask-assign", "where1", "index",
-        "repeat_interleave"])
+        "repeat_interleave", "isin"])
 def test_the_guard_raises_on_each_readback_and_lets_device_work_through(readback):
     x = torch.ones(3)
     with NoHostSync(), pytest.raises(HostSync):
@@ -185,3 +220,105 @@ def test_the_guard_raises_on_each_readback_and_lets_device_work_through(readback
     with NoHostSync():  # shapes, slices, integer-tensor indexing and three-argument where stay on the device
         y = torch.where(x[1:] > 0, x[torch.tensor([0, 1])], x[:2]).repeat_interleave(2)
     assert y.shape == (4,)
+
+
+# ---------------------------------------------------------------- the systems' steps
+# Training, validation and test batches get a host plan before Lightning moves them to the device
+# (lightning_modules/host_plans.py): every forward of a step (soft, hard, dense) then reads nothing back.
+
+class GuardedSteps(L.Callback):
+    """The read-back guard around every validation and test step (from the batch-start hook to the
+    batch-end hook) and every training step (to the hook before the backward pass); ``steps`` counts
+    the guarded steps. An exception inside a step leaves the guard before Lightning re-raises it."""
+
+    def __init__(self) -> None:
+        self.guard, self.steps = None, 0
+
+    def _enter(self, *args, **kwargs) -> None:
+        self.guard = NoHostSync()
+        self.guard.__enter__()
+
+    def _leave(self, *args, **kwargs) -> None:
+        if self.guard is not None:
+            self.guard.__exit__(None, None, None)
+            self.guard = None
+            self.steps += 1
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = _enter
+    on_before_backward = on_validation_batch_end = on_test_batch_end = on_exception = _leave
+
+
+TASKS = {  # padded batches (lengths vary), one gate or two
+    "classification": [*TINY, "data.min_seq_len=20", "gate.layers=[0,1]", "budget.schedule=linear", "budget.ratio=0.4"],
+    "qa": [*(o for o in TINY if not o.startswith(("data.seq_len", "data.vocab_size"))), "data=synthetic_qa",
+           "data.seq_len=96", "data.num_facts=3", "budget.ratio=0.3"],
+}
+
+
+def _system(task: str, host_plans: bool):
+    cfg = compose(TASKS[task])
+    L.seed_everything(0, verbose=False)
+    dm = build_datamodule(cfg)
+    system = build_system(cfg, dm)
+    for g in system.encoder.gates:  # informative random scores
+        torch.nn.init.normal_(g.v.weight, std=1.0)
+    system.host_plans = host_plans
+    return dm, system
+
+
+def _trainer(*callbacks, **kw):
+    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     enable_checkpointing=False, callbacks=list(callbacks), **kw)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_validation_and_test_steps_read_nothing_back_and_log_todays_metrics(task):
+    """Every val/test step (soft, hard and dense paths, QA's drop-and-restore included) under the
+    guard, with host plans; the metrics equal those of today's path (no plans, widths read back)."""
+    dm, system = _system(task, host_plans=True)
+    guard = GuardedSteps()
+    planned = _trainer(guard).validate(system, datamodule=dm, verbose=False)[0]
+    planned |= _trainer(guard).test(system, datamodule=dm, verbose=False)[0]
+    assert guard.steps == 2 * len(dm.val_dataloader()) and guard.guard is None
+    system.host_plans = False
+    today = _trainer().validate(system, datamodule=dm, verbose=False)[0]
+    today |= _trainer().test(system, datamodule=dm, verbose=False)[0]
+    assert planned == today and {"val/kept_fraction_l1", f"test/{system.METRIC}_hard"} <= set(today)
+    with pytest.raises(HostSync):  # today's path does read back: the guard is live
+        _trainer(GuardedSteps()).validate(system, datamodule=dm, verbose=False)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_training_steps_read_nothing_back_and_train_todays_weights(task):
+    """Two gated training steps (the soft path with sampled gates, the Lagrangian) under the guard give
+    exactly the weights of two steps on today's path."""
+    weights = []
+    for host_plans in (True, False):
+        dm, system = _system(task, host_plans)
+        guard = GuardedSteps()
+        _trainer(*[guard] * host_plans, max_steps=2, limit_val_batches=0).fit(system, datamodule=dm)
+        assert guard.steps == 2 * host_plans
+        weights.append(system.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_plan_is_made_on_the_host_and_stays_there_when_lightning_moves_the_batch():
+    """The hook builds the plan from the host-side batch even with the model elsewhere (here the meta
+    device: the protected ids come from the encoder's host copy), and Lightning's own transfer moves
+    every tensor of the batch but leaves the plan on the host."""
+    dm, system = _system("classification", host_plans=True)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    expected = system.encoder.host_plan(mask.sum(1), (system.encoder.protected_mask(ids) & mask.bool()).sum(1), ids.shape[1])
+    system.to("meta")
+    for collated in (dict(batch), BatchEncoding(dict(batch))):  # ours, and the Hugging Face collators'
+        moved = move_data_to_device(system.on_before_batch_transfer(collated, 0), torch.device("meta"))
+        assert moved["input_ids"].device.type == "meta"
+        plan = host_plan_of(moved)
+        assert plan.lengths.device.type == "cpu" and torch.equal(plan.lengths, expected.lengths)
+        assert torch.equal(plan.n_protected, expected.n_protected) and plan.n_protected.min() == 2  # [CLS], [SEP]
+        assert (plan.widths, plan.full, plan.full_input) == (expected.widths, expected.full, expected.full_input)
+    system.host_plans = False
+    assert host_plan_of(system.on_before_batch_transfer(dict(batch), 0)) is None
