@@ -8,8 +8,9 @@ already exists`` (or ``duplicate column name``, mid-migration). Two runs creatin
 experiment race the same way (a unique-name violation). :func:`open_store` therefore opens a SQLite
 store, and creates the experiment it is given, while holding a file lock beside the database
 (``<database>.lock``, a ``filelock.FileLock``); once the schema exists, MLflow's later opens only
-read it. Other stores (a tracking server, PostgreSQL) are opened without a lock: their servers
-serialise the work.
+read it. Other stores are opened without a lock: a tracking server creates its store once, when
+it starts, and a lock file on this machine would not reach the other clients of a shared database
+(PostgreSQL).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def open_store(uri: str, experiment: str | None = None) -> MlflowClient:
     both in place."""
     with store_lock(uri):
         client = MlflowClient(uri)
-        client.search_experiments(max_results=1)  # the first query opens the store: schema, default experiment
+        client.search_experiments(max_results=1)  # the store is open (schema, default experiment) by now
         if experiment and client.get_experiment_by_name(experiment) is None:
             client.create_experiment(experiment)
     return client
