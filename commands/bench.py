@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from commands.runner import default_tracking_uri, flatten_params
+from commands.tracking_store import open_store
 from retention.bench import BenchSpec, run_bench, validate_spec
 from retention.bench_records import plot_records, write_csv
 
@@ -67,7 +68,9 @@ def spec_from_args(args: argparse.Namespace):
 
 def log_to_mlflow(result: dict, files: list[Path], tracking_uri: str | None, experiment: str) -> str:
     """One MLflow run: environment and spec as params, every record's figures as metrics keyed by configuration."""
-    mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
+    uri = default_tracking_uri(tracking_uri)
+    open_store(uri, experiment)
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="bench") as run:
         params = flatten_params({"env": result["environment"], "spec": result["spec"]})

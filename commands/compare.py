@@ -33,6 +33,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from commands.runner import default_tracking_uri
+from commands.tracking_store import open_store
 from mlflow.exceptions import MlflowException
 
 
@@ -57,6 +58,7 @@ def pareto_front(retention: Sequence[float], metric: Sequence[float]) -> list[in
 def fetch_runs(tracking_uri: str, experiment: str | None = None, parent: str | None = None,
                run_ids: Sequence[str] | None = None, filter_string: str = ""):
     """The runs as ``mlflow.search_runs`` returns them (a pandas DataFrame), without sweep parent runs."""
+    open_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     clauses = [filter_string] if filter_string else []
     if parent:

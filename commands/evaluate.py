@@ -29,7 +29,6 @@ from pathlib import Path
 
 import lightning as L
 import matplotlib.pyplot as plt
-import mlflow
 import pandas as pd
 import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -37,6 +36,7 @@ from omegaconf import OmegaConf
 
 from commands.checkpoints import load_checkpoint
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
+from commands.tracking_store import open_store
 from datamodules import build_datamodule
 from lightning_modules import build_system
 from retention.baselines import selector_for
@@ -116,7 +116,7 @@ def _sources(args) -> list[Source]:
         label_sources(out)
         return out
 
-    client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
+    client = open_store(default_tracking_uri(args.tracking_uri))
     run_ids = args.run_id
     if args.experiment:
         exp = client.get_experiment_by_name(args.experiment)
@@ -290,7 +290,7 @@ def run(args) -> int:
     print("wrote " + ", ".join(str(f) for f in files))
     run_ids = [s.run_id for s in sources if s.run_id and not args.checkpoint]
     if run_ids:
-        client = mlflow.tracking.MlflowClient(default_tracking_uri(args.tracking_uri))
+        client = open_store(default_tracking_uri(args.tracking_uri))
         for run_id in run_ids:
             for f in files:
                 client.log_artifact(run_id, str(f), artifact_path="evaluation")

@@ -29,6 +29,7 @@ from .checkpoints import load_checkpoint
 from .device_checks import check_devices
 from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, LAST, TAG_CKPT_DIR, RngState, RunKilled, SharedRun, killed_by,
                         mark_ended, owner_tags, reap_orphan_runs, resume_target, run_name, signals_raise)
+from .tracking_store import open_store
 
 __all__ = ["BUDGET_TOLERANCE", "CONFIG_NEXT_TO_CHECKPOINT", "RunKilled", "check_config", "check_run", "default_tracking_uri",
            "flatten_params", "format_summary", "make_logger", "reap_orphan_runs", "resume_target", "train", "warm_start"]
@@ -94,9 +95,12 @@ def warm_start(system, path: str) -> dict[str, list[str]]:
 
 def new_logger(cfg, run_id: str | None = None) -> MLFlowLogger:
     """An MLflow logger for ``cfg``: the existing run ``run_id``, or a new run named :func:`run_name`.
-    Lazy: it creates the run when first used, so a Trainer can be built with it before."""
-    return MLFlowLogger(experiment_name=cfg.logging.experiment, run_name=run_name(cfg),
-                        tracking_uri=default_tracking_uri(cfg.logging.tracking_uri), run_id=run_id)
+    Lazy: it creates the run when first used, so a Trainer can be built with it before. The store and
+    the experiment are made first (:func:`commands.tracking_store.open_store`: MLFlowLogger opens the
+    store when built, and two runs started at once on a fresh SQLite store raced there)."""
+    uri = default_tracking_uri(cfg.logging.tracking_uri)
+    open_store(uri, cfg.logging.experiment)
+    return MLFlowLogger(experiment_name=cfg.logging.experiment, run_name=run_name(cfg), tracking_uri=uri, run_id=run_id)
 
 
 def log_run_config(logger: MLFlowLogger, cfg) -> None:

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import optuna
 from mlflow.entities import Param
@@ -51,6 +50,7 @@ from sqlalchemy.exc import ArgumentError
 
 from commands.runner import default_tracking_uri, make_logger, train
 from commands.sweep_config import compose_trial, make_pruner, make_sampler
+from commands.tracking_store import open_store
 from conf.checks import ConfigError
 from conf.compose import compose
 from conf.sweep_schema import OBJECTIVES
@@ -261,9 +261,7 @@ def open_study(scfg, seed_offset: int = 0):
         sampler=make_sampler(s, sampler_seed(s.seed, n_trials, seed_offset), len(s.objectives) > 1),
         pruner=make_pruner(s),
     )
-    client = mlflow.tracking.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(base.logging.experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(base.logging.experiment)
+    exp_id = open_store(tracking_uri, base.logging.experiment).get_experiment_by_name(base.logging.experiment).experiment_id
     return study, tracking_uri, exp_id
 
 

@@ -1,5 +1,6 @@
-"""What the command line silences (commands/quiet.py): the litlogger tip, the LeafSpec deprecation and
-the repeated device banner, in-process and in what `retention train`, `sweep` and `evaluate` print."""
+"""What the command line silences (commands/quiet.py): the litlogger tip, the LeafSpec deprecation,
+the repeated device banner and the packaged MiniLM's unused-pooler load report, in-process and in what
+`retention train`, `sweep` and `evaluate` print."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from commands.quiet import CUDA_LOGGER, RANK_ZERO_LOGGER, silence_library_noise
+from transformers import AutoModelForMaskedLM
+
+from commands.quiet import CUDA_LOGGER, LOAD_REPORT_LOGGER, RANK_ZERO_LOGGER, silence_library_noise
+from retention.backbones import MINILM, build_backbone, resolve_backbone_path
 
 from .helpers import TINY
 
@@ -67,6 +71,28 @@ def test_tip_dropped_banner_once_other_lines_kept(records):
         "`Trainer.fit` stopped: `max_epochs=1` reached.", "`Trainer.fit` stopped: `max_epochs=1` reached.",
         "GPU available: True (cuda), used: False",
     ]
+
+
+@pytest.fixture
+def load_reports():
+    """The messages that pass the filters of the logger transformers' ``from_pretrained`` reports to."""
+    handler = _Records()
+    logger = logging.getLogger(LOAD_REPORT_LOGGER)
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+
+
+def test_packaged_minilm_loads_without_the_unused_pooler_report(load_reports, capfd):
+    silence_library_noise()
+    build_backbone(MINILM)  # the project's loader: a BertModel without its pooler
+    out, err = capfd.readouterr()
+    assert "LOAD REPORT" not in out + err and load_reports == []
+    # a report with any other row still shows, whole: the masked-LM head is missing from the checkpoint
+    AutoModelForMaskedLM.from_pretrained(resolve_backbone_path(MINILM))
+    (report,) = [m for m in load_reports if "LOAD REPORT" in m]  # (transformers also warns about the tied head)
+    assert "BertForMaskedLM LOAD REPORT" in report
+    assert "pooler.dense.weight" in report and "cls.predictions" in report and "MISSING" in report
 
 
 def test_leafspec_deprecation_ignored_only_from_lightnings_pytree():
