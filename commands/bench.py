@@ -4,6 +4,7 @@
     retention bench --quick                           # under 2 minutes
     retention bench --backbone random --layers 6 --hidden 384 --heads 12 --lengths 4096 --batch-sizes 2
     retention bench --mlflow                          # also log to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)
+    retention bench --gate-layers 0 2 4 --schedule linear --ratios 0.3 --flops 0.25   # progressive, a FLOPs budget
 
 Writes ``bench.json`` (environment + one record per configuration), ``bench.csv`` (the records) and
 ``bench.png`` (speed-up and activation-memory reduction against T, one line per budget) to ``--out``.
@@ -46,8 +47,11 @@ def spec_from_args(args: argparse.Namespace):
         backbone=args.backbone,
         lengths=tuple(pick("lengths")),
         batch_sizes=tuple(pick("batch_sizes")),
-        ratios=tuple(args.ratios),
+        ratios=tuple(args.ratios if args.ratios is not None else ([] if args.flops else defaults.ratios)),
         gate_layers=tuple(args.gate_layers),
+        schedule=args.schedule,
+        flops=tuple(args.flops or ()),
+        shape_ratio=args.shape_ratio,
         reps=pick("reps"),
         warmup=pick("warmup"),
         threads=pick("threads"),
@@ -71,9 +75,10 @@ def log_to_mlflow(result: dict, files: list[Path], tracking_uri: str | None, exp
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics = {}
         for rec in result["records"]:
-            tag = f"T{rec['length']}_B{rec['batch']}_rho{rec['ratio']}"
+            budget = f"flops{rec['flops']}" if rec.get("flops") is not None else f"rho{rec['ratio']}"
+            tag = f"T{rec['length']}_B{rec['batch']}_{budget}"
             for key, value in rec.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("length", "batch", "ratio"):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("length", "batch", "ratio", "flops"):
                     metrics[f"{key}/{tag}"] = float(value)
         mlflow.log_metrics(metrics)
         for f in files:
@@ -118,6 +123,8 @@ TABLE = {
     "act mem -%": (lambda r: _pct(r["activation_memory_reduction"]), ".0f"),
     "gate %": (lambda r: 100 * r["gate_overhead"], ".2f"),
     "train x": (lambda r: r["train_step_ratio"], ".2f"),
+    "F": (lambda r: r.get("flops"), ""),  # a FLOPs budget's target (ratio budgets: -)
+    "FLOPs": (lambda r: r.get("flops_fraction"), ".3f"),  # the retained forward's analytic FLOPs / dense
 }
 
 

@@ -63,7 +63,7 @@ from torch import nn
 
 from .budget import Budget, expected_retention, keep_counts, retention_per_sequence, threshold_counts
 from .fastpath import SOFT_GATE_ATTENTION, use_soft_gate_attention
-from .flops import EncoderShape, encoder_shape, flops_fraction, flops_keep_counts
+from .flops import EncoderShape, encoder_shape, flops_fraction, flops_keep_counts, host_flops_counts
 from .gate import ContextScorer
 from .hard_concrete import HardConcrete, Relaxation
 from .selection import HostPlan, gather_tokens, host_plan, scatter_tokens, select_top_m
@@ -382,7 +382,8 @@ class RetentionEncoder(nn.Module):
         if lengths.device.type != "cpu" or n_prot.device.type != "cpu" or lengths.dim() != 1 or n_prot.shape != lengths.shape:
             raise ValueError("lengths and protected_counts must be host-side, one count per sequence")
         t = int(lengths.max()) if padded_length is None else padded_length
-        counts = self._flops_counts(lengths, n_prot, t)
+        flops = self.budget.flops is not None and self.inference != "threshold"
+        counts = host_flops_counts(self.budget, self.flops_shape, lengths, n_prot) if flops else None
         return host_plan(self.budget, lengths, n_prot, t, threshold=self.inference == "threshold", counts=counts)
 
     def _flops_counts(self, n_valid: torch.Tensor, n_protected: torch.Tensor, t: int) -> torch.Tensor | None:

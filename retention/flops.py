@@ -28,6 +28,7 @@ so the budget counts the gates' scoring too: it bounds everything the retained f
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -38,11 +39,11 @@ from .budget import Budget, keep_counts
 
 __all__ = ["EncoderShape", "encoder_shape", "projection_flops", "attention_flops", "layer_flops", "gate_flops",
            "layer_lengths", "forward_flops", "dense_flops", "flops_fraction", "flops_keep_counts",
-           "kept_lengths_for_flops"]
+           "host_flops_counts", "kept_lengths_for_flops"]
 
-# Bisection steps over the schedule's scale factor c: c is found to 2^-48 of its range, far finer
-# than one token's step of M_ℓ = ⌈c·r_ℓ·T⌉ for any T below 10^9.
-_SCALE_STEPS = 48
+# Bisection steps over the schedule's scale factor c: c is found to 2^-24 of its range, finer
+# than one token's step of M_ℓ = ⌈c·r_ℓ·T⌉ below T = 10^6 (the fill makes the integers exact anyway).
+_SCALE_STEPS = 24
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,22 @@ def flops_keep_counts(budget: Budget, shape: EncoderShape, n_valid: torch.Tensor
             lo_d, hi_d = torch.where(ok, mid, lo_d), torch.where(ok, hi_d, mid - 1)
         counts[k] = counts[k] + lo_d
     return counts
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sequence_counts(budget: Budget, shape: EncoderShape, length: int, n_protected: int) -> tuple[int, ...]:
+    counts = flops_keep_counts(budget, shape, torch.tensor([length]), torch.tensor([n_protected]))
+    return tuple(int(c) for c in counts[:, 0])
+
+
+def host_flops_counts(budget: Budget, shape: EncoderShape, n_valid: torch.Tensor, n_protected: torch.Tensor) -> torch.Tensor:
+    """:func:`flops_keep_counts` for host-side (CPU) lengths, memoised per (budget, shape, T_valid,
+    n_protected): the bisection costs ~10 ms of small tensor operations whatever the batch size, and
+    a stream of batches repeats lengths, so the host plan of a batch is then a few dictionary look-ups."""
+    pairs = list(zip(n_valid.tolist(), n_protected.tolist()))
+    if not pairs:
+        return torch.zeros(budget.num_layers, 0, dtype=torch.long)
+    return torch.tensor([_sequence_counts(budget, shape, n, p) for n, p in pairs], dtype=torch.long).reshape(len(pairs), -1).T
 
 
 def kept_lengths_for_flops(flops: float, length: int, shape: EncoderShape, ratio: float = 0.3,
