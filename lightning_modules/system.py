@@ -19,6 +19,13 @@ pretrained backbone with its dropout off.
 A system receives its modules built (:func:`lightning_modules.build_system` builds them from a
 config): the encoder (a :class:`retention.RetentionEncoder`, LTP's scorers installed in one, or a
 sparse-attention comparator) and the :class:`Optimisation` settings.
+
+Under a FLOPs budget (``budget.flops``) λ has one more entry, the FLOPs constraint's
+(:meth:`RetentionSystem.constraint_sides`); with ``distill.ranking`` a gated step adds ToP's ranking
+distillation (:meth:`RetentionSystem.ranking_distillation`).
+
+(About 460 lines, over the usual 400: the Lagrangian's sides, its steps and its logging share the
+system's λ and phases; the equations themselves live in ``retention``.)
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ scaled so the sequence's retained forward costs at most F times its dense forwar
 targets ρ_ℓ are those M_ℓ / T_valid, and every path reports each sequence's FLOPs fraction
 (``flops_fractions``; the soft path also ``expected_flops``, from the expected kept lengths).
 
-(This file is about 480 lines, over the usual 400: the hooks, both gate paths, the host plan and the
+(This file is about 500 lines, over the usual 400: the hooks, both gate paths, the host plan and the
 forward share ``_State``, and splitting them would pass that state across modules.)
 
 "Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
