@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     write_csv(result["records"], str(paths[1]))
     env = result["environment"]
     plot_records(result["records"], str(paths[2]),
-                 title=f"{spec.backbone} on {env['device_name']} ({env['threads']} threads, torch {env['torch']}, {env['dtype']})")
+                 title=f"{spec.backbone}, gates {', '.join(map(str, spec.gate_layers))} ({spec.schedule}), on {env['device_name']} "
+                       f"({env['threads']} threads, torch {env['torch']}, {env['dtype']})")
     print(summary_table(result["records"]))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     if args.mlflow:
