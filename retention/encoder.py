@@ -387,9 +387,12 @@ class RetentionEncoder(nn.Module):
         return host_plan(self.budget, lengths, n_prot, t, threshold=self.inference == "threshold", counts=counts)
 
     def _flops_counts(self, n_valid: torch.Tensor, n_protected: torch.Tensor, t: int) -> torch.Tensor | None:
-        """Under a FLOPs budget (and top-M inference), M_ℓ per gate and sequence (K, B); else None."""
+        """Under a FLOPs budget (and top-M inference), M_ℓ per gate and sequence (K, B); else None. On
+        the CPU from the memoised per-sequence counts; on an accelerator computed there (no read-back)."""
         if self.budget.flops is None or self.inference == "threshold":
             return None
+        if n_valid.device.type == "cpu":
+            return host_flops_counts(self.budget, self.flops_shape, n_valid, n_protected)
         return flops_keep_counts(self.budget, self.flops_shape, n_valid, n_protected, max_length=t)
 
     def _check_plan(self, plan: HostPlan, valid: torch.Tensor, prot: torch.Tensor) -> torch.Tensor | None:

@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from retention.budget import Budget
 from retention.encoder import RetentionEncoder, transformer_layers
 from retention.flops import (EncoderShape, dense_flops, encoder_shape, flops_fraction, flops_keep_counts, forward_flops,
+                             host_flops_counts,
                              gate_flops, kept_lengths_for_flops, layer_flops, layer_lengths)
 from retention.gate import ContextScorer
 
@@ -199,3 +200,15 @@ def test_kept_lengths_for_a_flops_target_on_minilm_shapes():
 def test_budget_rejects_a_flops_budget_without_a_ratio_or_out_of_range(kwargs):
     with pytest.raises(ValueError, match="FLOPs budget"):
         Budget(**kwargs)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_batched_counts_equal_the_memoised_per_sequence_ones(schedule):
+    """The batched bisection (what an accelerator runs, nothing read back) gives every sequence of a
+    mixed batch the counts the host computes for it alone (the CPU path and host plans)."""
+    g = torch.Generator().manual_seed(3)
+    n = torch.randint(1, 300, (16,), generator=g)
+    prot = torch.minimum(torch.randint(0, 6, (16,), generator=g), n)
+    shape = EncoderShape(6, 384, 1536, 384, gate_layers=(0, 2, 4), gate_hidden=192)
+    budget = Budget(ratio=0.3, schedule=schedule, num_layers=3, flops=0.3)
+    assert torch.equal(flops_keep_counts(budget, shape, n, prot, max_length=300), host_flops_counts(budget, shape, n, prot))
