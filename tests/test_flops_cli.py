@@ -6,12 +6,17 @@ import re
 
 import mlflow
 import pytest
+import torch
 
 from commands import cli
 from conf.compose import compose
 from conf.schema import ConfigError, validate
+from lightning_modules import RetentionClassifier
+from retention.budget import Budget
+from retention.encoder import RetentionEncoder
 
-from .helpers import TINY
+from .helpers import TINY, optimisation
+from .retention_fixtures import CLS, SEP, batch, tiny
 
 BAD = [
     (["budget.flops=0.4", "budget.ratio=null", "budget.tokens=64"], "budget.tokens=64", "budget.tokens=null"),
@@ -64,3 +69,21 @@ def test_tiny_training_under_a_flops_budget_stays_under_it(tmp_path, monkeypatch
     assert run["tags.mlflow.runName"] == "needle-gate-ranking_distill-flops0.4"
     for metric in ("train/ranking_kl_step", "train/expected_flops_step", "train/lambda_flops", "val/flops_fraction", "test/soft_flops_fraction"):
         assert run[f"metrics.{metric}"] == run[f"metrics.{metric}"], metric  # logged (not NaN)
+
+
+def test_the_flops_constraint_is_lambdas_last_entry():
+    """Under budget.flops the system has K + 1 multipliers; the last constraint is (mean expected FLOPs
+    fraction, F), so λ's last gradient is φ − F (the per-layer ones stay ĝ_ℓ − ρ_ℓ)."""
+    enc = RetentionEncoder(tiny("bert"), [0, 1], Budget(ratio=0.3, schedule="linear", num_layers=2, flops=0.45),
+                           protected_token_ids=[CLS, SEP]).train()
+    system = RetentionClassifier(enc, optimisation(), num_labels=2, dropout=0.0)
+    assert system.lam.shape == (3,)
+    ids, mask = batch()
+    out = enc(ids, mask, mode="soft")
+    expected, targets = system.constraint_sides(out)
+    assert torch.equal(expected[:2], out.expected_retention) and torch.equal(targets[:2], out.targets)
+    assert float(expected[2].detach()) == pytest.approx(float(out.expected_flops.mean().detach()))
+    assert float(targets[2]) == pytest.approx(0.45)
+    lag, _, _ = system.constraint_loss(expected, targets, batch_size=4)
+    lag.backward()
+    assert system.lam.grad.tolist() == pytest.approx((expected - targets).detach().tolist())
