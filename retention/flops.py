@@ -103,8 +103,12 @@ def gate_flops(n, shape: EncoderShape):
     d, h = shape.hidden, shape.gate_hidden
     if h == 0:
         return 0 * n
-    context = {"mean": 2 * d * h + 0 * n, "running": 2 * n * d * h + 2 * n * n * d, "none": 0 * n}[shape.gate_context]
-    return 2 * n * d * h + 2 * n * h + context
+    scoring = 2 * n * d * h + 2 * n * h
+    if shape.gate_context == "mean":
+        return scoring + 2 * d * h
+    if shape.gate_context == "running":
+        return scoring + 2 * n * d * h + 2 * n * n * d
+    return scoring
 
 
 def layer_lengths(counts: torch.Tensor, n_valid: torch.Tensor, shape: EncoderShape) -> torch.Tensor:
