@@ -5,6 +5,7 @@
     retention bench --backbone random --layers 6 --hidden 384 --heads 12 --lengths 4096 --batch-sizes 2
     retention bench --mlflow                          # also log to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)
     retention bench --device cuda --cuda-graphs --sync-debug error   # CUDA graph replays; any host sync fails
+    retention bench --gate-layers 0 2 4 --schedule linear --ratios 0.3 --flops 0.25   # progressive, a FLOPs budget
 
 Writes ``bench.json`` (environment + one record per configuration), ``bench.csv`` (the records) and
 ``bench.png`` (speed-up and activation-memory reduction against T, one line per budget) to ``--out``.
@@ -48,8 +49,11 @@ def spec_from_args(args: argparse.Namespace):
         backbone=args.backbone,
         lengths=tuple(pick("lengths")),
         batch_sizes=tuple(pick("batch_sizes")),
-        ratios=tuple(args.ratios),
+        ratios=tuple(args.ratios if args.ratios is not None else ([] if args.flops else defaults.ratios)),
         gate_layers=tuple(args.gate_layers),
+        schedule=args.schedule,
+        flops=tuple(args.flops or ()),
+        shape_ratio=args.shape_ratio,
         reps=pick("reps"),
         warmup=pick("warmup"),
         threads=pick("threads"),
@@ -77,9 +81,10 @@ def log_to_mlflow(result: dict, files: list[Path], tracking_uri: str | None, exp
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics = {}
         for rec in result["records"]:
-            tag = f"T{rec['length']}_B{rec['batch']}_rho{rec['ratio']}"
+            budget = f"flops{rec['flops']}" if rec.get("flops") is not None else f"rho{rec['ratio']}"
+            tag = f"T{rec['length']}_B{rec['batch']}_{budget}"
             for key, value in rec.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("length", "batch", "ratio"):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("length", "batch", "ratio", "flops"):
                     metrics[f"{key}/{tag}"] = float(value)
         mlflow.log_metrics(metrics)
         for f in files:
@@ -103,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     write_csv(result["records"], str(paths[1]))
     env = result["environment"]
     plot_records(result["records"], str(paths[2]),
-                 title=f"{spec.backbone} on {env['device_name']} ({env['threads']} threads, torch {env['torch']}, {env['dtype']})")
+                 title=f"{spec.backbone}, gates {', '.join(map(str, spec.gate_layers))} ({spec.schedule}), on {env['device_name']} "
+                       f"({env['threads']} threads, torch {env['torch']}, {env['dtype']})")
     print(summary_table(result["records"]))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     if args.mlflow:
@@ -124,6 +130,8 @@ TABLE = {
     "act mem -%": (lambda r: _pct(r["activation_memory_reduction"]), ".0f"),
     "gate %": (lambda r: 100 * r["gate_overhead"], ".2f"),
     "train x": (lambda r: r["train_step_ratio"], ".2f"),
+    "F": (lambda r: r.get("flops"), ""),  # a FLOPs budget's target (ratio budgets: -)
+    "FLOPs": (lambda r: r.get("flops_fraction"), ".3f"),  # the retained forward's analytic FLOPs / dense
 }
 
 

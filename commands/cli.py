@@ -101,8 +101,14 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                    "or a Hugging Face name/path of a BERT-family encoder")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 1024 2048 4096)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8)")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5], help="budgets rho in (0, 1] (default 0.3 0.5)")
+    p.add_argument("--ratios", type=float, nargs="*", default=None,
+                   help="budgets rho in (0, 1] (default 0.3 0.5; none when --flops is given)")
     p.add_argument("--gate-layers", type=int, nargs="+", default=[1], help="gated layers (default 1: drop entering layer 1)")
+    p.add_argument("--schedule", choices=("constant", "linear"), default="constant",
+                   help="per-gate ratios across several gated layers: constant, or linear (falling to rho at the last gate)")
+    p.add_argument("--flops", type=float, nargs="+", default=None,
+                   help="FLOPs budgets F in (0, 1]: the schedule's shape (at --shape-ratio) scaled to F of the dense FLOPs")
+    p.add_argument("--shape-ratio", type=float, default=0.3, help="the ratio whose schedule --flops scales (default 0.3)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads())")

@@ -161,14 +161,17 @@ def mark_ended(client: MlflowClient, run_id: str, err: BaseException) -> str:
 
 
 def run_name(cfg) -> str:
-    """``logging.run_name``, else ``<data>-<method>[-<ablation>]-rho<ρ>`` (or ``-M<tokens>``), e.g.
+    """``logging.run_name``, else ``<data>-<method>[-<ablation>]-rho<ρ>`` (or ``-M<tokens>``, ``-flops<F>``), e.g.
     ``needle-gate-rho0.3``."""
     if cfg.logging.run_name:
         return cfg.logging.run_name
     parts = [str(cfg.data.name), str(cfg.method)]
     if str(cfg.ablation) != "none":
         parts.append(str(cfg.ablation))
-    parts.append(f"rho{cfg.budget.ratio:g}" if cfg.budget.ratio is not None else f"M{cfg.budget.tokens}")
+    if cfg.budget.get("flops") is not None:  # a FLOPs budget: the ratio only shapes the schedule
+        parts.append(f"flops{cfg.budget.flops:g}")
+    else:
+        parts.append(f"rho{cfg.budget.ratio:g}" if cfg.budget.ratio is not None else f"M{cfg.budget.tokens}")
     return "-".join(parts)
 
 

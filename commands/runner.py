@@ -276,9 +276,13 @@ def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri, 
         "test_metrics": m,
         "ratio": cfg.budget.ratio,
         "tokens": cfg.budget.tokens,
+        "flops": cfg.budget.get("flops"),
+        "flops_fraction": m.get("test/flops_fraction"),  # FLOPs budgets: the hard path's, mean over test examples
         "kept": {layer: m.get(f"test/kept_fraction_l{layer}") for layer in system.encoder.gate_layers},
         "lambda": {layer: float(v) for layer, v in zip(system.encoder.gate_layers, system.lam.detach().cpu())},
     }
+    if getattr(system, "flops_budget", None) is not None:  # λ's last entry: the FLOPs constraint's
+        summary["lambda_flops"] = float(system.lam[-1].detach())
     summary["needle_kept"] = m.get("test/needle_kept_hard")
     summary["budget_gap"] = budget_gaps(system)
     if system.method == Method.gate and trainer.world_size == 1:
@@ -327,6 +331,8 @@ def format_summary(s: dict) -> str:
     close training came to its budget, with one warning line per layer whose |ĝ − ρ| exceeds
     :data:`BUDGET_TOLERANCE`."""
     budget = f"rho = {s['ratio']}" if s["ratio"] is not None else f"M = {s['tokens']}"
+    if s.get("flops") is not None:
+        budget = f"FLOPs <= {s['flops']} of dense"
     label = s["metric_label"]
 
     def kept(rate: float | None) -> str:
@@ -351,8 +357,12 @@ def format_summary(s: dict) -> str:
     ]
     for layer, kept_fraction in s["kept"].items():
         details.append((f"achieved retention, layer {layer}", f"{kept_fraction:.4f}"))
+    if s.get("flops_fraction") is not None:
+        details.append(("achieved FLOPs fraction (hard path, mean)", f"{s['flops_fraction']:.4f}"))
     for layer, lam in s["lambda"].items():
         details.append((f"final lambda, layer {layer}", f"{lam:.4f}"))
+    if s.get("lambda_flops") is not None:
+        details.append(("final lambda, FLOPs", f"{s['lambda_flops']:.4f}"))
     gaps = s.get("budget_gap") or {}
     for layer, gap in gaps.items():
         details.append((f"end of training |g-hat - rho|, layer {layer}", f"{abs(gap):.4f}"))

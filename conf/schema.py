@@ -112,6 +112,7 @@ class Ablation(Choice):
     fixed_lambda = "fixed_lambda"
     threshold_inference = "threshold_inference"
     no_context = "no_context"
+    ranking_distill = "ranking_distill"
 
 
 ABLATIONS = tuple(a.value for a in Ablation)
@@ -185,6 +186,17 @@ class BudgetConfig:
     constraint: Constraint = Constraint.inequality
     # λ's initial value (with optim.dual_lr=0: the fixed-λ penalty ablation)
     init_lambda: float = field(default=0.0, metadata=at_least(0))
+    # a compute budget: the retained forward's FLOPs at most this fraction of the dense forward's
+    # (retention/flops.py); budget.ratio and budget.schedule then give the per-gate ratios' shape only
+    flops: Optional[float] = field(default=None, metadata=within(0.0, 1.0, lo_open=True))
+
+
+@dataclass
+class DistillConfig:
+    # ranking distillation (ToP, Li et al., KDD 2023): every gate's log α learns the dense forward's
+    # final-layer token ranking (attention received), a listwise KL added to the loss on gated steps
+    ranking: bool = False
+    weight: float = field(default=1.0, metadata=at_least(0))
 
 
 @dataclass
@@ -242,6 +254,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     # typed by the selected module's schema (conf.data_schema.DATA_SCHEMAS[data.name]) when composed
     data: DataConfig = field(default_factory=lambda: NeedleDataConfig(name="needle"))
@@ -267,6 +280,7 @@ def validate(cfg: DictConfig, num_backbone_layers: int | None = None) -> None:
         if value is not None and not check.ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; allowed: {check.allowed}")
     schema(**OmegaConf.to_container(cfg.data, resolve=True))  # its __post_init__: the data checks across keys
+    _check_flops_and_distill(cfg, num_backbone_layers)
     if (cfg.budget.ratio is None) == (cfg.budget.tokens is None):
         raise ConfigError(
             f"budget.ratio={cfg.budget.ratio!r} and budget.tokens={cfg.budget.tokens!r}: set exactly one (the other to null)"
@@ -284,3 +298,31 @@ def validate(cfg: DictConfig, num_backbone_layers: int | None = None) -> None:
                 )
     if len(set(cfg.gate.layers)) != len(cfg.gate.layers):
         raise ConfigError(f"gate.layers={list(cfg.gate.layers)} has duplicates; allowed: distinct layer indices")
+
+
+def _check_flops_and_distill(cfg: DictConfig, num_backbone_layers: int | None) -> None:
+    """The cross-field checks of ``budget.flops`` and ``distill.ranking``: a FLOPs budget scales the
+    ratio schedule (so it needs ``budget.ratio``, not ``budget.tokens``), needs exact top-M inference
+    and gates (not a sparse comparator), and must exceed the share of the dense layers before the
+    first gate, which no selection saves; ranking distillation trains our gates (``method=gate``)."""
+    b, m = cfg.budget, cfg.method
+    if b.flops is not None:
+        if b.tokens is not None:
+            raise ConfigError(f"budget.flops={b.flops} with budget.tokens={b.tokens}: a FLOPs budget scales the ratio "
+                              f"schedule; allowed: budget.tokens=null with budget.ratio (the schedule's shape)")
+        if b.ratio is None:
+            raise ConfigError(f"budget.flops={b.flops} needs budget.ratio (the shape of the per-gate ratios it scales); "
+                              f"allowed: a ratio in (0, 1], e.g. budget.ratio=0.3")
+        if str(b.inference) == "threshold":
+            raise ConfigError(f"budget.flops={b.flops} with budget.inference=threshold: the threshold rule keeps no exact "
+                              f"budget; allowed: budget.inference=top_m")
+        if Method(str(m)).is_sparse:
+            raise ConfigError(f"budget.flops={b.flops} with method={m}: a sparse comparator keeps every token; "
+                              f"allowed: budget.flops=null")
+        if num_backbone_layers is not None and b.flops <= min(cfg.gate.layers) / num_backbone_layers:
+            first = min(cfg.gate.layers)
+            raise ConfigError(f"budget.flops={b.flops} is out of reach: layers 0..{first - 1} run before the first gate, "
+                              f"{first}/{num_backbone_layers} of the dense forward; allowed: budget.flops > "
+                              f"{first / num_backbone_layers:.3f}, or a gate at an earlier layer (gate.layers)")
+    if cfg.distill.ranking and str(m) != "gate":
+        raise ConfigError(f"distill.ranking=true with method={m}: ranking distillation trains our gates; allowed: method=gate")

@@ -51,14 +51,17 @@ def task_of(dm) -> str:
 
 def optimisation(cfg) -> Optimisation:
     """The :class:`Optimisation` settings of ``cfg`` (``optim.*``; ``budget.dense_fraction``,
-    ``budget.warmup_fraction``, ``budget.dense_steps``, ``budget.warmup_steps`` and ``budget.init_lambda``)."""
+    ``budget.warmup_fraction``, ``budget.dense_steps``, ``budget.warmup_steps`` and ``budget.init_lambda``;
+    ``distill.*``, absent from the config.yaml of runs older than it: no distillation)."""
     o, b = cfg.optim, cfg.budget
+    distill = cfg.get("distill") or {}
     return Optimisation(
         lr=o.lr, gate_lr=o.gate_lr, dual_lr=o.dual_lr, weight_decay=o.weight_decay,
         betas=(float(o.betas[0]), float(o.betas[1])), scheduler=str(o.scheduler), warmup_steps=o.warmup_steps,
         dense_steps=b.dense_steps, budget_warmup_steps=b.warmup_steps, init_lambda=float(b.init_lambda),
         dense_fraction=float(b.dense_fraction), warmup_fraction=float(b.warmup_fraction),
         constraint=str(b.constraint),
+        distill_ranking=bool(distill.get("ranking", False)), distill_weight=float(distill.get("weight", 1.0)),
     )
 
 
@@ -103,7 +106,8 @@ def build_encoder(cfg, dm, backbone: nn.Module | None = None) -> nn.Module:
     encoder = RetentionEncoder(
         backbone,
         gate_layers=layers,
-        budget=Budget(ratio=b.ratio, tokens=b.tokens, schedule=str(b.schedule), num_layers=len(layers)),
+        budget=Budget(ratio=b.ratio, tokens=b.tokens, schedule=str(b.schedule), num_layers=len(layers),
+                      flops=b.get("flops")),  # absent from older runs' config.yaml
         relaxation=make_relaxation(str(g.relaxation), beta=g.beta, gamma=g.gamma, zeta=g.zeta),
         protected_token_ids=protected if g.protect_special_tokens else (),
         scorer_hidden=g.hidden or None,

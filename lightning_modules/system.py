@@ -19,6 +19,13 @@ pretrained backbone with its dropout off.
 A system receives its modules built (:func:`lightning_modules.build_system` builds them from a
 config): the encoder (a :class:`retention.RetentionEncoder`, LTP's scorers installed in one, or a
 sparse-attention comparator) and the :class:`Optimisation` settings.
+
+Under a FLOPs budget (``budget.flops``) λ has one more entry, the FLOPs constraint's
+(:meth:`RetentionSystem.constraint_sides`); with ``distill.ranking`` a gated step adds ToP's ranking
+distillation (:meth:`RetentionSystem.ranking_distillation`).
+
+(About 460 lines, over the usual 400: the Lagrangian's sides, its steps and its logging share the
+system's λ and phases; the equations themselves live in ``retention``.)
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from conf.checks import ConfigError
 from datamodules.loaders import DATASET_INDEX
 from retention.baselines import selector_for
 from retention.budget import annealed_targets, global_batch_mean, lagrangian_term, phase_steps
+from retention.distill import ranking_distillation_loss, teacher_importance
 from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
 
@@ -67,7 +75,9 @@ class Optimisation:
       densely (no Lagrangian term);
     * then over ``warmup_fraction`` of them (or ``budget_warmup_steps``) the target anneals from 1
       to ρ (:func:`retention.budget.annealed_targets`, :func:`retention.budget.phase_steps`);
-    * ``init_lambda``: λ's initial value; ``constraint``: :meth:`RetentionSystem.optimizer_step`.
+    * ``init_lambda``: λ's initial value; ``constraint``: :meth:`RetentionSystem.optimizer_step`;
+    * ``distill_ranking``, ``distill_weight``: ranking distillation on gated steps
+      (:meth:`RetentionSystem.ranking_distillation`).
     """
 
     lr: float
@@ -83,6 +93,8 @@ class Optimisation:
     dense_fraction: float = 0.0
     warmup_fraction: float = 0.0
     constraint: str = "inequality"
+    distill_ranking: bool = False
+    distill_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -159,12 +171,17 @@ class RetentionSystem(HostPlans, L.LightningModule):
         self.selector = selector_for(self.method.selection)
         self._applied_selector: contextlib.ExitStack | None = None
         self.encoder = encoder
-        self.lam = nn.Parameter(torch.full((self.encoder.num_gates,), float(optim.init_lambda)))
+        # FLOPs budget (budget.flops = F): one more constraint, expected FLOPs fraction ≤ F, with its own
+        # multiplier, the last entry of λ (:meth:`constraint_sides`)
+        self.flops_budget: float | None = getattr(getattr(encoder, "budget", None), "flops", None)
+        n_constraints = self.encoder.num_gates + (self.flops_budget is not None)
+        self.lam = nn.Parameter(torch.full((n_constraints,), float(optim.init_lambda)))
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
             self.eval_paths = ("hard",)
         self.optim = optim
         # val/test means of per-example values, gathered over DDP ranks (:meth:`log_example_mean`)
         names = ["loss_soft", *(f"{p}kept_fraction_l{layer}" for p in ("", "soft_") for layer in self.encoder.gate_layers)]
+        names += ["flops_fraction", "soft_flops_fraction"] if self.flops_budget is not None else []
         self.example_means = nn.ModuleDict({f"{stage}_{name}": ExampleMean() for stage in ("val", "test") for name in names})
         self._phases: tuple[int, int] | None = None  # (dense, warm-up) steps, resolved when a fit starts
         # ĝ_ℓ of the latest gated training step (the summary's |ĝ − ρ|); None before the budget phase
@@ -226,12 +243,44 @@ class RetentionSystem(HostPlans, L.LightningModule):
         self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
         if not gating:
             return task + self.unused_in_graph()
-        lag, targets, expected = self.constraint_loss(out.expected_retention, out.targets, out.kept_fractions.shape[1])
+        lag, targets, expected = self.constraint_loss(*self.constraint_sides(out), out.kept_fractions.shape[1])
         self.last_expected_retention, self.last_budget_targets = expected.detach(), out.targets.detach()
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
         self.log_retention("train", out, on_step=True, targets=targets, expected=expected)
-        self.log("train/exp_ret", expected.mean().detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        return task + lag
+        self.log("train/exp_ret", expected[: self.encoder.num_gates].mean().detach(), prog_bar=True, on_step=True,
+                 on_epoch=False, logger=False)
+        return task + lag + self.ranking_distillation(batch, out)
+
+    def constraint_sides(self, out) -> tuple[torch.Tensor, torch.Tensor]:
+        """The constraints' two sides of a training step, this process's batch means: (ĝ_ℓ, ρ_ℓ) per
+        gated layer and, under a FLOPs budget, one more pair (expected FLOPs fraction, F), the mean
+        over sequences of forward(ĝ_ℓ·T_valid) / dense (:mod:`retention.flops`). The per-layer
+        constraints stay beside the FLOPs one: their targets ρ_ℓ are the M_ℓ / T_valid that
+        evaluation keeps, so every gate trains for the cut it makes at inference (the FLOPs
+        constraint alone would let the gates meet F with any split across layers, e.g. all at the
+        first gate, and inference's schedule would then cut where the gates never learned to). With
+        every ĝ_ℓ ≤ ρ_ℓ the FLOPs constraint holds too (forward is increasing in each length), so
+        under the inequality its λ then falls to 0; while a layer is over, it adds a push weighted
+        by each layer's share of the FLOPs."""
+        expected, targets = out.expected_retention, out.targets
+        if self.flops_budget is None:
+            return expected, targets
+        flops = out.expected_flops.mean().to(expected.dtype).unsqueeze(0)
+        return torch.cat([expected, flops]), torch.cat([targets.to(expected.dtype), flops.new_full((1,), self.flops_budget)])
+
+    def ranking_distillation(self, batch: dict, out) -> torch.Tensor | float:
+        """``distill_weight`` · L_rank (ToP's ranking distillation, :mod:`retention.distill`): every
+        gate's log α against the final-layer attention received of a dense, no-grad forward of the
+        same weights; 0 when ``distill_ranking`` is off."""
+        if not self.optim.distill_ranking:
+            return 0.0
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        protected = batch.get("protected")
+        protected = self.encoder.protected_mask(ids) if protected is None else protected.bool()
+        teacher = teacher_importance(self.encoder.backbone, ids, mask)
+        loss = ranking_distillation_loss(out.log_alpha, teacher, mask.bool() & ~protected)
+        self.log("train/ranking_kl", loss.detach(), on_step=True, on_epoch=True)
+        return self.optim.distill_weight * loss
 
     def _evaluate(self, stage: str, batch) -> None:
         """Metrics of one val/test batch on the soft, hard and dense paths; each task defines it."""
@@ -352,6 +401,14 @@ class RetentionSystem(HostPlans, L.LightningModule):
             else:
                 prefix = "" if path == "hard" else f"{path}_"
                 self.log_example_mean(stage, f"{prefix}kept_fraction_l{layer}", batch, out.kept_fractions[k])
+        if self.flops_budget is not None:  # the FLOPs constraint: expected vs F (train), achieved per example
+            if stage == "train":
+                self.log("train/expected_flops", expected[-1].detach(), on_step=True, on_epoch=True)
+                self.log("train/target_flops", targets[-1], on_step=True, on_epoch=False)
+                self.log("train/lambda_flops", self.lam[-1].detach(), on_step=True, on_epoch=False)
+            elif out.flops_fractions is not None:  # (`retention evaluate` may swap in a ratio budget)
+                prefix = "" if path == "hard" else f"{path}_"
+                self.log_example_mean(stage, f"{prefix}flops_fraction", batch, out.flops_fractions)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:

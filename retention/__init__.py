@@ -9,6 +9,8 @@ torch); import from the modules. Where each equation of the method lives:
 * scorer s_t = vᵀ tanh(W h_t + U c_t) + b and its contexts (Eq. 3, the running average) — :mod:`retention.gate`
 * M = ⌈ρ·T_valid⌉, expected retention ĝ, Lagrangian Σ λ(ĝ − ρ), schedules — :mod:`retention.budget`
 * exact top-M selection, gather / scatter (drop-and-restore) — :mod:`retention.selection`
+* FLOPs of a layer, a gate and the retained forward; the integer M_ℓ of a FLOPs budget — :mod:`retention.flops`
+* ranking distillation (ToP): the teacher's attention received, the listwise KL — :mod:`retention.distill`
 * soft gating and physical removal on a stock HF encoder — :mod:`retention.encoder`
 * the run's ``Method`` (gate, heuristic selectors, LTP, sparse comparators) — :mod:`retention.methods`
 * heuristic selectors and LTP behind the same budget — :mod:`retention.baselines`

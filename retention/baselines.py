@@ -37,10 +37,17 @@ from .encoder import transformer_layers
 from .methods import Method
 
 __all__ = ["Selector", "TrainedScorer", "RandomSelector", "FirstSelector", "L2NormSelector", "AttentionReceivedSelector",
-           "SELECTORS", "selector_for", "AttentionFeed", "feed_attention", "LTPScorer", "install_ltp"]
+           "SELECTORS", "selector_for", "AttentionFeed", "attention_received", "eager_attention", "feed_attention", "LTPScorer", "install_ltp"]
 
 
 # ---------------------------------------------------------------------------- attention received
+def attention_received(received: torch.Tensor, query_weight: torch.Tensor, layers: int = 1) -> torch.Tensor:
+    """s_t = 1/(L·N) Σ_{q valid} R[q → t], R (B, T_q, T_k) the attention probabilities summed over L
+    layers and averaged over heads, N the valid queries (``query_weight`` > 0): (B, T_k)."""
+    q = (query_weight > 0).to(received.dtype)
+    return torch.einsum("bqk,bq->bk", received, q) / (q.sum(1, keepdim=True).clamp_min(1) * layers)
+
+
 class AttentionFeed:
     """Attention received, accumulated by forward hooks (:func:`feed_attention`) over the layers run
     since the previous gate and consumed by the next one (PoWER-BERT's significance score, LTP's
@@ -73,8 +80,7 @@ class AttentionFeed:
             raise RuntimeError("no attention probabilities reached this gate (feed_attention was not installed)")
         if self.received.shape[-1] != h.shape[1]:
             raise RuntimeError(f"attention scores for {self.received.shape[-1]} tokens, hidden states {tuple(h.shape[:2])}")
-        q = (weight > 0).to(self.received.dtype)
-        scores = torch.einsum("bqk,bq->bk", self.received, q) / (q.sum(1, keepdim=True).clamp_min(1) * self.layers)
+        scores = attention_received(self.received, weight, self.layers)
         self.reset()
         return scores
 
@@ -125,7 +131,7 @@ def feed_attention(encoder, feed: AttentionFeed) -> list:
 
 
 @contextlib.contextmanager
-def _eager_attention(backbone: nn.Module) -> Iterator[None]:
+def eager_attention(backbone: nn.Module) -> Iterator[None]:
     """Within the block the backbone runs eager attention (it returns probabilities); restored after."""
     before = getattr(backbone.config, "_attn_implementation", None)
     if before != "eager":
@@ -212,7 +218,7 @@ class AttentionReceivedSelector(Selector):
     feed: AttentionFeed = field(default_factory=AttentionFeed, init=False, repr=False, compare=False)
 
     def attach(self, encoder, stack: contextlib.ExitStack) -> None:
-        stack.enter_context(_eager_attention(encoder.backbone))
+        stack.enter_context(eager_attention(encoder.backbone))
         for handle in feed_attention(encoder, self.feed):
             stack.callback(handle.remove)
 

@@ -1,6 +1,6 @@
 """Speed and memory of the retained path against the full model (the measurement core of ``retention bench``).
 
-(About 450 lines, over the usual 400: timing, gate overhead, training steps and the memory probe
+(About 490 lines, over the usual 400: timing, gate overhead, training steps and the memory probe
 share :class:`BenchSpec` and the driver; the records and the plot are already in ``bench_records``.)
 
 For every (sequence length T, batch size B) the same wrapped encoder runs
@@ -24,6 +24,11 @@ The timed retained forward gets its :meth:`RetentionEncoder.host_plan`, built in
 shape and budget before the timing (:class:`retention.graphs.GraphedRetention`); ``sync_debug``
 (``warn``/``error``): ``torch.cuda.set_sync_debug_mode`` around every timed forward, so a host sync
 left in it warns or fails.
+
+Budgets (:func:`bench_budgets`): every ``ratios`` ρ and every ``flops`` F (the ``schedule``'s shape at
+``shape_ratio``, scaled to F of the dense FLOPs, :mod:`retention.flops`), gates at ``gate_layers``:
+``--gate-layers 0 2 4 --schedule linear`` measures a progressive setting, ``--flops 0.25`` a compute
+budget. Every record carries its analytic FLOPs fraction (``flops_fraction``) beside the timings.
 """
 
 from __future__ import annotations
@@ -46,12 +51,13 @@ from torch import nn
 
 from .backbones import MINILM, RANDOM_INIT, backbone_config, build_backbone, position_offset
 from .bench_records import environment, memory_fields, timing_fields
-from .budget import Budget, keep_counts
+from .budget import SCHEDULES, Budget, keep_counts
 from .encoder import RetentionEncoder, transformer_layers
 from .fastpath import compile_layers
 from .graphs import GraphedRetention
+from .flops import flops_fraction
 
-__all__ = ["BenchSpec", "validate_spec", "run_bench", "interleaved_times", "build_encoder", "make_inputs",
+__all__ = ["BenchSpec", "bench_budgets", "validate_spec", "run_bench", "interleaved_times", "build_encoder", "make_inputs",
            "extend_position_embeddings", "kept_per_layer", "gate_overhead", "train_steps", "measure_memory"]
 
 _PAD_ID_OFFSET = 5  # random input ids start here, clear of pad/special ids
@@ -67,6 +73,9 @@ class BenchSpec:
     batch_sizes: tuple[int, ...] = (8,)
     ratios: tuple[float, ...] = (0.3, 0.5)
     gate_layers: tuple[int, ...] = (1,)
+    schedule: str = "constant"  # the per-gate ratios across gate_layers (retention.budget.SCHEDULES)
+    flops: tuple[float, ...] = ()  # FLOPs budgets F, the schedule's shape at shape_ratio scaled to F
+    shape_ratio: float = 0.3
     reps: int = 10
     warmup: int = 2
     threads: int = field(default_factory=torch.get_num_threads)
@@ -96,8 +105,14 @@ def validate_spec(spec: BenchSpec) -> None:
             raise ValueError(f"{name} must be positive integers, got {list(values)}")
     if min(spec.lengths) < 4:
         raise ValueError(f"lengths must be at least 4 tokens (two protected ones plus kept ones), got {list(spec.lengths)}")
-    if not spec.ratios or any(not 0.0 < float(r) <= 1.0 for r in spec.ratios):
-        raise ValueError(f"ratios must lie in (0, 1], got {list(spec.ratios)}")
+    if not spec.ratios and not spec.flops:
+        raise ValueError("give at least one budget: ratios or flops")
+    for name in ("ratios", "flops"):
+        if any(not 0.0 < float(r) <= 1.0 for r in getattr(spec, name)):
+            raise ValueError(f"{name} must lie in (0, 1], got {list(getattr(spec, name))}")
+    if not 0.0 < spec.shape_ratio <= 1.0 or spec.schedule not in SCHEDULES:
+        raise ValueError(f"shape_ratio must lie in (0, 1] and schedule be one of {', '.join(SCHEDULES)}, "
+                         f"got {spec.shape_ratio}, {spec.schedule!r}")
     for name in ("reps", "threads", "train_reps"):
         if int(getattr(spec, name)) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(spec, name)}")
@@ -124,6 +139,19 @@ def validate_spec(spec: BenchSpec) -> None:
     bad = [g for g in spec.gate_layers if not 0 <= g < n_layers]
     if not spec.gate_layers or bad:
         raise ValueError(f"gate layers {list(spec.gate_layers)} out of range; the backbone has layers 0..{n_layers - 1}")
+    dense_share = min(spec.gate_layers) / n_layers
+    if spec.flops and min(spec.flops) <= dense_share:
+        raise ValueError(f"flops {list(spec.flops)}: layers before the first gate ({min(spec.gate_layers)}) already cost "
+                         f"{dense_share:.3f} of the dense forward; give flops above it or a gate at an earlier layer")
+
+
+def bench_budgets(spec: BenchSpec) -> dict[str, Budget]:
+    """Label → budget of every retained phase: ``rho<ρ>`` per ratio, ``flops<F>`` per FLOPs budget."""
+    k = len(spec.gate_layers)
+    out = {f"rho{r}": Budget(ratio=r, schedule=spec.schedule, num_layers=k) for r in spec.ratios}
+    out.update({f"flops{f}": Budget(ratio=spec.shape_ratio, schedule=spec.schedule, num_layers=k, flops=f)
+                for f in spec.flops})
+    return out
 
 
 def _random_kwargs(spec: BenchSpec, max_len: int) -> dict:
@@ -156,14 +184,15 @@ def extend_position_embeddings(model: nn.Module, n: int) -> bool:
     return True
 
 
-def build_encoder(spec: BenchSpec, ratio: float) -> tuple[RetentionEncoder, bool]:
+def build_encoder(spec: BenchSpec, ratio: float | Budget) -> tuple[RetentionEncoder, bool]:
     """The wrapped backbone (eval mode, on ``spec.device``) and whether its positions were extended."""
     torch.manual_seed(spec.seed)
     max_len = max(spec.lengths)
     backbone = build_backbone(spec.backbone, **_random_kwargs(spec, max_len))
     extended = spec.backbone != RANDOM_INIT and extend_position_embeddings(backbone, max_len)
     k = len(spec.gate_layers)
-    enc = RetentionEncoder(backbone, spec.gate_layers, Budget(ratio=ratio, num_layers=k))
+    budget = ratio if isinstance(ratio, Budget) else Budget(ratio=ratio, schedule=spec.schedule, num_layers=k)
+    enc = RetentionEncoder(backbone, spec.gate_layers, budget)
     if spec.compile:
         compile_layers(transformer_layers(backbone))
     return enc.to(spec.device).eval(), extended
@@ -324,12 +353,13 @@ def _status_kib(key: str) -> int:
 
 def _probe(spec: BenchSpec, length: int, batch: int) -> dict[str, dict[str, int]]:
     """Peak memory of one forward per phase (``full`` and every ratio), each after its own warm-up and reset."""
-    enc, _ = build_encoder(spec, spec.ratios[0])
+    budgets = bench_budgets(spec)
+    enc, _ = build_encoder(spec, Budget(ratio=1.0, num_layers=len(spec.gate_layers)))
     ids, prot = make_inputs(spec, enc.backbone.config.vocab_size, length, batch)
     out = {}
-    for ratio in (None, *spec.ratios):
-        enc.budget = Budget(ratio=ratio or 1.0, num_layers=len(spec.gate_layers))
-        mode = "dense" if ratio is None else "hard"
+    for label in (None, *budgets):
+        enc.budget = Budget(ratio=1.0, num_layers=len(spec.gate_layers)) if label is None else budgets[label]
+        mode = "dense" if label is None else "hard"
 
         def forward() -> None:
             with torch.inference_mode(), _autocast(spec):
@@ -349,7 +379,7 @@ def _probe(spec: BenchSpec, length: int, batch: int) -> dict[str, dict[str, int]
                 f.write("5")  # resets VmHWM to the current RSS
             forward()
             peak = _status_kib("VmHWM") * 1024
-        out["full" if ratio is None else str(ratio)] = {
+        out["full" if label is None else label] = {
             "peak_bytes": int(peak), "resident_bytes": int(before), "activation_bytes": int(peak - before)}
     return out
 
@@ -382,22 +412,22 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, 
     validate_spec(spec)
     torch.set_num_threads(spec.threads)
     env = environment(spec, _dtype_name(spec))
-    enc, extended = build_encoder(spec, spec.ratios[0])
+    budgets = bench_budgets(spec)
+    dense_budget = Budget(ratio=1.0, num_layers=len(spec.gate_layers))  # the full path computes no counts
+    enc, extended = build_encoder(spec, dense_budget)
     env["positions_extended"] = extended
     env["parameters"] = sum(p.numel() for p in enc.backbone.parameters())
     env["gate_parameters"] = sum(p.numel() for p in enc.gates.parameters())
-    k = len(spec.gate_layers)
     vocab = enc.backbone.config.vocab_size
     records = []
     for length in spec.lengths:
         for batch in spec.batch_sizes:
             ids, prot = make_inputs(spec, vocab, length, batch)
-            budgets = {r: Budget(ratio=r, num_layers=k) for r in spec.ratios}
-            # with --cuda-graphs each forward is a graph replay (one graph per path, shape and budget)
+                        # with --cuda-graphs each forward is a graph replay (one graph per path, shape and budget)
             hard, dense = (GraphedRetention(enc, mode, warmup=max(1, spec.warmup)) if spec.cuda_graphs
                            else functools.partial(enc, mode=mode) for mode in ("hard", "dense"))
 
-            def retained(r: float) -> Callable[[], None]:
+            def retained(r: str) -> Callable[[], None]:
                 def fn() -> None:
                     enc.budget = budgets[r]
                     plan = enc.host_plan([length] * batch, [2] * batch, padded_length=length)  # [CLS], [SEP]
@@ -407,45 +437,50 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> dict[str, 
                 return fn
 
             def full() -> None:
+                enc.budget = dense_budget
                 with torch.inference_mode(), _autocast(spec), _sync_debug(spec):
                     dense(ids, None)
                 _sync(spec)
 
-            fns = {"full": full, **{f"r{r}": retained(r) for r in spec.ratios}}
+            fns = {"full": full, **{label: retained(label) for label in budgets}}
             if spec.cuda_graphs:
                 log(f"T={length} B={batch}: capturing {len(fns)} CUDA graphs")
                 for fn in fns.values():
                     fn()  # warm-up and capture, outside the timing
-            log(f"T={length} B={batch}: timing full and retained {list(spec.ratios)} ({spec.reps} interleaved reps"
+            log(f"T={length} B={batch}: timing full and retained {list(budgets)} ({spec.reps} interleaved reps"
                 f"{', CUDA graph replays' if spec.cuda_graphs else ''})")
             times = interleaved_times(fns, spec.reps, spec.warmup, spec.threads)
             del hard, dense, fns  # the graphs' memory pools
             train = {"train_dense_step_s": None, "train_gated_step_s": None, "train_step_ratio": None}
             if length <= spec.train_max_length:
                 log(f"T={length} B={batch}: training step, dense vs gated (soft path)")
-                enc.budget = budgets[spec.ratios[0]]
+                enc.budget = next(iter(budgets.values()))
                 train = train_steps(enc, ids, prot, spec)
             if spec.memory:
                 log(f"T={length} B={batch}: peak memory per phase (fresh subprocess)")
                 mem = measure_memory(spec, length, batch)
-            for r in spec.ratios:
-                enc.budget = budgets[r]
+            for label, budget in budgets.items():
+                enc.budget = budget
                 layers_len = kept_per_layer(enc, ids, prot)
                 overhead, gate_s = gate_overhead(enc, ids, prot, spec)
+                gate_counts = torch.tensor([[layers_len[g]] for g in spec.gate_layers])
+                r = budget.ratio if budget.flops is None else None
                 rec: dict[str, object] = {
-                    "backbone": spec.backbone, "length": length, "batch": batch, "ratio": r,
-                    "gate_layers": list(spec.gate_layers),
-                    "kept_tokens": int(keep_counts(r, torch.tensor([length]), torch.tensor([2]))[0]),
+                    "backbone": spec.backbone, "length": length, "batch": batch, "ratio": r, "flops": budget.flops,
+                    "schedule": spec.schedule, "gate_layers": list(spec.gate_layers),
+                    "kept_tokens": (layers_len[-1] if r is None else
+                                    int(keep_counts(r, torch.tensor([length]), torch.tensor([2]))[0])),
                     "kept_per_layer": layers_len, "reps": spec.reps, "warmup": spec.warmup,
+                    "flops_fraction": float(flops_fraction(gate_counts, torch.tensor([length]), enc.flops_shape)[0]),
                 }
-                rec.update(timing_fields(batch, length, times["full"], times[f"r{r}"]))
+                rec.update(timing_fields(batch, length, times["full"], times[label]))
                 rec["gate_overhead"] = overhead
                 rec["gate_time_median_s"] = gate_s
-                rec.update(memory_fields(mem["full"], mem[str(r)]) if spec.memory else memory_fields(None, None))
+                rec.update(memory_fields(mem["full"], mem[label]) if spec.memory else memory_fields(None, None))
                 rec.update(train)
                 records.append(rec)
                 red = rec["activation_memory_reduction"]
-                log(f"  rho={r}: M={rec['kept_tokens']} speed-up {rec['speedup']:.2f}x, gate overhead "
+                log(f"  {label}: M={rec['kept_tokens']} FLOPs {rec['flops_fraction']:.3f} of dense, speed-up {rec['speedup']:.2f}x, gate overhead "
                     f"{100 * overhead:.2f} %" + ("" if not spec.memory else
                                                  ", activation memory below the RSS resolution" if red is None else
                                                  f", activation memory {-100 * red:+.0f} %"))

@@ -20,7 +20,7 @@ import transformers
 from matplotlib.figure import Figure
 
 __all__ = ["environment", "timing_fields", "memory_fields", "memory_reductions", "record_fields", "write_csv",
-           "plot_records"]
+           "plot_records", "budget_label"]
 
 
 def environment(spec, dtype: str) -> dict[str, object]:
@@ -94,7 +94,8 @@ def record_fields() -> list[str]:
     """The CSV columns, in order (every record has every one of these keys)."""
     lat = [f"{p}_latency_{s}" for p in ("full", "retained") for s in ("median_s", "iqr_s", "min_s", "max_s")]
     return [
-        "backbone", "length", "batch", "ratio", "gate_layers", "kept_tokens", "kept_per_layer", "reps", "warmup",
+        "backbone", "length", "batch", "ratio", "flops", "schedule", "gate_layers", "kept_tokens", "kept_per_layer",
+        "flops_fraction", "reps", "warmup",
         *lat, "full_seq_per_s", "full_tok_per_s", "retained_seq_per_s", "retained_tok_per_s", "speedup",
         "gate_overhead", "gate_time_median_s",
         "full_peak_bytes", "full_resident_bytes", "full_activation_bytes",
@@ -113,15 +114,20 @@ def write_csv(records: list[dict], path: str) -> None:
             w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in rec.items()})
 
 
+def budget_label(rec: dict) -> str:
+    """How a record's budget is named: ``rho = ρ``, or ``FLOPs = F`` for a FLOPs budget."""
+    return f"FLOPs = {rec['flops']}" if rec.get("flops") is not None else f"rho = {rec['ratio']}"
+
+
 def plot_records(records: list[dict], path: str, title: str = "") -> None:
     """Speed-up and activation-memory reduction against T, one line per budget (and batch size)."""
     fig = Figure(figsize=(10, 4))  # no pyplot: no backend or global figure state
     ax1, ax2 = fig.subplots(1, 2)
     batches = sorted({r["batch"] for r in records})
-    for ratio in sorted({r["ratio"] for r in records}):
+    for budget in sorted({budget_label(r) for r in records}):
         for batch in batches:
-            rows = sorted((r for r in records if r["ratio"] == ratio and r["batch"] == batch), key=lambda r: r["length"])
-            label = f"rho = {ratio}" + (f", B = {batch}" if len(batches) > 1 else "")
+            rows = sorted((r for r in records if budget_label(r) == budget and r["batch"] == batch), key=lambda r: r["length"])
+            label = budget + (f", B = {batch}" if len(batches) > 1 else "")
             xs = [r["length"] for r in rows]
             ax1.plot(xs, [r["speedup"] for r in rows], marker="o", label=label)
             measured = [r for r in rows if r.get("activation_memory_reduction") is not None]

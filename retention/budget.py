@@ -137,7 +137,10 @@ class Budget:
     """Target retention per gated layer.
 
     Either ``ratio`` ρ ∈ (0, 1] or an absolute token count ``tokens`` M (then each sequence's
-    target ratio is min(M, T_valid)/T_valid). ``schedule``:
+    target ratio is min(M, T_valid)/T_valid). ``flops`` F ∈ (0, 1] (with ``ratio``): the budget is
+    the retained forward's FLOPs, at most F times the dense forward's; the ratio schedule below then
+    only gives the *shape* of the per-gate ratios, scaled by one factor per sequence
+    (:func:`retention.flops.flops_keep_counts`). ``schedule``:
       * ``"constant"``: ρ_ℓ = ρ at every gated layer (all the dropping happens at the first gate);
       * ``"linear"``: ρ_ℓ decreases linearly over the K gated layers, ρ_k = 1 − (1 − ρ)·(k+1)/K,
         reaching ρ at the last one.
@@ -147,10 +150,14 @@ class Budget:
     tokens: int | None = None
     schedule: Literal["constant", "linear"] = "constant"
     num_layers: int = 1
+    flops: float | None = None
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.tokens is None):
             raise ValueError("give exactly one of budget ratio or budget tokens")
+        if self.flops is not None and not (self.ratio is not None and 0.0 < self.flops <= 1.0):
+            raise ValueError(f"a FLOPs budget must lie in (0, 1] and come with a ratio (its schedule's shape), "
+                             f"got flops={self.flops}, ratio={self.ratio}")
         if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"budget ratio must be in (0, 1], got {self.ratio}")
         if self.tokens is not None and self.tokens < 1:

@@ -40,7 +40,13 @@ from the host (:class:`retention.selection.HostPlan`), and the stock model gets 
 mask (from a 2-d mask it would ask ``padding_mask.all()``), so an accelerator's queue never drains
 mid-forward.
 
-(This file is about 460 lines, over the usual 400: the hooks, both gate paths, the host plan and the
+**FLOPs budget** (``budget.flops = F``, :mod:`retention.flops`): the hard path and soft evaluation
+keep the integer M_ℓ of :func:`retention.flops.flops_keep_counts` (the ratio schedule's shape
+scaled so the sequence's retained forward costs at most F times its dense forward), the per-gate
+targets ρ_ℓ are those M_ℓ / T_valid, and every path reports each sequence's FLOPs fraction
+(``flops_fractions``; the soft path also ``expected_flops``, from the expected kept lengths).
+
+(This file is about 500 lines, over the usual 400: the hooks, both gate paths, the host plan and the
 forward share ``_State``, and splitting them would pass that state across modules.)
 
 "Gate at layer ℓ" means the gate acts on the hidden states *entering* transformer layer ℓ
@@ -59,6 +65,7 @@ from torch import nn
 
 from .budget import Budget, expected_retention, keep_counts, retention_per_sequence, threshold_counts
 from .fastpath import SOFT_GATE_ATTENTION, use_soft_gate_attention
+from .flops import EncoderShape, encoder_shape, flops_fraction, flops_keep_counts, host_flops_counts
 from .gate import ContextScorer
 from .hard_concrete import HardConcrete, Relaxation
 from .selection import HostPlan, gather_tokens, host_plan, scatter_tokens, select_top_m
@@ -136,6 +143,11 @@ class RetentionOutput:
     restored_hidden_state: torch.Tensor | None = None
     gate_values: torch.Tensor | None = None  # soft path: cumulative z̃ (B, T) after the last gate
     kept_fractions: torch.Tensor | None = None
+    # FLOPs budgets only: each sequence's forward(M) / dense (B,) — hard: the kept counts; soft: the
+    # open gates' lengths; dense: 1 — and, soft path, the same from the expected lengths ĝ_ℓ·T_valid
+    # (differentiable: the left-hand side of the FLOPs constraint)
+    flops_fractions: torch.Tensor | None = None
+    expected_flops: torch.Tensor | None = None
 
 
 @dataclass
@@ -159,6 +171,8 @@ class _State:
     counts: list[torch.Tensor] = field(default_factory=list)
     restore_buffer: torch.Tensor | None = None  # hard: states entering the gates (B, T, d); soft: Σ_k (z̃_{k−1} − z̃_k)·h_{ℓ_k}
     plan: HostPlan | None = None  # host-side lengths: the retained widths, so nothing is read back
+    flops_counts: torch.Tensor | None = None  # FLOPs budget: M_ℓ per gate and sequence (K, B)
+    expected_seq: list[torch.Tensor] = field(default_factory=list)  # FLOPs budget, soft: per-sequence ĝ_ℓ (B,)
 
 
 class RetentionEncoder(nn.Module):
@@ -213,6 +227,14 @@ class RetentionEncoder(nn.Module):
         # (In transformers 5.x the attention mask is passed to every block separately, not folded into
         # the bias, so the soft path's key bias needs no T5-specific handling.)
         self._t5 = backbone.config.model_type == "t5"
+        if budget.flops is not None:
+            self.flops_shape  # a model type whose FLOPs are unknown fails here, not at the first forward
+
+    @property
+    def flops_shape(self) -> EncoderShape:
+        """The sizes of this encoder's FLOPs (:mod:`retention.flops`), the gates' scoring included."""
+        gate = self.gates[0]
+        return encoder_shape(self.backbone.config, self.gate_layers, gate.W.out_features, gate.context)
 
     @property
     def num_gates(self) -> int:
@@ -302,6 +324,8 @@ class RetentionEncoder(nn.Module):
             st.restore_buffer = share if st.restore_buffer is None else st.restore_buffer + share
         st.p_cum = p if st.p_cum is None else st.p_cum * p
         st.expected.append(expected_retention(st.p_cum, st.valid))
+        if st.flops_counts is not None:
+            st.expected_seq.append(retention_per_sequence(st.p_cum, st.valid))
         st.achieved.append(retention_per_sequence((st.z_cum > 0).float(), st.valid).detach())
         st.mask = self._additive_mask(st.valid, torch.log(st.z_cum + self.bias_eps), h.dtype)
         return h * st.z_cum.unsqueeze(-1).to(h.dtype)
@@ -311,6 +335,8 @@ class RetentionEncoder(nn.Module):
         more than the ``alive`` tokens that survived the earlier gates."""
         if self.inference == "threshold":  # ablation: no exact budget
             counts = threshold_counts(self.relaxation.prob_nonzero(log_alpha), alive, protected)
+        elif st.flops_counts is not None:
+            counts = st.flops_counts[k]
         else:
             counts = keep_counts(self.budget.layer_ratio(k, st.n_valid), st.n_valid, st.n_protected)
         return torch.minimum(counts, alive.sum(1))
@@ -360,7 +386,18 @@ class RetentionEncoder(nn.Module):
         if lengths.device.type != "cpu" or n_prot.device.type != "cpu" or lengths.dim() != 1 or n_prot.shape != lengths.shape:
             raise ValueError("lengths and protected_counts must be host-side, one count per sequence")
         t = int(lengths.max()) if padded_length is None else padded_length
-        return host_plan(self.budget, lengths, n_prot, t, threshold=self.inference == "threshold")
+        flops = self.budget.flops is not None and self.inference != "threshold"
+        counts = host_flops_counts(self.budget, self.flops_shape, lengths, n_prot) if flops else None
+        return host_plan(self.budget, lengths, n_prot, t, threshold=self.inference == "threshold", counts=counts)
+
+    def _flops_counts(self, n_valid: torch.Tensor, n_protected: torch.Tensor, t: int) -> torch.Tensor | None:
+        """Under a FLOPs budget (and top-M inference), M_ℓ per gate and sequence (K, B); else None. On
+        the CPU from the memoised per-sequence counts; on an accelerator computed there (no read-back)."""
+        if self.budget.flops is None or self.inference == "threshold":
+            return None
+        if n_valid.device.type == "cpu":
+            return host_flops_counts(self.budget, self.flops_shape, n_valid, n_protected)
+        return flops_keep_counts(self.budget, self.flops_shape, n_valid, n_protected, max_length=t)
 
     def batch_plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    protected: torch.Tensor | None = None) -> HostPlan:
@@ -412,9 +449,17 @@ class RetentionEncoder(nn.Module):
         device = input_ids.device
         valid = torch.ones(b, t, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
         n_valid = valid.sum(1)
-        targets = self.budget.targets(n_valid).to(device)
         prot = self.protected_mask(input_ids) if protected is None else protected.bool()
         prot = prot & valid
+        if mode == "auto":
+            mode = "soft" if self.training else "hard"
+        flops_counts = None
+        if plan is not None and plan.counts is not None:
+            flops_counts = plan.counts.to(device, non_blocking=True)  # from the host: nothing read back
+        elif self.budget.flops is not None:
+            flops_counts = self._flops_counts(n_valid, prot.sum(1), t)
+        targets = (self.budget.targets(n_valid) if flops_counts is None
+                   else (flops_counts.double() / n_valid.clamp_min(1)).mean(1).float()).to(device)
         if plan is not None:
             attention_mask = self._check_plan(plan, valid, prot)
         if mode == "dense":
@@ -422,9 +467,8 @@ class RetentionEncoder(nn.Module):
             full = torch.ones(self.num_gates, b, device=device)
             positions = torch.arange(t, device=device).expand(b, t)
             return RetentionOutput(out.last_hidden_state, positions, valid, achieved_retention=full[:, 0], targets=targets,
-                                   expected_retention=full[:, 0], kept_fractions=full)
-        if mode == "auto":
-            mode = "soft" if self.training else "hard"
+                                   expected_retention=full[:, 0], kept_fractions=full,
+                                   flops_fractions=None if flops_counts is None else full[0].double())
         if mode not in ("soft", "hard"):
             raise ValueError(f"mode must be one of auto, soft, hard, dense; got {mode!r}")
         state = _State(
@@ -437,6 +481,7 @@ class RetentionEncoder(nn.Module):
             positions=torch.arange(t, device=device).expand(b, t),
             n_valid=n_valid,
             n_protected=prot.sum(1),
+            flops_counts=flops_counts,
         )
         with self._hooked(state):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
@@ -446,16 +491,26 @@ class RetentionEncoder(nn.Module):
             restored = scatter_tokens(state.restore_buffer, state.positions, hidden, state.valid)
         elif state.restore:
             restored = state.restore_buffer + hidden * state.z_cum.unsqueeze(-1).to(hidden.dtype)
+        kept = torch.stack(state.achieved)
+        achieved_flops = expected_flops = None
+        if flops_counts is not None:
+            shape = self.flops_shape
+            lengths = torch.stack(state.counts) if state.hard else (kept.double() * n_valid).round()
+            achieved_flops = flops_fraction(lengths, n_valid, shape)
+            if state.expected_seq:
+                expected_flops = flops_fraction(torch.stack(state.expected_seq) * n_valid, n_valid, shape)
         return RetentionOutput(
             last_hidden_state=hidden,
             positions=state.positions,
             valid=state.valid,
-            achieved_retention=torch.stack(state.achieved).mean(1),
-            kept_fractions=torch.stack(state.achieved),
+            achieved_retention=kept.mean(1),
+            kept_fractions=kept,
             targets=targets,
             expected_retention=torch.stack(state.expected) if state.expected else None,
             log_alpha=state.log_alpha,
             retained_counts=state.counts,
             restored_hidden_state=restored,
             gate_values=state.z_cum,
+            flops_fractions=achieved_flops,
+            expected_flops=expected_flops,
         )

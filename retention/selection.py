@@ -42,7 +42,9 @@ class HostPlan:
     ``full_input``: no padding in the input, the same for the layers before the first gate.
     The inputs are kept so the forward can check the plan is for its batch and budget:
     ``budget``, ``threshold``, the padded length ``t`` and the CPU tensors ``lengths`` and
-    ``n_protected`` (B,) (T_valid and n_protected of each sequence).
+    ``n_protected`` (B,) (T_valid and n_protected of each sequence). ``counts`` (K, B): the kept
+    counts M_k themselves when the host chose them (a FLOPs budget, :mod:`retention.flops`), so the
+    device does not work them out again; None: the device computes them from the budget.
     """
 
     widths: tuple[int, ...]
@@ -53,24 +55,29 @@ class HostPlan:
     t: int
     lengths: torch.Tensor
     n_protected: torch.Tensor
+    counts: torch.Tensor | None = None
 
 
-def host_plan(budget: Budget, lengths: torch.Tensor, n_protected: torch.Tensor, t: int, threshold: bool = False) -> HostPlan:
+def host_plan(budget: Budget, lengths: torch.Tensor, n_protected: torch.Tensor, t: int, threshold: bool = False,
+              counts: torch.Tensor | None = None) -> HostPlan:
     """A :class:`HostPlan` from host-side (CPU) valid lengths and protected counts (B,) of a batch
     padded to ``t``. Each gate's counts M_k = min(clamp(⌈ρ_k·T_valid⌉, n_protected, T_valid), M_{k−1})
     come from the same :func:`keep_counts` (float64 on both sides, so the same integers) as the
     device's. ``threshold`` (the ablation, whose counts depend on the scores): every width stays
-    ``t``, an upper bound of the counts, and no gate is ``full``."""
+    ``t``, an upper bound of the counts, and no gate is ``full``. ``counts`` (K, B), when given: the
+    counts M_k already chosen on the host (cumulative, e.g. :func:`retention.flops.flops_keep_counts`),
+    used instead of the ratio schedule's."""
     widths, full, alive = [], [], lengths
     for k in range(budget.num_layers):
         if threshold or not lengths.numel():
             widths.append(t)
             full.append(False)
             continue
-        alive = torch.minimum(keep_counts(budget.layer_ratio(k, lengths), lengths, n_protected), alive)
+        chosen = keep_counts(budget.layer_ratio(k, lengths), lengths, n_protected) if counts is None else counts[k]
+        alive = torch.minimum(chosen, alive)
         widths.append(int(alive.max()))
         full.append(bool((alive == widths[-1]).all()))
-    return HostPlan(tuple(widths), tuple(full), bool((lengths == t).all()), budget, threshold, t, lengths, n_protected)
+    return HostPlan(tuple(widths), tuple(full), bool((lengths == t).all()), budget, threshold, t, lengths, n_protected, counts)
 
 
 def select_top_m(

@@ -11,6 +11,7 @@ import torch
 from commands import bench, cli
 from retention.bench import BenchSpec, build_encoder, kept_per_layer, make_inputs
 from retention.bench_records import memory_reductions, plot_records, record_fields
+from retention.flops import EncoderShape, flops_fraction
 
 from .helpers import markdown_rows
 
@@ -129,6 +130,9 @@ BAD = [
     (["--ratios", "-0.2"], "(0, 1]"),
     (["--backbone", "no-such-backbone-xyz"], "unknown backbone 'no-such-backbone-xyz'"),
     (["--gate-layers", "7"], "0..2"),
+    (["--flops", "1.5"], "flops must lie in (0, 1]"),
+    (["--ratios", "--flops", "0.2"], "already cost 0.333 of the dense forward"),  # gate at 1 of 3 layers
+    (["--ratios"], "give at least one budget"),
     (["--reps", "0"], "reps"),
     (["--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA device (--device cuda); this run's device is 'cpu'"),
     (["--device", "cpu", "--sync-debug", "error"], "--sync-debug needs a CUDA device"),
@@ -186,3 +190,23 @@ def test_memory_reductions_undefined_when_full_forward_allocates_nothing(tmp_pat
             for t, a in ((32, None), (64, 0.5))]
     plot_records(recs, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progressive_and_flops_budgets_are_measured_side_by_side(tmp_path, capsys):
+    """Gates at layers 0 and 2 of three, the linear schedule (ρ_ℓ = 0.65, 0.3 at ρ = 0.3) and a FLOPs
+    budget of 0.4 in one run: each record's layers ran on its schedule's lengths, its analytic FLOPs
+    fraction follows from them (≤ F for the FLOPs budget), and the table names both budgets."""
+    out = tmp_path / "b"
+    assert cli.main(["bench", *TINY, "--lengths", "40", "--batch-sizes", "2", "--gate-layers", "0", "2", "--schedule",
+                     "linear", "--ratios", "0.3", "--flops", "0.4", "--reps", "2", "--warmup", "0", "--no-memory",
+                     "--train-max-length", "0", "--out", str(out)]) == 0
+    ratio, flops = json.loads((out / "bench.json").read_text())["records"]
+    assert (ratio["ratio"], ratio["flops"], flops["ratio"], flops["flops"]) == (0.3, None, None, 0.4)
+    assert ratio["kept_per_layer"] == [26, 26, 12]  # ⌈0.65·40⌉, then ⌈0.3·40⌉
+    shape = EncoderShape(3, 32, 64, 32, gate_layers=(0, 2), gate_hidden=16)
+    for rec in (ratio, flops):
+        kept = torch.tensor([[rec["kept_per_layer"][0]], [rec["kept_per_layer"][2]]])
+        assert rec["flops_fraction"] == pytest.approx(float(flops_fraction(kept, torch.tensor([40]), shape)[0]))
+    assert flops["flops_fraction"] <= 0.4 and flops["kept_per_layer"][0] > flops["kept_per_layer"][2]
+    rows = markdown_rows(capsys.readouterr().out)
+    assert [(row["rho"], row["F"]) for row in rows] == [("0.3", "-"), ("-", "0.4")]

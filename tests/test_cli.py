@@ -242,6 +242,10 @@ def test_every_preset_group_option_composes():
     assert {"experiment", "method", "ablation", "model", "data"} <= set(groups) and "sweep" not in groups
     for name in groups["experiment"]:
         cfg = compose([f"experiment={name}"])
+        if name == "progressive":  # no task of its own: stacked after a task's preset, it keeps that task
+            stacked = compose(["experiment=listops", "experiment=progressive"])
+            assert stacked.data == compose(["experiment=listops"]).data and list(stacked.gate.layers) == [0, 2, 4]
+            continue
         cue = cfg.data.name == "needle" and cfg.data.cue_families > 0  # the context-vector study: one short T
         if name.endswith("_pretrain"):  # stage 1: short sequences, positions sized for stage 2
             stage2 = compose([f"experiment={name.removesuffix('_pretrain')}"])

@@ -144,9 +144,11 @@ def test_planned_soft_and_dense_paths_read_nothing_back_and_equal_todays(no_sync
         assert all(torch.equal(a, b) for a, b in zip(out.expected_retention, ref.expected_retention, strict=True))
 
 
-@pytest.mark.parametrize("budget", [Budget(ratio=None, tokens=7), Budget(ratio=0.25, schedule="linear", num_layers=2)])
+@pytest.mark.parametrize("budget", [Budget(ratio=None, tokens=7), Budget(ratio=0.25, schedule="linear", num_layers=2),
+                                    Budget(ratio=0.3, schedule="linear", num_layers=2, flops=0.45)])
 def test_planned_forward_with_explicit_protected_mask_and_token_budget(no_sync, budget):
-    """QA-style: a caller-given protected mask (a long protected prefix) and an absolute token budget."""
+    """QA-style: a caller-given protected mask (a long protected prefix) and an absolute token budget
+    (or a FLOPs budget, whose counts the plan carries from the host)."""
     enc = wrap(tiny("roberta"), list(range(budget.num_layers)), 0.5, budget.schedule)
     enc.budget = budget
     ids, mask = batch()
