@@ -1,4 +1,5 @@
-"""The optimisation core shared by every task: backbone + gates + the dual variable λ.
+"""The optimisation core shared by every task: backbone + gates + the dual variable λ. (Over 400
+lines: the one base LightningModule, whose Lagrangian, phases and optimizer wiring belong together.)
 
 One optimizer, three param groups:
   0. backbone and task head (lr, weight decay),
