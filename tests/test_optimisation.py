@@ -352,6 +352,7 @@ def test_augmented_lagrangian_puts_lambda2_in_the_dual_group():
     assert groups[DUAL_GROUP]["params"] == [system.lam, system.lam_quadratic]
     assert groups[DUAL_GROUP]["maximize"] is True and groups[DUAL_GROUP]["lr"] == 0.05
     torch.testing.assert_close(system.lam_quadratic.detach(), torch.zeros(system.encoder.num_gates))
+    assert "lam_quadratic" in system.state_dict()  # checkpoints carry λ₂
     assert sum(len(g["params"]) for g in groups) == sum(1 for _ in system.parameters())
 
 
