@@ -381,5 +381,6 @@ def format_summary(s: dict) -> str:
     if below:
         out.append(f"warning: training ended with g-hat - rho < -{BUDGET_TOLERANCE} ({below}): the gates closed below "
                    f"the budget (with budget.constraint=inequality g-hat <= rho holds and lambda stops pushing; "
-                   f"budget.constraint=equality holds g-hat at rho); evaluation keeps more tokens than training did")
+                   f"budget.constraint=equality budget.lagrangian=augmented holds g-hat at rho); evaluation keeps more "
+                   f"tokens than training did")
     return "\n".join(out)

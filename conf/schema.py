@@ -76,6 +76,14 @@ class Constraint(Choice):
     equality = "equality"
 
 
+class Lagrangian(Choice):
+    """The budget term: the paper's λ_ℓ(ĝ_ℓ − ρ_ℓ), or CoFiPruning's augmented Lagrangian (Xia et al.,
+    ACL 2022) that adds λ₂_ℓ(ĝ_ℓ − ρ_ℓ)², λ₂ ascended as λ (retention.budget.lagrangian_term)."""
+
+    linear = "linear"
+    augmented = "augmented"
+
+
 class Schedule(Choice):
     """The per-layer budget across gated layers: the same ρ everywhere, or linearly decreasing."""
 
@@ -184,6 +192,9 @@ class BudgetConfig:
     inference: Inference = Inference.top_m
     # inequality: g-hat <= rho, lambda projected onto >= 0 (the paper); equality: g-hat = rho, lambda any sign
     constraint: Constraint = Constraint.inequality
+    # linear: lambda (g-hat - rho) (the paper); augmented: + lambda2 (g-hat - rho)^2 with lambda2 >= 0 ascended
+    # too (CoFiPruning): a restoring force proportional to the violation that damps lambda's overshoot
+    lagrangian: Lagrangian = Lagrangian.linear
     # λ's initial value (with optim.dual_lr=0: the fixed-λ penalty ablation)
     init_lambda: float = field(default=0.0, metadata=at_least(0))
     # a compute budget: the retained forward's FLOPs at most this fraction of the dense forward's

@@ -51,7 +51,7 @@ def task_of(dm) -> str:
 
 def optimisation(cfg) -> Optimisation:
     """The :class:`Optimisation` settings of ``cfg`` (``optim.*``; ``budget.dense_fraction``,
-    ``budget.warmup_fraction``, ``budget.dense_steps``, ``budget.warmup_steps`` and ``budget.init_lambda``;
+    ``budget.warmup_fraction``, ``budget.dense_steps``, ``budget.warmup_steps``, ``budget.init_lambda``, ``budget.constraint`` and ``budget.lagrangian``;
     ``distill.*``, absent from the config.yaml of runs older than it: no distillation)."""
     o, b = cfg.optim, cfg.budget
     distill = cfg.get("distill") or {}
@@ -60,7 +60,7 @@ def optimisation(cfg) -> Optimisation:
         betas=(float(o.betas[0]), float(o.betas[1])), scheduler=str(o.scheduler), warmup_steps=o.warmup_steps,
         dense_steps=b.dense_steps, budget_warmup_steps=b.warmup_steps, init_lambda=float(b.init_lambda),
         dense_fraction=float(b.dense_fraction), warmup_fraction=float(b.warmup_fraction),
-        constraint=str(b.constraint),
+        constraint=str(b.constraint), lagrangian=str(b.lagrangian),
         distill_ranking=bool(distill.get("ranking", False)), distill_weight=float(distill.get("weight", 1.0)),
     )
 

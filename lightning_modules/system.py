@@ -1,12 +1,14 @@
-"""The optimisation core shared by every task: backbone + gates + the dual variable λ.
+"""The optimisation core shared by every task: backbone + gates + the dual variable λ. (Over 400
+lines: the one base LightningModule, whose Lagrangian, phases and optimizer wiring belong together.)
 
 One optimizer, three param groups:
   0. backbone and task head (lr, weight decay),
   1. gates (gate_lr, weight decay),
-  2. λ, one per gated layer: ``maximize=True`` (projected gradient *ascent*), no weight decay,
-     its own lr η, and a constant LR-schedule factor so warm-up/decay never changes η.
+  2. λ, one per gated layer (and λ₂ under ``budget.lagrangian=augmented``): ``maximize=True``
+     (projected gradient *ascent*), no weight decay, its own lr η, and a constant LR-schedule factor
+     so warm-up/decay never changes η.
 After every optimizer step λ is projected onto λ ≥ 0 under ``budget.constraint=inequality`` (the
-paper's ĝ_ℓ ≤ ρ_ℓ) and left free under ``equality`` (:meth:`RetentionSystem.optimizer_step`);
+paper's ĝ_ℓ ≤ ρ_ℓ) and left free under ``equality`` (:meth:`RetentionSystem.optimizer_step`); λ₂ ≥ 0;
 gradient clipping touches groups 0 and 1 only.
 During the dense phase (the first ``budget.dense_fraction`` of the fit's steps, or
 ``budget.dense_steps``) λ and the gates get no gradient (``None``, so AdamW
@@ -53,12 +55,13 @@ from .host_plans import HostPlans
 from .metrics import ExampleMean
 
 __all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "CONSTRAINTS", "lr_factor", "encoder_record", "EVAL_PATHS",
-           "PRIMAL_GROUPS", "DUAL_GROUP"]
+           "PRIMAL_GROUPS", "DUAL_GROUP", "LAGRANGIANS"]
 
 PRIMAL_GROUPS = (0, 1)
 DUAL_GROUP = 2
 SCHEDULERS = ("linear", "cosine", "constant")
 CONSTRAINTS = ("inequality", "equality")
+LAGRANGIANS = ("linear", "augmented")
 
 # A system's hparams hold the run's Method; Lightning loads checkpoints with weights_only=True.
 torch.serialization.add_safe_globals([Method])
@@ -78,6 +81,8 @@ class Optimisation:
     * ``init_lambda``: λ's initial value; ``constraint``: :meth:`RetentionSystem.optimizer_step`;
     * ``distill_ranking``, ``distill_weight``: ranking distillation on gated steps
       (:meth:`RetentionSystem.ranking_distillation`).
+    * ``lagrangian``: ``linear`` (λ only) or ``augmented`` (a second dual variable λ₂ on the squared
+      violation, :func:`retention.budget.lagrangian_term`).
     """
 
     lr: float
@@ -95,12 +100,15 @@ class Optimisation:
     constraint: str = "inequality"
     distill_ranking: bool = False
     distill_weight: float = 1.0
+    lagrangian: str = "linear"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {self.constraint!r}")
+        if self.lagrangian not in LAGRANGIANS:
+            raise ValueError(f"lagrangian must be one of {', '.join(LAGRANGIANS)}, got {self.lagrangian!r}")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
@@ -176,6 +184,9 @@ class RetentionSystem(HostPlans, L.LightningModule):
         self.flops_budget: float | None = getattr(getattr(encoder, "budget", None), "flops", None)
         n_constraints = self.encoder.num_gates + (self.flops_budget is not None)
         self.lam = nn.Parameter(torch.full((n_constraints,), float(optim.init_lambda)))
+        # λ₂ of the augmented Lagrangian (starts at 0), one per constraint; absent otherwise, so earlier
+        # checkpoints still load
+        self.lam_quadratic = (nn.Parameter(torch.zeros(n_constraints)) if optim.lagrangian == "augmented" else None)
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
             self.eval_paths = ("hard",)
         self.optim = optim
@@ -328,7 +339,8 @@ class RetentionSystem(HostPlans, L.LightningModule):
         both = global_batch_mean(torch.cat([expected, targets.to(expected.dtype)]), batch_size)
         expected, targets = both[: len(expected)], both[len(expected):].detach()
         targets = self.training_targets(targets, self.global_step)
-        return lagrangian_term(self.lam, expected, targets), targets, expected
+        term = lagrangian_term(self.lam, expected, targets, self.lam_quadratic, self.optim.constraint == "equality")
+        return term, targets, expected
 
     def training_targets(self, targets: torch.Tensor, step: int) -> torch.Tensor:
         """ρ_ℓ(t) at global step ``step``: the budget warm-up of :func:`retention.budget.annealed_targets`
@@ -347,8 +359,12 @@ class RetentionSystem(HostPlans, L.LightningModule):
         return 0.0 * sum(p.sum() for p in self.dual_and_gate_parameters())
 
     def dual_and_gate_parameters(self) -> list[nn.Parameter]:
-        """λ and every gate parameter: what only the budget phase trains."""
-        return [self.lam, *self.encoder.gates.parameters()]
+        """λ (and λ₂) and every gate parameter: what only the budget phase trains."""
+        return [*self.dual_parameters(), *self.encoder.gates.parameters()]
+
+    def dual_parameters(self) -> list[nn.Parameter]:
+        """λ, and λ₂ under the augmented Lagrangian: the dual group's parameters."""
+        return [self.lam] if self.lam_quadratic is None else [self.lam, self.lam_quadratic]
 
     def on_fit_start(self) -> None:
         """Every module in train mode: a pretrained backbone comes from ``from_pretrained`` in eval mode
@@ -398,6 +414,8 @@ class RetentionSystem(HostPlans, L.LightningModule):
                 self.log(f"train/open_fraction_l{layer}", out.achieved_retention[k], on_step=True, on_epoch=True)
                 self.log(f"train/target_l{layer}", targets[k], on_step=True, on_epoch=False)
                 self.log(f"train/lambda_l{layer}", self.lam[k].detach(), on_step=True, on_epoch=False)
+                if self.lam_quadratic is not None:
+                    self.log(f"train/lambda2_l{layer}", self.lam_quadratic[k].detach(), on_step=True, on_epoch=False)
             else:
                 prefix = "" if path == "hard" else f"{path}_"
                 self.log_example_mean(stage, f"{prefix}kept_fraction_l{layer}", batch, out.kept_fractions[k])
@@ -414,12 +432,13 @@ class RetentionSystem(HostPlans, L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         o = self.optim
         gate_params = list(self.encoder.gates.parameters())
-        gate_ids = {id(p) for p in gate_params} | {id(self.lam)}
+        dual = self.dual_parameters()
+        gate_ids = {id(p) for p in gate_params + dual}
         primal = [p for p in self.parameters() if id(p) not in gate_ids]
         return [
             {"params": primal, "lr": o.lr, "weight_decay": o.weight_decay, "name": "backbone"},
             {"params": gate_params, "lr": o.gate_lr, "weight_decay": o.weight_decay, "name": "gate"},
-            {"params": [self.lam], "lr": o.dual_lr, "weight_decay": 0.0, "maximize": True, "name": "dual"},
+            {"params": dual, "lr": o.dual_lr, "weight_decay": 0.0, "maximize": True, "name": "dual"},
         ]
 
     def fit_steps(self) -> int | None:
@@ -450,11 +469,14 @@ class RetentionSystem(HostPlans, L.LightningModule):
         ``budget.constraint``. ``inequality`` (the paper's ĝ_ℓ ≤ ρ_ℓ): λ_ℓ ← max(0, λ_ℓ), so once
         ĝ_ℓ < ρ_ℓ nothing holds ĝ_ℓ at ρ_ℓ and the task loss may close gates below it. ``equality``
         (ĝ_ℓ = ρ_ℓ, CoFiPruning's Lagrangian, Xia et al., ACL 2022): no projection; while ĝ_ℓ < ρ_ℓ
-        λ_ℓ falls below 0 and λ_ℓ·(ĝ_ℓ − ρ_ℓ) pushes ĝ_ℓ back up, holding it at ρ_ℓ from both sides."""
+        λ_ℓ falls below 0 and λ_ℓ·(ĝ_ℓ − ρ_ℓ) pushes ĝ_ℓ back up, holding it at ρ_ℓ from both sides.
+        λ₂ of the augmented Lagrangian is projected onto λ₂ ≥ 0 under both."""
         super().optimizer_step(*args, **kwargs)
-        if self.optim.constraint == "inequality":
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.optim.constraint == "inequality":
                 self.lam.clamp_(min=0.0)  # projection: λ ← max(0, λ)
+            if self.lam_quadratic is not None:
+                self.lam_quadratic.clamp_(min=0.0)  # λ₂ ≥ 0 under both forms (its ascent only raises it)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         if not gradient_clip_val:

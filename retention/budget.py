@@ -93,14 +93,27 @@ def global_batch_mean(means: torch.Tensor, batch_size: int) -> torch.Tensor:
     return total[:-1] / total[-1]
 
 
-def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Σ_ℓ λ_ℓ·(ĝ_ℓ − ρ_ℓ), one λ_ℓ per gated layer.
+def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Tensor,
+                    lam_quadratic: torch.Tensor | None = None, equality: bool = False) -> torch.Tensor:
+    """Σ_ℓ λ_ℓ·(ĝ_ℓ − ρ_ℓ), one λ_ℓ per gated layer; with ``lam_quadratic`` = λ₂ the augmented
+    Lagrangian of CoFiPruning (Xia et al., ACL 2022),
+
+        Σ_ℓ λ_ℓ·(ĝ_ℓ − ρ_ℓ) + λ₂_ℓ·v_ℓ²,   v_ℓ = ĝ_ℓ − ρ_ℓ (``equality``) or max(0, ĝ_ℓ − ρ_ℓ) (inequality).
 
     The model and gates minimise it (it pushes ĝ_ℓ down while λ_ℓ > 0, up while λ_ℓ < 0); λ
     maximises it, so its gradient ĝ_ℓ − ρ_ℓ raises λ_ℓ while ĝ_ℓ > ρ_ℓ and lowers it while ĝ_ℓ < ρ_ℓ:
     to the projection at 0 for the inequality ĝ_ℓ ≤ ρ_ℓ (λ_ℓ ≥ 0), below 0 for the equality ĝ_ℓ = ρ_ℓ.
+    λ₂ maximises it too: its gradient v_ℓ² ≥ 0, so λ₂_ℓ only grows, while the constraint is violated.
+    The quadratic term's pull on ĝ_ℓ, 2·λ₂_ℓ·v_ℓ, is proportional to the violation and points back to
+    ρ_ℓ (under the inequality only from above): a restoring force that, unlike λ_ℓ, needs no steps to
+    change sign when ĝ_ℓ crosses ρ_ℓ, and so damps the overshoot of λ_ℓ's ascent.
     """
-    return (lam * (achieved - target)).sum()
+    violation = achieved - target
+    term = (lam * violation).sum()
+    if lam_quadratic is None:
+        return term
+    v = violation if equality else violation.clamp_min(0.0)
+    return term + (lam_quadratic * v.square()).sum()
 
 
 def annealed_targets(targets: torch.Tensor, step: int, warmup_steps: int) -> torch.Tensor:

@@ -94,3 +94,22 @@ def test_lagrangian_term_signs_for_both_constraint_forms():
     assert float(term.detach()) == pytest.approx(2.0 * 0.2 + (-1.5) * (-0.2))
     torch.testing.assert_close(achieved.grad, torch.tensor([2.0, -1.5]))
     torch.testing.assert_close(lam.grad, torch.tensor([0.2, -0.2]))
+
+
+@pytest.mark.parametrize("equality", [True, False])
+def test_augmented_lagrangian_adds_a_restoring_quadratic_term(equality):
+    """Σ_ℓ λ_ℓ v_ℓ + λ₂_ℓ v_ℓ² (CoFiPruning), v = ĝ − ρ = (+0.2, −0.2). ∂/∂ĝ_ℓ = λ_ℓ + 2λ₂_ℓ v_ℓ: above ρ the
+    quadratic term adds to λ's push down; below ρ, under the equality, it pushes ĝ_1 up (−1.2) even
+    with λ_1 = 0. ∂/∂λ₂_ℓ = v_ℓ² ≥ 0: the ascent only raises λ₂. Under the inequality v = max(0, ĝ − ρ),
+    so below ρ neither the term nor λ₂'s gradient is there."""
+    lam = torch.tensor([2.0, 0.0], requires_grad=True)
+    lam2 = torch.tensor([4.0, 3.0], requires_grad=True)
+    achieved = torch.tensor([0.5, 0.1], requires_grad=True)
+    target = torch.tensor([0.3, 0.3])
+    term = lagrangian_term(lam, achieved, target, lam2, equality=equality)
+    term.backward()
+    below = 3.0 * 0.04 if equality else 0.0
+    assert float(term.detach()) == pytest.approx(2.0 * 0.2 + 4.0 * 0.04 + below)
+    torch.testing.assert_close(achieved.grad, torch.tensor([2.0 + 2 * 4.0 * 0.2, -1.2 if equality else 0.0]))
+    torch.testing.assert_close(lam.grad, torch.tensor([0.2, -0.2]))
+    torch.testing.assert_close(lam2.grad, torch.tensor([0.04, 0.04 if equality else 0.0]))

@@ -228,7 +228,7 @@ def test_summary_reports_random_selection_the_needle_and_the_budget_gap():
     under = runner.format_summary({**SUMMARY, "budget_gap": {0: -0.281}})
     (warning,) = [line for line in under.splitlines() if line.startswith("warning")]
     assert "g-hat - rho < -0.05 (layer 0 -0.281)" in warning and "closed below the budget" in warning
-    assert "budget.constraint=equality holds g-hat at rho" in warning  # the switch that holds it there
+    assert "budget.constraint=equality budget.lagrangian=augmented holds g-hat at rho" in warning  # the switches that hold it there
     (gap,) = [line for line in under.splitlines() if line.startswith("end of training |g-hat - rho|, layer 0")]
     assert gap.split()[-1] == "0.2810"
 

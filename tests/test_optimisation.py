@@ -340,3 +340,69 @@ def test_equality_constraint_lets_lambda_go_negative_and_pushes_g_hat_up(constra
     else:
         assert torch.all(lam[1:] < lam[:-1]) and lam[-1] < -5.0  # η = 0.5 per step over 20 steps
         assert expected[-1] > 0.6
+
+
+def test_augmented_lagrangian_puts_lambda2_in_the_dual_group():
+    """``budget.lagrangian=augmented`` adds λ₂ (one per gated layer, starting at 0) beside λ in the dual
+    group; the linear form has none, so its checkpoints keep their keys."""
+    _, _, linear = make()
+    assert linear.lam_quadratic is None and "lam_quadratic" not in linear.state_dict()
+    _, _, system = make("budget.lagrangian=augmented", "optim.dual_lr=0.05")
+    groups = system.configure_optimizers()["optimizer"].param_groups
+    assert groups[DUAL_GROUP]["params"] == [system.lam, system.lam_quadratic]
+    assert groups[DUAL_GROUP]["maximize"] is True and groups[DUAL_GROUP]["lr"] == 0.05
+    torch.testing.assert_close(system.lam_quadratic.detach(), torch.zeros(system.encoder.num_gates))
+    assert "lam_quadratic" in system.state_dict()  # checkpoints carry λ₂
+    assert sum(len(g["params"]) for g in groups) == sum(1 for _ in system.parameters())
+
+
+class DualTrace(Callback):
+    """λ_0, λ₂_0 and ĝ_0 after every training step."""
+
+    def __init__(self):
+        self.lam, self.lam2, self.expected = [], [], []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.lam.append(float(pl_module.lam[0].detach()))
+        self.lam2.append(float(pl_module.lam_quadratic[0].detach()))
+        self.expected.append(float(pl_module.last_expected_retention[0]))
+
+
+def fit_dual(system, dm, steps):
+    L.seed_everything(0)
+    trace = DualTrace()
+    L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu").fit(system, datamodule=dm)
+    return torch.tensor(trace.lam), torch.tensor(trace.lam2), torch.tensor(trace.expected)
+
+
+@pytest.mark.parametrize("constraint", ["inequality", "equality"])
+def test_lambda2_grows_while_the_constraint_is_violated(constraint):
+    """Gates held fully open (ĝ ≈ 1, gate lr 0) with ρ = 0.05: λ₂'s gradient (ĝ − ρ)² ≈ 0.9 is steady,
+    so under either form Adam raises λ₂ by η at every step, as it raises λ."""
+    _, dm, system = make("budget.ratio=0.05", "gate.init_log_alpha=8.0", "optim.gate_lr=0.0", "optim.dual_lr=0.01",
+                         "budget.lagrangian=augmented", f"budget.constraint={constraint}", "data.train_size=160")
+    lam, lam2, _ = fit_dual(system, dm, steps=10)
+    assert torch.all(lam2[1:] > lam2[:-1]) and lam2[0] > 0
+    assert lam2[-1] == pytest.approx(0.1, rel=0.05)
+    assert lam[-1] == pytest.approx(0.1, rel=0.05)
+
+
+@pytest.mark.parametrize("constraint", ["inequality", "equality"])
+def test_lambda2_below_the_budget_under_each_constraint_form(constraint):
+    """Gates start nearly closed (log α = −3: ĝ ≈ 0.2) with ρ = 0.9. Inequality: the constraint holds, its
+    violation max(0, ĝ − ρ) is 0, so λ₂ gets a zero gradient and stays exactly 0, and λ stays at its
+    projection 0. Equality: λ falls below 0 and λ₂ grows (its gradient (ĝ − ρ)² > 0; λ₂ ≥ 0 always),
+    and both terms open the gates: ĝ rises towards ρ."""
+    _, dm, system = make("budget.ratio=0.9", "gate.init_log_alpha=-3.0", "optim.dual_lr=0.5", "optim.gate_lr=0.05",
+                         "optim.lr=0.0", "optim.warmup_steps=0", "optim.scheduler=constant", f"budget.constraint={constraint}",
+                         "budget.lagrangian=augmented", "data.train_size=320")
+    lam, lam2, expected = fit_dual(system, dm, steps=20)
+    assert expected[0] < 0.3
+    if constraint == "inequality":
+        assert torch.all(lam == 0.0) and torch.all(lam2 == 0.0)
+        assert expected[-1] < 0.5
+    else:
+        assert torch.all(lam[1:] < lam[:-1]) and lam[-1] < -5.0
+        assert torch.all(lam2[1:] > lam2[:-1]) and lam2[0] > 0
+        assert expected[-1] > 0.6
