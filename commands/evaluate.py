@@ -166,13 +166,18 @@ def throughput_ratio(system, dm, n_batches: int, reps: int = 3) -> float | None:
 
 
 def applicable_methods(cfg, requested: list[str]) -> list[str]:
-    """The baseline selectors are swapped into runs of our method with its default settings; a run
-    trained as a baseline or an ablation is evaluated with its own selection only (a heuristic
-    baseline's selector, or ``gate``: the run's trained scorer, ours or LTP's)."""
+    """The baseline selectors are swapped into runs of our method with its default settings. A run
+    trained as a heuristic baseline trained its backbone densely, whichever selector it names, so
+    every heuristic selector applies to it (none has parameters; there is no trained ``gate``). A
+    trained baseline (LTP) or an ablation is evaluated with its own selection only (``gate``: the
+    run's trained scorer)."""
 
     if cfg.method == Method.gate and cfg.ablation == "none":
         return requested
-    own = Method(cfg.method).selection
+    method = Method(cfg.method)
+    if method.is_heuristic:
+        return [m for m in requested if Method(m).is_heuristic]
+    own = method.selection
     return [own.value] if own in requested else []
 
 

@@ -176,3 +176,20 @@ def test_labels_are_unique_per_run():
     label_sources(bare)
     assert [s.label for s in bare] == ["adaptive-retention seed=0 [one/run/best.ckpt]", "adaptive-retention seed=0 [two/run/best.ckpt]",
                                        "trained:random seed=3 [abcdef12]", "mine [d]"]
+
+
+def test_a_densely_trained_baseline_is_evaluated_with_every_heuristic_selection():
+    """method=first (or random, l2, attention) trains the backbone densely: every parameter-free
+    selector applies to its weights; our gate does not (it has no trained scorer). LTP and ablations
+    keep their own selection."""
+    from omegaconf import OmegaConf
+
+    from commands.evaluate import applicable_methods
+
+    every = ["gate", "random", "first", "l2", "attention"]
+    dense = OmegaConf.create({"method": "first", "ablation": "none"})
+    assert applicable_methods(dense, every) == ["random", "first", "l2", "attention"]
+    assert applicable_methods(dense, ["gate", "l2"]) == ["l2"]
+    assert applicable_methods(OmegaConf.create({"method": "ltp", "ablation": "none"}), every) == ["gate"]
+    assert applicable_methods(OmegaConf.create({"method": "gate", "ablation": "no_context"}), every) == ["gate"]
+    assert applicable_methods(OmegaConf.create({"method": "gate", "ablation": "none"}), every) == every
