@@ -32,9 +32,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from omegaconf import OmegaConf
 
 from commands.checkpoints import load_checkpoint
+from conf.compose import load_run_config
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
 from commands.tracking_store import open_store
 from datamodules import build_datamodule
@@ -111,7 +111,7 @@ def _sources(args) -> list[Source]:
                 raise ValueError(f"--checkpoint {ck}: no such file")
             if not cfg_path.is_file():
                 raise ValueError(f"--checkpoint {ck}: no {CONFIG_NEXT_TO_CHECKPOINT} beside it (written by `retention train`)")
-            cfg = OmegaConf.load(cfg_path)
+            cfg = load_run_config(cfg_path)
             out.append(Source(cfg, path, path.parent.name, None))
         label_sources(out)
         return out
@@ -134,7 +134,7 @@ def _sources(args) -> list[Source]:
         ck = run.data.tags.get("checkpoint_path")
         if not ck or not Path(ck).is_file():
             raise ValueError(f"--run-id {run_id}: the run has no checkpoint on this machine (tag checkpoint_path={ck!r})")
-        cfg = OmegaConf.load(Path(ck).parent / CONFIG_NEXT_TO_CHECKPOINT)
+        cfg = load_run_config(Path(ck).parent / CONFIG_NEXT_TO_CHECKPOINT)
         out.append(Source(cfg, Path(ck), run_id, run.info.run_name))
     label_sources(out)
     return out

@@ -31,7 +31,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from conf import CONF_DIR
 from conf.schema import Config, ConfigError, data_schema, validate
 
-__all__ = ["compose", "config_groups", "merge"]
+__all__ = ["compose", "config_groups", "load_run_config", "merge"]
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -171,6 +171,25 @@ def compose(overrides: Sequence[str] = (), config_file: str | Path | None = None
     if not any(OmegaConf.select(layer.content, "data.seed", default=None) is not None for layer in layers[restart:]):
         cfg.data.seed = cfg.seed  # one `seed=N` seeds the data too, unless a source sets data.seed
     validate(cfg)
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(plain, True)
+    return plain
+
+
+def load_run_config(path: str | Path) -> DictConfig:
+    """A trained run's saved ``config.yaml`` (beside its checkpoint), completed with the **schema
+    defaults** for every key newer than the run (e.g. ``budget.lagrangian``, ``distill``): a new key's
+    schema default is the behaviour from before it existed, which is what the run trained with. Not
+    conf/config.yaml's values: those are the main job's, not the run's. Returned as :func:`compose`
+    returns a config (plain strings, struct mode); not validated again (the run was, when it trained)."""
+    path = Path(path)
+    saved = _load(path, str(path))
+    name = OmegaConf.select(saved, "data.name")
+    if name is None:
+        raise ConfigError(f"{path}: data.name is missing; expected the config.yaml that `retention train` writes")
+    cfg = OmegaConf.structured(Config)
+    cfg.data = OmegaConf.merge(OmegaConf.structured(data_schema(name)), {"name": name})
+    cfg = merge(cfg, saved, str(path), data_name=name)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     OmegaConf.set_struct(plain, True)
     return plain

@@ -51,10 +51,10 @@ import pandas as pd
 import torch
 from IPython.display import HTML, Markdown, display
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from commands.checkpoints import load_checkpoint
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT, default_tracking_uri
+from conf.compose import load_run_config
 from datamodules import build_datamodule
 from datamodules.needle import NeedleDataModule
 from lightning_modules import build_system
@@ -92,7 +92,7 @@ def load_run(run_id):
     ckpt = run.data.tags.get("checkpoint_path")
     if not ckpt or not Path(ckpt).is_file():
         raise ValueError(f"run {run_id} has no checkpoint on this machine (tag checkpoint_path={ckpt!r})")
-    cfg = OmegaConf.load(Path(ckpt).parent / CONFIG_NEXT_TO_CHECKPOINT)
+    cfg = load_run_config(Path(ckpt).parent / CONFIG_NEXT_TO_CHECKPOINT)
     dm = build_datamodule(cfg)
     dm.setup("test")
     system = build_system(cfg, dm)

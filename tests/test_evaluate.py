@@ -193,3 +193,24 @@ def test_a_densely_trained_baseline_is_evaluated_with_every_heuristic_selection(
     assert applicable_methods(OmegaConf.create({"method": "ltp", "ablation": "none"}), every) == ["gate"]
     assert applicable_methods(OmegaConf.create({"method": "gate", "ablation": "no_context"}), every) == ["gate"]
     assert applicable_methods(OmegaConf.create({"method": "gate", "ablation": "none"}), every) == every
+
+
+def test_a_run_saved_before_a_new_config_key_loads_with_the_schema_default(tmp_path):
+    """A config.yaml written before ``budget.lagrangian`` and ``distill`` existed loads with their
+    schema defaults (the behaviour the run trained with), not conf/config.yaml's main-job values, and
+    builds its system."""
+    import yaml
+
+    from conf.compose import compose, load_run_config
+    from datamodules import build_datamodule
+    from lightning_modules import build_system
+
+    cfg = compose(TINY)
+    saved = yaml.safe_load(OmegaConf.to_yaml(cfg))
+    del saved["budget"]["lagrangian"], saved["distill"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved))
+    loaded = load_run_config(path)
+    assert loaded.budget.lagrangian == "linear" and loaded.distill.ranking is False
+    assert loaded.model == cfg.model and loaded.data == cfg.data
+    build_system(loaded, build_datamodule(loaded))
