@@ -25,7 +25,6 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from datamodules.loaders import DATASET_INDEX
 
-from .host_plans import host_plan_of
 from .metrics import Deduplicated, ExampleMean
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
@@ -132,7 +131,7 @@ class RetentionClassifier(RetentionSystem):
     def classify(self, batch: dict, mode: str):
         """(logits, encoder output) for a batch on one path (with the batch's host plan, if it has
         one: :mod:`lightning_modules.host_plans`); subclasses read other positions."""
-        return self(batch["input_ids"], batch["attention_mask"], mode=mode, plan=host_plan_of(batch))
+        return self(batch["input_ids"], batch["attention_mask"], mode=mode, plan=self.host_plan_of(batch))
 
     def task_loss(self, batch: dict, mode: str):
         logits, out = self.classify(batch, mode)
@@ -196,7 +195,7 @@ class RetentionMultiQueryClassifier(RetentionClassifier):
     def classify(self, batch: dict, mode: str):
         qpos = batch["query_positions"]
         out = self.encoder(batch["input_ids"], batch["attention_mask"], protected=self.protected(batch), mode=mode,
-                           plan=host_plan_of(batch))
+                           plan=self.host_plan_of(batch))
         found = (out.positions.unsqueeze(1) == qpos.unsqueeze(2)) & out.valid.unsqueeze(1)  # (B, Q, T_out)
         rows = found.to(torch.int8).argmax(-1, keepdim=True)
         h = out.last_hidden_state.gather(1, rows.expand(-1, -1, out.last_hidden_state.shape[-1]))

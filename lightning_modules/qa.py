@@ -29,7 +29,6 @@ from torchmetrics.functional.text import squad
 
 from datamodules.loaders import DATASET_INDEX
 
-from .host_plans import host_plan_of
 from .metrics import SpanCandidates
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
@@ -100,14 +99,14 @@ class RetentionQA(RetentionSystem):
 
     def task_loss(self, batch: dict, mode: str):
         start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=mode,
-                               plan=host_plan_of(batch))
+                               plan=self.host_plan_of(batch))
         return self.span_loss(start, end, batch).mean(), out
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, stage: str, batch) -> None:
         for path in self.eval_paths:
             start, end, out = self(batch["input_ids"], batch["attention_mask"], batch["protected"], mode=path,
-                                   plan=host_plan_of(batch))
+                                   plan=self.host_plan_of(batch))
             if path in ("hard", "soft"):
                 self.log_retention(stage, out, on_step=False, path=path, batch=batch)
             if path == "soft":

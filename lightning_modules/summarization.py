@@ -28,7 +28,6 @@ from torch.nn import functional as F
 from torchmetrics.functional.text.rouge import rouge_score
 from transformers.modeling_outputs import BaseModelOutput
 
-from .host_plans import host_plan_of
 from .metrics import ExampleMean
 from .system import EVAL_PATHS, Optimisation, RetentionSystem
 
@@ -90,7 +89,7 @@ class RetentionSummarizer(RetentionSystem):
         return self.seq2seq.generate(encoder_outputs=enc, attention_mask=cross_mask, **kwargs)
 
     def task_loss(self, batch: dict, mode: str):
-        return self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode, plan=host_plan_of(batch))
+        return self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=mode, plan=self.host_plan_of(batch))
 
     # ------------------------------------------------------------------ evaluation
     def _texts(self, ids: torch.Tensor) -> list[str]:
@@ -99,8 +98,8 @@ class RetentionSummarizer(RetentionSystem):
 
     def _evaluate(self, stage: str, batch) -> None:
         references = self._texts(batch["labels"])
+        plan = self.host_plan_of(batch)
         for path in self.eval_paths:
-            plan = host_plan_of(batch)
             losses, out = self(batch["input_ids"], batch["attention_mask"], batch["labels"], mode=path, per_example=True, plan=plan)
             self.log_example_mean(stage, f"loss_{path}", batch, losses)
             if path in ("hard", "soft"):

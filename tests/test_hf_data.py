@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from datamodules import BYODataModule, DataError, IMDbDataModule, SST2DataModule, build_datamodule
+from datamodules.loaders import HOST_VIEW, host_view
 from conf.compose import compose
 
 from .hf_fixtures import byo_rows, write_csv, write_imdb, write_jsonl, write_sst2
@@ -24,7 +25,9 @@ def test_sst2_batches_and_unlabeled_test_split(tmp_path, capsys):
     assert {r: len(d) for r, d in dm.datasets.items()} == {"train": 30, "val": 10, "test": 8}
     assert "the 'test' split is unlabeled" in capsys.readouterr().out
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", HOST_VIEW}
+    assert host_view(batch).keys() == {"input_ids", "attention_mask", "labels"}  # the collator's own tensors
+    assert all(host_view(batch)[k] is batch[k] for k in host_view(batch))
     assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 8
     assert batch["input_ids"].shape[1] <= 32 and batch["labels"].dtype == torch.long
     assert (batch["input_ids"][:, 0] == dm.tokenizer.cls_token_id).all()

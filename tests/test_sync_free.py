@@ -19,13 +19,16 @@ import lightning as L
 import pytest
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.trainer.connectors import data_connector
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch.overrides import TorchFunctionMode
 from transformers import BatchEncoding
 
 from conf.compose import compose
 from datamodules import build_datamodule
+from datamodules.loaders import DATASET_INDEX, HOST_VIEW, HostViewCollate, host_view
 from lightning_modules import build_system
-from lightning_modules.host_plans import host_plan_of
 from retention.backbones import build_seq2seq
 from retention.budget import Budget, keep_counts
 from retention.encoder import RetentionEncoder
@@ -53,10 +56,15 @@ def _is_bool_index(index) -> bool:
 
 class NoHostSync(TorchFunctionMode):
     """Raises :class:`HostSync` on every read-back above, on boolean-mask indexing and assignment,
-    on one-argument ``torch.where`` and on ``repeat_interleave`` without ``output_size``."""
+    on one-argument ``torch.where`` and on ``repeat_interleave`` without ``output_size``; not while
+    ``on_host`` is set (work on host tensors, which reads nothing back from a device)."""
+
+    on_host = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.on_host:
+            return func(*args, **kwargs)
         if func in _READBACKS:
             raise HostSync(f"host sync: {func.__name__}")
         if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and _is_bool_index(args[1]):
@@ -225,16 +233,40 @@ def test_the_guard_raises_on_each_readback_and_lets_device_work_through(readback
 
 
 # ---------------------------------------------------------------- the systems' steps
-# Training, validation and test batches get a host plan before Lightning moves them to the device
-# (lightning_modules/host_plans.py): every forward of a step (soft, hard, dense) then reads nothing back.
+# Training, validation and test batches carry a host view of their CPU tensors (datamodules/loaders.py),
+# from which the step builds the host plan (lightning_modules/host_plans.py): every forward of a step
+# (soft, hard, dense) then reads nothing back.
 
 class GuardedSteps(L.Callback):
     """The read-back guard around every validation and test step (from the batch-start hook to the
     batch-end hook) and every training step (to the hook before the backward pass); ``steps`` counts
-    the guarded steps. An exception inside a step leaves the guard before Lightning re-raises it."""
+    the guarded steps. An exception inside a step leaves the guard before Lightning re-raises it.
+
+    The step builds its host plan from the batch's host view, on the CPU tensors the collate made:
+    host work, which on an accelerator reads nothing back, but which on this CPU test looks like a
+    read-back to the guard. So while the run lasts, the system's ``host_plan_of`` runs with the guard
+    lifted, and is handed the batch with every other tensor on the meta device: a plan counted from
+    the device-side batch instead of the view fails (a meta tensor has no values to read)."""
 
     def __init__(self) -> None:
         self.guard, self.steps = None, 0
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        build = type(pl_module).host_plan_of
+
+        def host_plan_of(batch):
+            guard = self.guard or NoHostSync()  # (outside a step: a guard that is not entered)
+            guard.on_host = True
+            try:
+                elsewhere = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                return build(pl_module, elsewhere)
+            finally:
+                guard.on_host = False
+
+        pl_module.host_plan_of = host_plan_of
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        del pl_module.host_plan_of  # the class's own again
 
     def _enter(self, *args, **kwargs) -> None:
         self.guard = NoHostSync()
@@ -305,22 +337,46 @@ def test_training_steps_read_nothing_back_and_train_todays_weights(task):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_the_plan_is_made_on_the_host_and_stays_there_when_lightning_moves_the_batch():
-    """The hook builds the plan from the host-side batch even with the model elsewhere (here the meta
-    device: the protected ids come from the encoder's host copy), and Lightning's own transfer moves
-    every tensor of the batch but leaves the plan on the host."""
+def test_the_host_view_stays_on_the_host_when_lightning_moves_the_batch_and_gives_the_plan():
+    """The collate keeps the batch's CPU tensors in its host view; Lightning's own transfer moves every
+    tensor of the batch but leaves the view on the host, and the system builds from it the plan of the
+    host-side batch even with the model elsewhere (here the meta device: the protected ids come from
+    the encoder's host copy)."""
     dm, system = _system("classification", host_plans=True)
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
     ids, mask = batch["input_ids"], batch["attention_mask"]
     expected = system.encoder.host_plan(mask.sum(1), (system.encoder.protected_mask(ids) & mask.bool()).sum(1), ids.shape[1])
     system.to("meta")
-    for collated in (dict(batch), BatchEncoding(dict(batch))):  # ours, and the Hugging Face collators'
-        moved = move_data_to_device(system.on_before_batch_transfer(collated, 0), torch.device("meta"))
-        assert moved["input_ids"].device.type == "meta"
-        plan = host_plan_of(moved)
+    fields = {k: v for k, v in batch.items() if k != HOST_VIEW}
+    hugging_face = HostViewCollate.with_view(BatchEncoding(dict(fields)))  # the Hugging Face collators' batch
+    for collated in (batch, hugging_face):
+        moved = move_data_to_device(collated, torch.device("meta"))
+        assert moved["input_ids"].device.type == "meta" and moved[DATASET_INDEX].device.type == "meta"
+        view = host_view(moved)
+        assert view.keys() == fields.keys() and all(view[k] is v for k, v in fields.items())  # the CPU tensors
+        plan = system.host_plan_of(moved)
         assert plan.lengths.device.type == "cpu" and torch.equal(plan.lengths, expected.lengths)
         assert torch.equal(plan.n_protected, expected.n_protected) and plan.n_protected.min() == 2  # [CLS], [SEP]
         assert (plan.widths, plan.full, plan.full_input) == (expected.widths, expected.full, expected.full_input)
+        assert plan.budget == system.encoder.budget
+    assert system.host_plan_of(fields) is None  # a batch built by hand: the forward reads back
     system.host_plans = False
-    assert host_plan_of(system.on_before_batch_transfer(dict(batch), 0)) is None
+    assert system.host_plan_of(moved) is None
+
+
+TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def test_a_run_with_a_datamodule_gets_no_warning_about_the_batch_transfer_hooks(recwarn, monkeypatch):
+    """Lightning warns when a LightningModule overrides a batch-transfer hook (``on_before_batch_transfer``
+    and the two others) while a DataModule is passed; the systems override none (the plan is built in
+    the step), so a validation run with a DataModule warns nothing about them. Lightning's
+    ``warning_cache`` says each message once per process: a fresh one makes the warning visible to
+    this test whatever ran before."""
+    monkeypatch.setattr(data_connector, "warning_cache", WarningCache())
+    dm, system = _system("classification", host_plans=True)
+    assert not [hook for hook in TRANSFER_HOOKS if is_overridden(hook, system)]
+    _trainer(limit_val_batches=1).validate(system, datamodule=dm, verbose=False)
+    said = [str(w.message) for w in recwarn] + list(data_connector.warning_cache)
+    assert not [message for message in said if any(hook in message for hook in TRANSFER_HOOKS)]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from datamodules.listops import LISTOPS_TOKENS, ListOpsDataModule, ListOpsSpec, generate_listops
+from datamodules.loaders import HOST_VIEW
 from datamodules.needle import NeedleDataModule, NeedleSpec, generate_needle
 from datamodules.recall import KVRetrievalDataModule, KVSpec, MQARDataModule, MQARSpec, generate_kv_retrieval, generate_mqar
 from datamodules.synthetic import CLS_ID, PAD_ID, SEP_ID
@@ -44,7 +45,7 @@ def test_no_leakage_between_splits_and_batches(dm_cls, kwargs):
     rows = {split: {tuple(r.tolist()) for r in dm.datasets[split].tensors[0]} for split in ("train", "val", "test")}
     assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == set(dm.keys)
+    assert set(batch) == {*dm.keys, HOST_VIEW}
     assert batch["input_ids"].shape == (8, kwargs["seq_len"])
     assert int(batch["labels"].max()) < dm.num_labels and int(batch["input_ids"].max()) < dm.vocab_size
 
