@@ -277,6 +277,7 @@ def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri, 
         "ratio": cfg.budget.ratio,
         "tokens": cfg.budget.tokens,
         "flops": cfg.budget.get("flops"),
+        "budget_form": (cfg.budget.constraint, cfg.budget.lagrangian),
         "flops_fraction": m.get("test/flops_fraction"),  # FLOPs budgets: the hard path's, mean over test examples
         "kept": {layer: m.get(f"test/kept_fraction_l{layer}") for layer in system.encoder.gate_layers},
         "lambda": {layer: float(v) for layer, v in zip(system.encoder.gate_layers, system.lam.detach().cpu())},
@@ -379,8 +380,12 @@ def format_summary(s: dict) -> str:
                    f"tokens than evaluation keeps; give the gates more steps (budget.dense_fraction, "
                    f"budget.warmup_fraction, trainer.max_epochs) or a larger optim.gate_lr / optim.dual_lr")
     if below:
+        if s.get("budget_form") == ("equality", "augmented"):  # the form that holds g-hat at rho, still below
+            hint = ("the gates overshot below rho and lambda had not brought them back when training ended; give "
+                    "them more steps (trainer.max_epochs) or a smaller optim.gate_lr")
+        else:
+            hint = ("with budget.constraint=inequality g-hat <= rho holds and lambda stops pushing; "
+                    "budget.constraint=equality budget.lagrangian=augmented holds g-hat at rho")
         out.append(f"warning: training ended with g-hat - rho < -{BUDGET_TOLERANCE} ({below}): the gates closed below "
-                   f"the budget (with budget.constraint=inequality g-hat <= rho holds and lambda stops pushing; "
-                   f"budget.constraint=equality budget.lagrangian=augmented holds g-hat at rho); evaluation keeps more "
-                   f"tokens than training did")
+                   f"the budget ({hint}); evaluation keeps more tokens than training did")
     return "\n".join(out)

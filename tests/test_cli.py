@@ -231,6 +231,10 @@ def test_summary_reports_random_selection_the_needle_and_the_budget_gap():
     assert "budget.constraint=equality budget.lagrangian=augmented holds g-hat at rho" in warning  # the switches that hold it there
     (gap,) = [line for line in under.splitlines() if line.startswith("end of training |g-hat - rho|, layer 0")]
     assert gap.split()[-1] == "0.2810"
+    # already in that form: the hint is the step sizes, not the switches the run already has
+    held = runner.format_summary({**SUMMARY, "budget_gap": {0: -0.1}, "budget_form": ("equality", "augmented")})
+    (warning,) = [line for line in held.splitlines() if line.startswith("warning")]
+    assert "smaller optim.gate_lr" in warning and "budget.lagrangian=augmented holds" not in warning
 
 
 def test_every_preset_group_option_composes():
