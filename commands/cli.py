@@ -46,6 +46,15 @@ def train_epilog() -> str:
     )
 
 
+def batches_or_fraction(text: str) -> int | float:
+    """Lightning's ``limit_*_batches`` convention: an integer is a number of batches (``1``: one batch),
+    a number with a point a fraction of them (``1.0``: all)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file merged over the defaults")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -93,7 +102,8 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--throughput-batches", type=int, default=3,
                    help="test batches timed (dense vs retained, interleaved) per row; 0 skips timing")
-    p.add_argument("--limit-test-batches", type=float, default=None, help="evaluate on part of the test split")
+    p.add_argument("--limit-test-batches", type=batches_or_fraction, default=None,
+                   help="evaluate on part of the test split: N batches, or a fraction such as 0.5")
 
 
 def bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,8 +115,8 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                      help="overrides of each checkpoint's config.yaml, e.g. data.seq_len=512 (an unknown key: exit 2)")
     src.add_argument("--timing-batches", type=int, default=3,
                      help="test batches (of --batch-sizes rows, at the data's own length) timed per checkpoint (default 3)")
-    src.add_argument("--limit-test-batches", type=float, default=None,
-                     help="accuracy on part of the test split (Lightning's limit_test_batches; default: all of it)")
+    src.add_argument("--limit-test-batches", type=batches_or_fraction, default=None,
+                     help="accuracy on part of the test split: N batches, or a fraction such as 0.5 (default: all of it)")
     p.add_argument("--backbone", default=None, help="minilm (default: packaged pretrained MiniLM-L6), random (sizes below), "
                    "or a Hugging Face name/path of a BERT-family encoder")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 1024 2048 4096)")

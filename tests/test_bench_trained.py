@@ -77,3 +77,11 @@ def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["bench", "evaluate"])
+def test_limit_test_batches_counts_batches_or_takes_a_fraction(command):
+    """Lightning reads an int as batches and a float as a fraction: ``1`` is one batch, not all of them."""
+    parse = lambda v: cli.parser().parse_args([command, "--checkpoint", "x", "--limit-test-batches", v]).limit_test_batches
+    assert (parse("1"), type(parse("1"))) == (1, int)
+    assert (parse("0.5"), type(parse("0.5"))) == (0.5, float)
