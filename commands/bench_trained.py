@@ -248,8 +248,7 @@ def write_outputs(rows: list[dict], out: Path, header: str) -> list[Path]:
             ax.annotate(tag, (r.speedup, r.value), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
     ax.set_xlabel("speed-up of the retained forward over the full forward (same weights)")
     ax.set_ylabel(f"test {df['metric'].iloc[0]} (hard top-M path)")
-    ax.set_title(header.splitlines()[0], fontsize=8)
-    ax.text(0.99, 0.02, "\n".join(header.splitlines()[1:]), transform=ax.transAxes, fontsize=7, ha="right", va="bottom")
+    ax.set_title(header, fontsize=7)  # the setting and the machine's load beside the figures
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
               title="□ dense (1.0x); ⋯ 99 % of dense", title_fontsize=7)
     ax.grid(alpha=0.3)

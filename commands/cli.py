@@ -120,7 +120,7 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="minilm (default: packaged pretrained MiniLM-L6), random (sizes below), "
                    "or a Hugging Face name/path of a BERT-family encoder")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 1024 2048 4096)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8; with --checkpoint: rows per timed test batch)")
     p.add_argument("--ratios", type=float, nargs="*", default=None,
                    help="budgets rho in (0, 1] (default 0.3 0.5; none when --flops is given)")
     p.add_argument("--gate-layers", type=int, nargs="+", default=None, help="gated layers (default 1: drop entering layer 1)")
@@ -129,9 +129,9 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flops", type=float, nargs="+", default=None,
                    help="FLOPs budgets F in (0, 1]: the schedule's shape (at --shape-ratio) scaled to F of the dense FLOPs")
     p.add_argument("--shape-ratio", type=float, default=None, help="the ratio whose schedule --flops scales (default 0.3)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads())")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10; 3 with --checkpoint)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2; 1 with --checkpoint)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads(); 1 with --checkpoint)")
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile every transformer layer (hooks stay eager)")
@@ -163,7 +163,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "sweep": ("Optuna sweep over the train config; every trial a nested MLflow run", sweep_arguments),
     "compare": ("table and plots of MLflow runs: an experiment, a sweep's parent run, or run ids", compare_arguments),
     "evaluate": ("evaluate trained runs: methods x budgets on the test split; table, CSV/Markdown, plots, MLflow artifacts", evaluate_arguments),
-    "bench": ("measure full vs retained throughput, latency, peak memory, gate overhead and training step time", bench_arguments),
+    "bench": ("measure full vs retained throughput, latency, peak memory, gate overhead and training step time; "
+              "with --checkpoint/--run-id: speed-up against test accuracy of trained runs", bench_arguments),
 }
 
 
