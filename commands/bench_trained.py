@@ -50,10 +50,11 @@ from torch.utils.data import DataLoader
 from commands.evaluate import Source, describe, load_sources, load_system, test_loop_metrics
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT
 from conf.checks import ConfigError
-from conf.compose import compose
+from conf.compose import compose, config_groups
 from retention.bench import BenchSpec, interleaved_times
 from retention.budget import Budget
 from retention.flops import flops_fraction
+from retention.methods import Method
 
 __all__ = ["run", "trained_label", "checkpoint_budgets", "time_budgets", "write_outputs"]
 
@@ -272,6 +273,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name}: {bad} outside (0, 1]")
     if not args.ratios and not args.flops:
         raise ValueError("give at least one budget: --ratios or --flops")
+    groups = [item for item in args.set if item.split("=", 1)[0] in config_groups()]
+    if groups:  # compose would merge the run's config.yaml over a group's file: the selection would be lost
+        raise ValueError(f"--set {' '.join(groups)}: config groups cannot be swapped on a trained run; give keys (data.seq_len=512)")
     args.batch_sizes = args.batch_sizes or [8]
     args.reps = DEFAULT_REPS if args.reps is None else args.reps
     args.warmup = DEFAULT_WARMUP if args.warmup is None else args.warmup
@@ -300,6 +304,9 @@ def run(args: argparse.Namespace) -> int:
     for src in sources:  # every --set key is checked (a ConfigError: exit 2) before anything is measured
         if args.set:
             src.config = compose(args.set, config_file=src.checkpoint.parent / CONFIG_NEXT_TO_CHECKPOINT)
+        if Method(src.config.method).is_sparse:
+            raise ConfigError(f"--checkpoint {src.checkpoint}: method={src.config.method} is a sparse-attention comparator; "
+                              "it keeps every token, so there is no retained forward to time")
     start = os.getloadavg()
     rows = []
     for src in sources:

@@ -112,7 +112,7 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--checkpoint", nargs="+", help="checkpoint file(s) of `retention train`, config.yaml beside each")
     which.add_argument("--run-id", nargs="+", help="MLflow run id(s) of `retention train` runs (see --tracking-uri)")
     src.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                     help="overrides of each checkpoint's config.yaml, e.g. data.seq_len=512 (an unknown key: exit 2)")
+                     help="key=value overrides of each checkpoint's config.yaml, e.g. data.seq_len=512 (an unknown key or a config group: exit 2)")
     src.add_argument("--timing-batches", type=int, default=3,
                      help="test batches (of --batch-sizes rows, at the data's own length) timed per checkpoint (default 3)")
     src.add_argument("--limit-test-batches", type=batches_or_fraction, default=None,

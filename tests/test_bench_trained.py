@@ -54,11 +54,11 @@ def test_rows_per_checkpoint_and_budget_dense_at_rho_one_flops_within_budget(tmp
     assert "load average" in printed
 
 
-def _fake_checkpoint(tmp_path):
+def _fake_checkpoint(tmp_path, *overrides):
     """A checkpoint file beside a real config.yaml: enough for the checks made before any weights load."""
     folder = tmp_path / "run"
     folder.mkdir()
-    OmegaConf.save(compose(TINY), folder / CONFIG_NEXT_TO_CHECKPOINT)
+    OmegaConf.save(compose([*TINY, *overrides]), folder / CONFIG_NEXT_TO_CHECKPOINT)
     (folder / "best.ckpt").write_bytes(b"")
     return str(folder / "best.ckpt")
 
@@ -70,9 +70,12 @@ def _fake_checkpoint(tmp_path):
     (["--checkpoint", "CK", "--set", "model.no_such_key=3"], "model.no_such_key"),
     (["--checkpoint", "CK", "--set", "data.seq_len=long"], "data.seq_len"),
     (["--checkpoint", "CK", "--lengths", "512"], "--lengths"),
-], ids=["missing", "ratio", "flops", "set-key", "set-value", "synthetic-flag"])
+    (["--checkpoint", "CK", "--set", "model=minilm"], "config groups cannot be swapped"),
+    (["--checkpoint", "SPARSE"], "sparse-attention comparator"),
+], ids=["missing", "ratio", "flops", "set-key", "set-value", "synthetic-flag", "set-group", "sparse"])
 def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path, capsys):
-    ck = _fake_checkpoint(tmp_path)
+    ck = _fake_checkpoint(tmp_path, *(["method=longformer", "data.seq_len=64"] if "SPARSE" in args else []))
+    args = ["CK" if a == "SPARSE" else a for a in args]
     assert cli.main(["bench", *[ck if a == "CK" else a for a in args], "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
