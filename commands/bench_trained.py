@@ -5,8 +5,8 @@ trained runs, each budget measured both ways in one process.
         --ratios 0.1 0.3 0.5 --flops 0.15 0.25 0.4 --batch-sizes 8 --threads 1 --out pareto
 
 For every checkpoint (loaded as ``retention evaluate`` loads it, :func:`commands.evaluate.load_sources`
-and :func:`commands.evaluate.load_system`; ``--set`` overrides its ``config.yaml`` through
-:func:`conf.compose.compose`, so a bad key exits 2 naming it) and every budget:
+and :func:`commands.evaluate.load_system`; ``--set`` overrides its ``config.yaml``,
+:func:`apply_overrides`: a key it does not have, or a value of another type, exits 2 naming it) and every budget:
 
 * **accuracy**: the task metric of the hard top-M path on the test split, by the run's own test loop
   (``Trainer.test``, :func:`commands.evaluate.test_loop_metrics`), and the dense path's once per checkpoint;
@@ -45,12 +45,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader
 
 from commands.evaluate import Source, describe, load_sources, load_system, test_loop_metrics
-from commands.runner import CONFIG_NEXT_TO_CHECKPOINT
 from conf.checks import ConfigError
-from conf.compose import compose, config_groups
+from conf.compose import config_groups
 from retention.bench import BenchSpec, interleaved_times
 from retention.budget import Budget
 from retention.flops import flops_fraction
@@ -65,6 +66,7 @@ SYNTHETIC_ONLY = {"lengths": "--lengths (the data's own length: --set data.seq_l
                   "quick": "--quick", "compile": "--compile", "cuda_graphs": "--cuda-graphs", "no_memory": "--no-memory",
                   "train_max_length": "--train-max-length", "train_reps": "--train-reps", "mlflow": "--mlflow"}
 DEFAULT_REPS, DEFAULT_WARMUP, DEFAULT_THREADS = 3, 1, 1
+_ABSENT = object()
 
 
 def trained_label(cfg) -> str:
@@ -258,6 +260,25 @@ def write_outputs(rows: list[dict], out: Path, header: str) -> list[Path]:
     return [csv, md, png]
 
 
+def apply_overrides(cfg, overrides: list[str], checkpoint) -> DictConfig:
+    """The run's own config with the ``key=value`` overrides: each key must exist in it and the value
+    keep the type it has there (a :class:`ConfigError` naming the key otherwise). Applied to the saved
+    config itself rather than recomposed through the schema, so a run written by an older or newer
+    version of the code (a key this version does not know) can still be measured."""
+    try:
+        given = OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"--set: {str(err).splitlines()[0]}") from None
+    for key in (k.split("=", 1)[0] for k in overrides):
+        old, new = OmegaConf.select(cfg, key, default=_ABSENT), OmegaConf.select(given, key)
+        if old is _ABSENT:
+            raise ConfigError(f"--set {key}: no such key in the config.yaml of {checkpoint}")
+        numeric = isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(new, bool)
+        if old is not None and new is not None and type(old) is not type(new) and not (isinstance(old, float) and numeric):
+            raise ConfigError(f"--set {key}={new!r}: expected a {type(old).__name__} like the run's {old!r}")
+    return OmegaConf.merge(cfg, given)
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Fill the checkpoint mode's defaults; a ``ValueError`` for a flag or value it cannot take."""
     given = [flag for name, flag in SYNTHETIC_ONLY.items() if getattr(args, name, None) not in (None, False)]
@@ -274,7 +295,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.ratios and not args.flops:
         raise ValueError("give at least one budget: --ratios or --flops")
     groups = [item for item in args.set if item.split("=", 1)[0] in config_groups()]
-    if groups:  # compose would merge the run's config.yaml over a group's file: the selection would be lost
+    if groups:  # a group's file sets several keys of several sections; --set changes keys of the run's own config
         raise ValueError(f"--set {' '.join(groups)}: config groups cannot be swapped on a trained run; give keys (data.seq_len=512)")
     args.batch_sizes = args.batch_sizes or [8]
     args.reps = DEFAULT_REPS if args.reps is None else args.reps
@@ -303,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for src in sources:  # every --set key is checked (a ConfigError: exit 2) before anything is measured
         if args.set:
-            src.config = compose(args.set, config_file=src.checkpoint.parent / CONFIG_NEXT_TO_CHECKPOINT)
+            src.config = apply_overrides(src.config, args.set, src.checkpoint)
         if Method(src.config.method).is_sparse:
             raise ConfigError(f"--checkpoint {src.checkpoint}: method={src.config.method} is a sparse-attention comparator; "
                               "it keeps every token, so there is no retained forward to time")

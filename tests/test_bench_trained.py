@@ -7,6 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from commands import cli
+from commands.bench_trained import apply_overrides
+from conf.checks import ConfigError
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT
 from conf.compose import compose
 
@@ -88,3 +90,14 @@ def test_limit_test_batches_counts_batches_or_takes_a_fraction(command):
     parse = lambda v: cli.parser().parse_args([command, "--checkpoint", "x", "--limit-test-batches", v]).limit_test_batches
     assert (parse("1"), type(parse("1"))) == (1, int)
     assert (parse("0.5"), type(parse("0.5"))) == (0.5, float)
+
+
+def test_set_applies_to_the_runs_own_config_even_one_this_version_does_not_fully_know():
+    """A key the schema lacks (a newer run's) does not stop --set; the overridden keys must exist and keep their type."""
+    cfg = OmegaConf.merge(OmegaConf.to_container(compose(TINY)), {"budget": {"lagrangian": "augmented"}})  # as loaded from YAML
+    out = apply_overrides(cfg, ["data.seq_len=48", "budget.ratio=1"], "ck")
+    assert (out.data.seq_len, out.budget.ratio, out.budget.lagrangian) == (48, 1, "augmented")
+    with pytest.raises(ConfigError, match="--set data.seq_len='long': expected a int"):
+        apply_overrides(cfg, ["data.seq_len=long"], "ck")
+    with pytest.raises(ConfigError, match="--set model.nope: no such key"):
+        apply_overrides(cfg, ["model.nope=1"], "ck")
