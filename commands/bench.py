@@ -6,6 +6,10 @@
     retention bench --mlflow                          # also log to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)
     retention bench --device cuda --cuda-graphs --sync-debug error   # CUDA graph replays; any host sync fails
     retention bench --gate-layers 0 2 4 --schedule linear --ratios 0.3 --flops 0.25   # progressive, a FLOPs budget
+    retention bench --checkpoint ckpt/*/best.ckpt --set data.seq_len=512 --ratios 0.3 --flops 0.25   # trained runs
+
+With ``--checkpoint`` / ``--run-id`` it measures trained runs instead, speed-up and test accuracy per
+budget (:mod:`commands.bench_trained`: ``accuracy_speed.csv``/``.md`` and ``pareto.png``).
 
 Writes ``bench.json`` (environment + one record per configuration), ``bench.csv`` (the records) and
 ``bench.png`` (speed-up and activation-memory reduction against T, one line per budget) to ``--out``.
@@ -24,6 +28,7 @@ import mlflow
 import pandas as pd
 import torch
 
+from commands import bench_trained
 from commands.runner import default_tracking_uri, flatten_params
 from commands.tracking_store import open_store
 from retention.bench import BenchSpec, run_bench, validate_spec
@@ -46,14 +51,14 @@ def spec_from_args(args: argparse.Namespace):
         return QUICK[name] if args.quick and name in QUICK else getattr(defaults, name)
 
     return BenchSpec(
-        backbone=args.backbone,
+        backbone=pick("backbone"),
         lengths=tuple(pick("lengths")),
         batch_sizes=tuple(pick("batch_sizes")),
         ratios=tuple(args.ratios if args.ratios is not None else ([] if args.flops else defaults.ratios)),
-        gate_layers=tuple(args.gate_layers),
-        schedule=args.schedule,
+        gate_layers=tuple(pick("gate_layers")),
+        schedule=pick("schedule"),
         flops=tuple(args.flops or ()),
-        shape_ratio=args.shape_ratio,
+        shape_ratio=pick("shape_ratio"),
         reps=pick("reps"),
         warmup=pick("warmup"),
         threads=pick("threads"),
@@ -93,6 +98,8 @@ def log_to_mlflow(result: dict, files: list[Path], tracking_uri: str | None, exp
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint or args.run_id:
+        return bench_trained.run(args)
     try:
         spec = spec_from_args(args)
         validate_spec(spec)

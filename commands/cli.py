@@ -46,6 +46,15 @@ def train_epilog() -> str:
     )
 
 
+def batches_or_fraction(text: str) -> int | float:
+    """Lightning's ``limit_*_batches`` convention: an integer is a number of batches (``1``: one batch),
+    a number with a point a fraction of them (``1.0``: all)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file merged over the defaults")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -93,25 +102,36 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--throughput-batches", type=int, default=3,
                    help="test batches timed (dense vs retained, interleaved) per row; 0 skips timing")
-    p.add_argument("--limit-test-batches", type=float, default=None, help="evaluate on part of the test split")
+    p.add_argument("--limit-test-batches", type=batches_or_fraction, default=None,
+                   help="evaluate on part of the test split: N batches, or a fraction such as 0.5")
 
 
 def bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="minilm", help="minilm (packaged pretrained MiniLM-L6), random (sizes below), "
+    src = p.add_argument_group("trained checkpoints (speed against accuracy on the test split; commands/bench_trained.py)")
+    which = src.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", nargs="+", help="checkpoint file(s) of `retention train`, config.yaml beside each")
+    which.add_argument("--run-id", nargs="+", help="MLflow run id(s) of `retention train` runs (see --tracking-uri)")
+    src.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="key=value overrides of each checkpoint's config.yaml, e.g. data.seq_len=512 (an unknown key or a config group: exit 2)")
+    src.add_argument("--timing-batches", type=int, default=3,
+                     help="test batches (of --batch-sizes rows, at the data's own length) timed per checkpoint (default 3)")
+    src.add_argument("--limit-test-batches", type=batches_or_fraction, default=None,
+                     help="accuracy on part of the test split: N batches, or a fraction such as 0.5 (default: all of it)")
+    p.add_argument("--backbone", default=None, help="minilm (default: packaged pretrained MiniLM-L6), random (sizes below), "
                    "or a Hugging Face name/path of a BERT-family encoder")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 1024 2048 4096)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes (default 8; with --checkpoint: rows per timed test batch)")
     p.add_argument("--ratios", type=float, nargs="*", default=None,
                    help="budgets rho in (0, 1] (default 0.3 0.5; none when --flops is given)")
-    p.add_argument("--gate-layers", type=int, nargs="+", default=[1], help="gated layers (default 1: drop entering layer 1)")
-    p.add_argument("--schedule", choices=("constant", "linear"), default="constant",
-                   help="per-gate ratios across several gated layers: constant, or linear (falling to rho at the last gate)")
+    p.add_argument("--gate-layers", type=int, nargs="+", default=None, help="gated layers (default 1: drop entering layer 1)")
+    p.add_argument("--schedule", choices=("constant", "linear"), default=None,
+                   help="per-gate ratios across several gated layers: constant (default), or linear (falling to rho at the last gate)")
     p.add_argument("--flops", type=float, nargs="+", default=None,
                    help="FLOPs budgets F in (0, 1]: the schedule's shape (at --shape-ratio) scaled to F of the dense FLOPs")
-    p.add_argument("--shape-ratio", type=float, default=0.3, help="the ratio whose schedule --flops scales (default 0.3)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads())")
+    p.add_argument("--shape-ratio", type=float, default=None, help="the ratio whose schedule --flops scales (default 0.3)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration (default 10; 3 with --checkpoint)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up repetitions (default 2; 1 with --checkpoint)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads(); 1 with --checkpoint)")
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile every transformer layer (hooks stay eager)")
@@ -143,7 +163,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "sweep": ("Optuna sweep over the train config; every trial a nested MLflow run", sweep_arguments),
     "compare": ("table and plots of MLflow runs: an experiment, a sweep's parent run, or run ids", compare_arguments),
     "evaluate": ("evaluate trained runs: methods x budgets on the test split; table, CSV/Markdown, plots, MLflow artifacts", evaluate_arguments),
-    "bench": ("measure full vs retained throughput, latency, peak memory, gate overhead and training step time", bench_arguments),
+    "bench": ("measure full vs retained throughput, latency, peak memory, gate overhead and training step time; "
+              "with --checkpoint/--run-id: speed-up against test accuracy of trained runs", bench_arguments),
 }
 
 

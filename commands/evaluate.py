@@ -101,10 +101,13 @@ def label_sources(sources: list[Source]) -> None:
             src.label = f"{src.name} [{src.run_id if src.run_name else src.checkpoint}]"
 
 
-def _sources(args) -> list[Source]:
+def load_sources(checkpoints=None, run_ids=None, experiment: str | None = None, tracking_uri: str | None = None) -> list[Source]:
+    """The runs to evaluate, labelled (:func:`label_sources`): checkpoint files (each with the run's
+    ``config.yaml`` beside it), MLflow run ids, or every finished run of an MLflow ``experiment``
+    that has a checkpoint. A ``ValueError`` naming the option for one that cannot be loaded."""
     out = []
-    if args.checkpoint:
-        for ck in args.checkpoint:
+    if checkpoints:
+        for ck in checkpoints:
             path = Path(ck)
             cfg_path = path.parent / CONFIG_NEXT_TO_CHECKPOINT
             if not path.is_file():
@@ -116,16 +119,16 @@ def _sources(args) -> list[Source]:
         label_sources(out)
         return out
 
-    client = open_store(default_tracking_uri(args.tracking_uri))
-    run_ids = args.run_id
-    if args.experiment:
-        exp = client.get_experiment_by_name(args.experiment)
+    client = open_store(default_tracking_uri(tracking_uri))
+    run_ids = list(run_ids or [])
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            raise ValueError(f"--experiment {args.experiment!r}: no such experiment")
+            raise ValueError(f"--experiment {experiment!r}: no such experiment")
         runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
         run_ids = [r.info.run_id for r in runs if "checkpoint_path" in r.data.tags]
         if not run_ids:
-            raise ValueError(f"--experiment {args.experiment!r}: no finished run with a checkpoint")
+            raise ValueError(f"--experiment {experiment!r}: no finished run with a checkpoint")
     for run_id in run_ids:
         try:
             run = client.get_run(run_id)
@@ -138,6 +141,25 @@ def _sources(args) -> list[Source]:
         out.append(Source(cfg, Path(ck), run_id, run.info.run_name))
     label_sources(out)
     return out
+
+
+def load_system(src: Source):
+    """(data module, system with the checkpoint's weights) of ``src``, built from ``src.config``."""
+    state = load_checkpoint(src.checkpoint, "--checkpoint")["state_dict"]  # weights_only: no code runs
+    dm = build_datamodule(src.config)
+    system = build_system(src.config, dm)
+    system.load_state_dict(state)
+    return dm, system
+
+
+def test_loop_metrics(system, dm, path: str, limit_test_batches=None) -> dict[str, float]:
+    """The run's own test loop (``Trainer.test`` on the CPU) on one path (``hard``, ``dense``, ...):
+    every logged ``test/...`` figure. Leaves ``system.eval_paths`` at ``(path,)``."""
+    system.eval_paths = (path,)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", limit_test_batches=limit_test_batches)
+    trainer.test(system, datamodule=dm, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 def throughput_ratio(system, dm, n_batches: int, reps: int = 3) -> float | None:
@@ -183,10 +205,7 @@ def applicable_methods(cfg, requested: list[str]) -> list[str]:
 
 def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limit_test_batches) -> list[dict]:
     cfg = src.config
-    state = load_checkpoint(src.checkpoint, "--checkpoint")["state_dict"]  # weights_only: no code runs
-    dm = build_datamodule(cfg)
-    system = build_system(cfg, dm)
-    system.load_state_dict(state)
+    dm, system = load_system(src)
     metric = system.METRIC
     trained_budget = system.encoder.budget
     rows = []
@@ -194,11 +213,7 @@ def evaluate_source(src: Source, budgets, methods, throughput_batches: int, limi
     own_paths = system.eval_paths
 
     def test(path: str) -> dict[str, float]:
-        system.eval_paths = (path,)
-        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, accelerator="cpu", limit_test_batches=limit_test_batches)
-        trainer.test(system, datamodule=dm, verbose=False)
-        return {k: float(v) for k, v in trainer.callback_metrics.items()}
+        return test_loop_metrics(system, dm, path, limit_test_batches)
 
     methods = applicable_methods(cfg, methods)
     # Once per run: the dense path drops nothing, whatever the selector. A sparse comparator has none.
@@ -282,7 +297,7 @@ def run(args) -> int:
     warnings.filterwarnings("ignore", message="GPU available but not used", category=PossibleUserWarning)
     try:
         _check_args(args)
-        sources = _sources(args)
+        sources = load_sources(args.checkpoint, args.run_id, args.experiment, args.tracking_uri)
     except ValueError as err:
         print(f"retention evaluate: {err}", file=sys.stderr)
         return 2
