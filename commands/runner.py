@@ -78,14 +78,20 @@ def check_config(cfg) -> None:
 
 
 def warm_start(system, path: str) -> dict[str, list[str]]:
-    """Load every tensor of checkpoint ``path`` whose name and shape match ``system``'s; print what was
-    not loaded (nothing is skipped silently). Returns ``{"missing": [...], "unused": [...]}``."""
+    """Load every tensor of checkpoint ``path`` whose name and shape match ``system``'s, except the
+    method's own state (the gates and the dual variables λ, λ₂: :meth:`RetentionSystem.dual_and_gate_parameters`),
+    which starts as this run configures it (``gate.init_log_alpha``, ``budget.init_lambda``): a stage-2
+    run from a dense checkpoint would otherwise inherit its λ = 0, and a fixed-λ ablation or LTP's
+    fixed penalty would train with no penalty at all. Print what was not loaded (nothing is skipped
+    silently). Returns ``{"missing": [...], "unused": [...]}``."""
     state = load_checkpoint(path, "model.init_from")["state_dict"]
     adapt = getattr(system.encoder, "adapt_dense_state", None)  # a sparse comparator maps dense names onto its own
     if adapt is not None:
         state = adapt(state, prefix="encoder.backbone.")
     own = system.state_dict()
-    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    fresh = {id(p) for p in system.dual_and_gate_parameters()}
+    method_state = {name for name, p in system.named_parameters() if id(p) in fresh}
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and k not in method_state}
     report = {"missing": sorted(set(own) - set(loadable)), "unused": sorted(set(state) - set(loadable))}
     system.load_state_dict(loadable, strict=False)
     print(f"warm start from {path}: {len(loadable)} of {len(own)} tensors loaded; "

@@ -233,6 +233,23 @@ def test_warm_start_loads_matching_tensors_and_reports_the_rest(tmp_path, monkey
     assert "encoder.gates.0.W.weight" in out  # our scorer's weights: in the checkpoint, not used, listed
 
 
+@pytest.mark.slow
+def test_warm_start_keeps_the_configured_lambda_and_gates(tmp_path, monkeypatch):
+    """A stage-2 run from a dense checkpoint (whose λ is 0) starts with its own budget.init_lambda and
+    fresh gates: the fixed-λ ablation and LTP's fixed penalty otherwise trained with λ = 0."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"
+    first = runner.train(compose([*TINY, uri, "budget.dense_fraction=1.0", "budget.warmup_fraction=0.0",
+                                  "gate.init_log_alpha=-1.0"]), print_summary=False)
+    assert float(load_checkpoint(first["checkpoint"])["state_dict"]["lam"][0]) == 0.0
+    cfg = compose([*TINY, "ablation=fixed_lambda", f"model.init_from={first['checkpoint']}"])
+    system = build_system(cfg, build_datamodule(cfg))
+    fresh_gate = system.encoder.gates[0].v.bias.detach().clone()
+    runner.warm_start(system, first["checkpoint"])
+    assert float(system.lam[0]) == cfg.budget.init_lambda == 1.0
+    assert torch.equal(system.encoder.gates[0].v.bias, fresh_gate)
+
+
 def test_warm_start_from_a_missing_file_is_a_config_error(capsys):
     assert cli.main(["train", "model.init_from=/nonexistent/best.ckpt"]) == 2
     assert "model.init_from" in capsys.readouterr().err
