@@ -28,12 +28,19 @@ class OnHost:
     """``value``, carried in a batch without being moved to the device. Lightning's
     ``transfer_batch_to_device`` (``apply_to_collection``) moves every tensor it finds inside Mappings,
     sequences, namedtuples and dataclasses (and the Hugging Face ``BatchEncoding.to`` every value with
-    a ``to``); a plain object with no ``to`` is none of those, so it stays on the host, untouched."""
+    a ``to``); a plain object with no ``to`` is none of those, so it stays on the host, untouched.
+    It iterates as empty: Lightning infers ``self.log``'s batch size by walking the batch, and a
+    non-iterable value there reads as a second, unknown batch size ("Trying to infer the
+    `batch_size` from an ambiguous collection", a warning every training run printed); an empty
+    iterable is walked past."""
 
     __slots__ = ("value",)
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+    def __iter__(self):
+        return iter(())
 
 
 def host_view(batch) -> dict | None:

@@ -380,3 +380,17 @@ def test_a_run_with_a_datamodule_gets_no_warning_about_the_batch_transfer_hooks(
     _trainer(limit_val_batches=1).validate(system, datamodule=dm, verbose=False)
     said = [str(w.message) for w in recwarn] + list(data_connector.warning_cache)
     assert not [message for message in said if any(hook in message for hook in TRANSFER_HOOKS)]
+
+
+def test_lightning_infers_one_batch_size_from_a_batch_with_its_host_view(recwarn):
+    """Lightning's batch-size inference (what ``self.log`` uses) walks the batch: the host view must not
+    read as a second, unknown size (it warned "ambiguous collection" on every training run)."""
+    from lightning.pytorch.utilities.data import extract_batch_size, warning_cache
+
+    from datamodules.loaders import HostViewCollate
+
+    items = [{"input_ids": torch.tensor([101, 7, 8, 102]), "attention_mask": torch.ones(4, dtype=torch.long)}] * 3
+    batch = HostViewCollate()(items)
+    warning_cache.clear()
+    assert extract_batch_size(batch) == 3
+    assert not [w for w in recwarn if "ambiguous collection" in str(w.message)]
