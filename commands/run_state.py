@@ -70,9 +70,17 @@ class RunKilled(BaseException):
 @contextmanager
 def signals_raise() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise :class:`RunKilled` (restoring the previous handlers
-    after). Lightning's own SIGTERM handler, installed during ``fit``, calls this one after its own."""
+    after). Lightning's own SIGTERM handler, installed during ``fit``, calls this one after its own.
+
+    A signal that lands while Python runs a ``__del__`` or a weakref callback (SQLAlchemy's, say)
+    raises there, and Python ignores exceptions raised there: the :class:`RunKilled` is lost, and what
+    surfaces is Lightning's own ``SIGTERMException`` (a ``SystemExit`` with code 0: the run was marked
+    FAILED and the process exited 0). So the handler also records the signal, and an exception that
+    leaves the block after one arrived is re-raised as that signal's :class:`RunKilled`."""
+    received: list[int] = []
 
     def handler(signum, frame):
+        received.append(signum)
         raise RunKilled(signum)
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
@@ -81,6 +89,10 @@ def signals_raise() -> Iterator[None]:
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except BaseException as err:
+        if received and killed_by(err) is None:
+            raise RunKilled(received[0]) from err
+        raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -234,3 +234,25 @@ def test_kill_9_after_first_epoch_then_resume_equals_an_uninterrupted_run(tmp_pa
         assert WARNING not in out
         (ckpts,) = (folder / "checkpoints").iterdir()
         assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt"]
+
+
+def test_a_signal_whose_exception_python_swallowed_still_ends_as_killed():
+    """A SIGTERM landing inside a ``__del__`` or weakref callback raises there and Python ignores it;
+    Lightning then raises its own SIGTERMException (a SystemExit with code 0). signals_raise turns
+    what surfaces into the signal's RunKilled (the run is marked KILLED, the exit code is 143)."""
+    with pytest.raises(run_state.RunKilled) as caught:
+        with run_state.signals_raise():
+            handler = signal.getsignal(signal.SIGTERM)
+            try:  # what Python does with an exception raised in a __del__: it prints and drops it
+                handler(signal.SIGTERM, None)
+            except run_state.RunKilled:
+                pass
+            raise SystemExit(0)  # Lightning's SIGTERMException
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+    assert run_state.killed_by(caught.value) is caught.value
+
+
+def test_signals_raise_leaves_other_errors_alone():
+    with pytest.raises(ValueError):
+        with run_state.signals_raise():
+            raise ValueError("not a signal")
