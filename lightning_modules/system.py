@@ -1,5 +1,4 @@
-"""The optimisation core shared by every task: backbone + gates + the dual variable λ. (Over 400
-lines: the one base LightningModule, whose Lagrangian, phases and optimizer wiring belong together.)
+"""The optimisation core shared by every task: backbone + gates + the dual variable λ.
 
 One optimizer, three param groups:
   0. backbone and task head (lr, weight decay),
@@ -26,7 +25,7 @@ Under a FLOPs budget (``budget.flops``) λ has one more entry, the FLOPs constra
 (:meth:`RetentionSystem.constraint_sides`); with ``distill.ranking`` a gated step adds ToP's ranking
 distillation (:meth:`RetentionSystem.ranking_distillation`).
 
-(About 460 lines, over the usual 400: the Lagrangian's sides, its steps and its logging share the
+(About 490 lines, over the usual 400: the Lagrangian's sides, its steps and its logging share the
 system's λ and phases; the equations themselves live in ``retention``.)
 """
 
