@@ -9,7 +9,7 @@ ends, and how it resumes.
   each RUNNING run of this host whose process no longer exists (the pid and its start time, so a
   reused pid does not pass for the owner). A run the caller opened (a sweep trial) is marked by
   :func:`mark_ended` only when killed; its other failures are the caller's to record.
-* Signals. :func:`signals_raise` turns SIGINT and SIGTERM into :class:`RunKilled`, which passes
+* Signals. :class:`SignalStop` turns SIGINT and SIGTERM into :class:`RunKilled`, which passes
   through Lightning (its ``_call_and_handle_interrupt`` re-raises a ``BaseException`` that is not a
   ``KeyboardInterrupt``) up to the runner, which marks the run KILLED.
 * Resume. Every run saves ``last.ckpt`` (the full trainer state, with :class:`RngState`'s generator
@@ -46,7 +46,7 @@ from conf.schema import ConfigError
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "LAST", "RESUME_OVERRIDABLE", "TAG_CKPT_DIR", "TAG_HOST", "TAG_PID",
            "RngState", "RunKilled", "ResumeTarget", "SharedRun", "killed_by", "mark_ended", "owner_tags", "process_alive",
-           "reap_orphan_runs", "resume_target", "run_name", "signals_raise"]
+           "reap_orphan_runs", "resume_target", "run_name", "SignalStop"]
 
 CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
 LAST = "last.ckpt"
@@ -67,35 +67,53 @@ class RunKilled(BaseException):
         super().__init__(f"killed by {signal.Signals(signum).name}")
 
 
-@contextmanager
-def signals_raise() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise :class:`RunKilled` (restoring the previous handlers
+class SignalStop(L.Callback):
+    """SIGINT and SIGTERM end the run as :class:`RunKilled`, even when Python swallowed the exception.
+
+    Within :meth:`raising`, both signals raise :class:`RunKilled` (the previous handlers come back
     after). Lightning's own SIGTERM handler, installed during ``fit``, calls this one after its own.
 
     A signal that lands while Python runs a ``__del__`` or a weakref callback (SQLAlchemy's, say)
-    raises there, and Python ignores exceptions raised there: the :class:`RunKilled` is lost, and what
-    surfaces is Lightning's own ``SIGTERMException`` (a ``SystemExit`` with code 0: the run was marked
-    FAILED and the process exited 0). So the handler also records the signal, and an exception that
-    leaves the block after one arrived is re-raised as that signal's :class:`RunKilled`."""
-    received: list[int] = []
+    raises there, and Python prints and drops exceptions raised there: the :class:`RunKilled` is lost.
+    Two things then happen, and both are covered:
 
-    def handler(signum, frame):
-        received.append(signum)
+    * after a SIGTERM, Lightning raises its own ``SIGTERMException`` (a ``SystemExit`` with code 0: the
+      run was marked FAILED and the process exited 0). The handler records each signal, and an
+      exception that leaves :meth:`raising` after one arrived is re-raised as that signal's
+      :class:`RunKilled`;
+    * after a SIGINT nothing surfaces and training would go on. As a callback, this object raises the
+      recorded signal's :class:`RunKilled` at the next batch boundary of fit, validation and test."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def _handler(self, signum, frame):
+        self.received.append(signum)
         raise RunKilled(signum)
 
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except BaseException as err:
-        if received and killed_by(err) is None:
-            raise RunKilled(received[0]) from err
-        raise
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    @contextmanager
+    def raising(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield
+            return
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        except BaseException as err:
+            if self.received and killed_by(err) is None:
+                raise RunKilled(self.received[0]) from err
+            raise
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _check(self, *args) -> None:
+        if self.received:
+            raise RunKilled(self.received[0])
+
+    on_train_batch_start = on_train_batch_end = _check
+    on_validation_batch_start = on_validation_batch_end = _check
+    on_test_batch_start = on_test_batch_end = _check
 
 
 # ---------------------------------------------------------------------------------------- ownership

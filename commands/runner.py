@@ -27,8 +27,8 @@ from retention.methods import Method
 from .backbone_checks import check_config as check_config_and_files
 from .checkpoints import load_checkpoint
 from .device_checks import check_devices
-from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, LAST, TAG_CKPT_DIR, RngState, RunKilled, SharedRun, killed_by,
-                        mark_ended, owner_tags, reap_orphan_runs, resume_target, run_name, signals_raise)
+from .run_state import (CONFIG_NEXT_TO_CHECKPOINT, LAST, TAG_CKPT_DIR, RngState, RunKilled, SharedRun, SignalStop, killed_by,
+                        mark_ended, owner_tags, reap_orphan_runs, resume_target, run_name)
 from .tracking_store import open_store
 
 __all__ = ["BUDGET_TOLERANCE", "CONFIG_NEXT_TO_CHECKPOINT", "RunKilled", "check_config", "check_run", "default_tracking_uri",
@@ -181,7 +181,8 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
     own_run = logger is None
     tracking_uri = default_tracking_uri(cfg.logging.tracking_uri)
     shared = SharedRun()
-    all_callbacks = [shared, LearningRateMonitor(logging_interval="step"), RngState(), *callbacks]
+    stop = SignalStop()
+    all_callbacks = [shared, stop, LearningRateMonitor(logging_interval="step"), RngState(), *callbacks]
     ckpt = None
     if cfg.logging.save_checkpoints and not cfg.trainer.fast_dev_run:
         ckpt = ModelCheckpoint(filename="best", monitor=f"val/{metric}_hard", mode="max", save_top_k=1,
@@ -216,7 +217,7 @@ def train(cfg, callbacks: Sequence = (), logger=None, print_summary: bool = True
         if ckpt is not None:
             logger.experiment.set_tag(run_id, TAG_CKPT_DIR, str(shared.folder.resolve()))
     try:
-        with signals_raise(), warnings.catch_warnings():
+        with stop.raising(), warnings.catch_warnings():
             if resume is not None:  # the folder holds the run's own checkpoints: expected
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             summary = _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri, shared)

@@ -236,12 +236,12 @@ def test_kill_9_after_first_epoch_then_resume_equals_an_uninterrupted_run(tmp_pa
         assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt"]
 
 
-def test_a_signal_whose_exception_python_swallowed_still_ends_as_killed():
+def test_a_sigterm_whose_exception_python_swallowed_still_ends_as_killed():
     """A SIGTERM landing inside a ``__del__`` or weakref callback raises there and Python ignores it;
-    Lightning then raises its own SIGTERMException (a SystemExit with code 0). signals_raise turns
+    Lightning then raises its own SIGTERMException (a SystemExit with code 0). SignalStop turns
     what surfaces into the signal's RunKilled (the run is marked KILLED, the exit code is 143)."""
     with pytest.raises(run_state.RunKilled) as caught:
-        with run_state.signals_raise():
+        with run_state.SignalStop().raising():
             handler = signal.getsignal(signal.SIGTERM)
             try:  # what Python does with an exception raised in a __del__: it prints and drops it
                 handler(signal.SIGTERM, None)
@@ -252,7 +252,34 @@ def test_a_signal_whose_exception_python_swallowed_still_ends_as_killed():
     assert run_state.killed_by(caught.value) is caught.value
 
 
-def test_signals_raise_leaves_other_errors_alone():
+class _SwallowedSigint(L.Callback):
+    """At step 2, a SIGINT whose RunKilled Python swallowed (as in a ``__del__``): nothing surfaces."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 2:
+            try:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            except run_state.RunKilled:
+                pass
+
+
+def test_a_sigint_whose_exception_python_swallowed_stops_the_run_as_killed(tmp_path, monkeypatch):
+    """CI saw this: the SIGINT's RunKilled was dropped, nothing else surfaced, and the run trained on
+    past the test's 120 s. The run must stop at the next batch and be marked KILLED."""
+    monkeypatch.chdir(tmp_path)
+    uri = _uri(tmp_path)
+    with pytest.raises(run_state.RunKilled) as caught:
+        runner.train(compose([*TINY, "trainer.max_epochs=50", f"logging.tracking_uri={uri}"]),
+                     callbacks=[_SwallowedSigint()])
+    assert caught.value.exit_code == 128 + signal.SIGINT
+    (run,) = _runs(uri)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["retention.killed_reason"] == "killed by SIGINT"
+    losses = MlflowClient(uri).get_metric_history(run.info.run_id, "train/task_loss_step")
+    assert [m.step for m in losses] == [0, 1]  # stopped at the next batch, not after 50 epochs
+
+
+def test_signal_stop_leaves_other_errors_alone():
     with pytest.raises(ValueError):
-        with run_state.signals_raise():
+        with run_state.SignalStop().raising():
             raise ValueError("not a signal")
