@@ -2,7 +2,7 @@
 ``retention train`` run through Lightning's supported entry-point group
 ``lightning.pytorch.callbacks_factory``: the test writes a ``*.dist-info`` whose entry point is
 :func:`factory`, puts it on the subprocess's ``PYTHONPATH``, and sets ``$RETENTION_DDP_PROBE`` to a folder.
-Every rank then writes ``rank<global rank>.json`` there when training ends: its λ, step and
+Every rank then writes ``rank<global rank>.json`` there when training ends: its λ, gate parameters, step and
 checkpoint folder, the state each rank holds (only rank 0 writes checkpoints)."""
 
 import json
@@ -21,6 +21,7 @@ class LambdaPerRank(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
                   "lambda": [float(v) for v in pl_module.lam.detach().cpu()],
+                  "gates": [p.detach().cpu().flatten().tolist() for p in pl_module.encoder.gates.parameters()],
                   "checkpoint_dir": trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None,
                   "pid": os.getpid()}
         path = Path(self.folder) / f"rank{trainer.global_rank}.json"

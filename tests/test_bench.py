@@ -128,7 +128,7 @@ BAD = [
     (["--ratios", "0"], "(0, 1]"),
     (["--ratios", "0.3", "1.5"], "(0, 1]"),
     (["--ratios", "-0.2"], "(0, 1]"),
-    (["--backbone", "no-such-backbone-xyz"], "unknown backbone 'no-such-backbone-xyz'"),
+    (["--backbone", "/no/such/backbone-xyz"], "unknown backbone '/no/such/backbone-xyz'"),  # a path: no hub retries
     (["--gate-layers", "7"], "0..2"),
     (["--flops", "1.5"], "flops must lie in (0, 1]"),
     (["--ratios", "--flops", "0.2"], "already cost 0.333 of the dense forward"),  # gate at 1 of 3 layers

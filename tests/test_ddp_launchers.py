@@ -66,7 +66,8 @@ def _ranks(tmp_path: Path) -> list[dict]:
 
 def _check_one_finished_run(tmp_path: Path, uri: str, out: str, steps: int) -> str:
     """Exactly one run, FINISHED, with the test metrics; one checkpoint folder named by it, which every
-    rank used; λ equal on both ranks and equal to last.ckpt's. Returns the run id."""
+    rank used; λ and the gates equal on both ranks, λ equal to last.ckpt's (DDP without
+    find_unused_parameters: every parameter takes part in the loss, or the second step would fail). Returns the run id."""
     client = MlflowClient(uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
@@ -84,7 +85,7 @@ def _check_one_finished_run(tmp_path: Path, uri: str, out: str, steps: int) -> s
     assert [Path(r["checkpoint_dir"]).resolve() for r in ranks] == [folder.resolve()] * 2
     assert [r["global_step"] for r in ranks] == [steps, steps]
     lam = torch.tensor(ranks[0]["lambda"])
-    assert ranks[0]["lambda"] == ranks[1]["lambda"]
+    assert ranks[0]["lambda"] == ranks[1]["lambda"] and ranks[0]["gates"] == ranks[1]["gates"]
     assert torch.equal(load_checkpoint(folder / "last.ckpt")["state_dict"]["lam"], lam)
     assert not torch.equal(lam, torch.zeros_like(lam))  # λ moved from its initial 0
     return run_id

@@ -192,27 +192,6 @@ def test_lambda_falls_to_zero_and_never_below_when_slack():
     assert torch.all(lam[:first_zero][1:] < lam[:first_zero][:-1])  # monotone descent until projected
 
 
-class _SameLambdaOnEveryRank(Callback):
-    """Raises inside the worker (failing the fit) unless λ and the gates are identical on all ranks."""
-
-    def on_train_end(self, trainer, pl_module):
-        lam = trainer.strategy.all_gather(pl_module.lam.detach())
-        gate = trainer.strategy.all_gather(next(pl_module.encoder.gates.parameters()).detach())
-        assert lam.shape[0] == 2 and torch.equal(lam[0], lam[1]), lam
-        assert torch.equal(gate[0], gate[1])
-        assert pl_module.global_step > 1 and float(lam.abs().sum()) > 0  # λ actually moved
-
-
-@pytest.mark.slow
-def test_ddp_spawn_two_processes_train_and_keep_lambda_identical(tmp_path, monkeypatch):
-    """Every parameter takes part in the loss (no pooler, gates and λ kept in the graph on dense
-    steps), so DDP runs without find_unused_parameters; λ is averaged, hence identical on both ranks."""
-    monkeypatch.chdir(tmp_path)
-    cfg = compose([*TINY, "budget.dense_steps=1", "trainer.strategy=ddp_spawn", "trainer.devices=2",
-                   "logging.save_checkpoints=false", f"logging.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
-    runner.train(cfg, callbacks=[_SameLambdaOnEveryRank()])
-
-
 class _FirstWeights(Callback):
     def on_train_start(self, trainer, pl_module):
         self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
