@@ -84,6 +84,15 @@ class Lagrangian(Choice):
     augmented = "augmented"
 
 
+class DualStep(Choice):
+    """How λ (and λ₂) take their ascent step of size η = ``optim.dual_lr``: AdamW's normalised step
+    (about η a step whatever the violation), or the paper's plain gradient ascent
+    λ ← λ + η(ĝ − ρ) (retention.budget.dual_ascent), whose step is proportional to the violation."""
+
+    adam = "adam"
+    sgd = "sgd"
+
+
 class Schedule(Choice):
     """The per-layer budget across gated layers: the same ρ everywhere, or linearly decreasing."""
 
@@ -215,6 +224,7 @@ class OptimConfig:
     lr: float = field(default=1e-3, metadata=at_least(0))  # backbone and head
     gate_lr: float = field(default=1e-2, metadata=at_least(0))
     dual_lr: float = field(default=1e-2, metadata=at_least(0))  # η, the dual ascent step of λ
+    dual_step: DualStep = DualStep.adam  # AdamW's normalised step, or the paper's λ ← λ + η(ĝ − ρ)
     weight_decay: float = field(default=0.01, metadata=at_least(0))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=satisfies(
         lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two values in [0, 1)"))

@@ -56,7 +56,7 @@ def optimisation(cfg) -> Optimisation:
     o, b = cfg.optim, cfg.budget
     distill = cfg.get("distill") or {}
     return Optimisation(
-        lr=o.lr, gate_lr=o.gate_lr, dual_lr=o.dual_lr, weight_decay=o.weight_decay,
+        lr=o.lr, gate_lr=o.gate_lr, dual_lr=o.dual_lr, dual_step=str(o.get("dual_step", "adam")), weight_decay=o.weight_decay,
         betas=(float(o.betas[0]), float(o.betas[1])), scheduler=str(o.scheduler), warmup_steps=o.warmup_steps,
         dense_steps=b.dense_steps, budget_warmup_steps=b.warmup_steps, init_lambda=float(b.init_lambda),
         dense_fraction=float(b.dense_fraction), warmup_fraction=float(b.warmup_fraction),

@@ -5,7 +5,8 @@ One optimizer, three param groups:
   1. gates (gate_lr, weight decay),
   2. λ, one per gated layer (and λ₂ under ``budget.lagrangian=augmented``): ``maximize=True``
      (projected gradient *ascent*), no weight decay, its own lr η, and a constant LR-schedule factor
-     so warm-up/decay never changes η.
+     so warm-up/decay never changes η. Under ``optim.dual_step=sgd`` λ is in no group: it takes the
+     paper's plain ascent step λ ← λ + η(ĝ − ρ) after each optimizer step (:func:`retention.budget.dual_ascent`).
 After every optimizer step λ is projected onto λ ≥ 0 under ``budget.constraint=inequality`` (the
 paper's ĝ_ℓ ≤ ρ_ℓ) and left free under ``equality`` (:meth:`RetentionSystem.optimizer_step`); λ₂ ≥ 0;
 gradient clipping touches groups 0 and 1 only.
@@ -45,7 +46,7 @@ from torch import nn
 from conf.checks import ConfigError
 from datamodules.loaders import DATASET_INDEX
 from retention.baselines import selector_for
-from retention.budget import annealed_targets, global_batch_mean, lagrangian_term, phase_steps
+from retention.budget import annealed_targets, dual_ascent, global_batch_mean, lagrangian_term, phase_steps
 from retention.distill import ranking_distillation_loss, teacher_importance
 from retention.methods import Method
 from retention.sparse import SPARSE_METHODS
@@ -61,6 +62,7 @@ DUAL_GROUP = 2
 SCHEDULERS = ("linear", "cosine", "constant")
 CONSTRAINTS = ("inequality", "equality")
 LAGRANGIANS = ("linear", "augmented")
+DUAL_STEPS = ("adam", "sgd")
 
 # A system's hparams hold the run's Method; Lightning loads checkpoints with weights_only=True.
 torch.serialization.add_safe_globals([Method])
@@ -82,6 +84,8 @@ class Optimisation:
       (:meth:`RetentionSystem.ranking_distillation`).
     * ``lagrangian``: ``linear`` (λ only) or ``augmented`` (a second dual variable λ₂ on the squared
       violation, :func:`retention.budget.lagrangian_term`).
+    * ``dual_step``: ``adam`` (λ in AdamW's third group) or ``sgd`` (the paper's plain ascent,
+      :func:`retention.budget.dual_ascent`, after each optimizer step; λ then sits in no optimizer).
     """
 
     lr: float
@@ -100,6 +104,7 @@ class Optimisation:
     distill_ranking: bool = False
     distill_weight: float = 1.0
     lagrangian: str = "linear"
+    dual_step: str = "adam"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -108,6 +113,8 @@ class Optimisation:
             raise ValueError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {self.constraint!r}")
         if self.lagrangian not in LAGRANGIANS:
             raise ValueError(f"lagrangian must be one of {', '.join(LAGRANGIANS)}, got {self.lagrangian!r}")
+        if self.dual_step not in DUAL_STEPS:
+            raise ValueError(f"dual_step must be one of {', '.join(DUAL_STEPS)}, got {self.dual_step!r}")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
@@ -434,11 +441,13 @@ class RetentionSystem(HostPlans, L.LightningModule):
         dual = self.dual_parameters()
         gate_ids = {id(p) for p in gate_params + dual}
         primal = [p for p in self.parameters() if id(p) not in gate_ids]
-        return [
+        groups = [
             {"params": primal, "lr": o.lr, "weight_decay": o.weight_decay, "name": "backbone"},
             {"params": gate_params, "lr": o.gate_lr, "weight_decay": o.weight_decay, "name": "gate"},
-            {"params": dual, "lr": o.dual_lr, "weight_decay": 0.0, "maximize": True, "name": "dual"},
         ]
+        if o.dual_step == "adam":  # else λ takes the paper's plain ascent step in optimizer_step
+            groups.append({"params": dual, "lr": o.dual_lr, "weight_decay": 0.0, "maximize": True, "name": "dual"})
+        return groups
 
     def fit_steps(self) -> int | None:
         """Optimizer steps of the fit (the Trainer's estimate); None when no Trainer is attached."""
@@ -460,7 +469,8 @@ class RetentionSystem(HostPlans, L.LightningModule):
         optimizer = torch.optim.AdamW(self.param_groups(), betas=tuple(o.betas))
         primal = functools.partial(lr_factor, warmup_steps=o.warmup_steps, total_steps=self.total_steps(),
                                    scheduler=o.scheduler)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [primal, primal, lambda _: 1.0])
+        factors = [primal, primal, lambda _: 1.0][: len(optimizer.param_groups)]  # η never changes
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_step(self, *args, **kwargs):
@@ -469,8 +479,12 @@ class RetentionSystem(HostPlans, L.LightningModule):
         ĝ_ℓ < ρ_ℓ nothing holds ĝ_ℓ at ρ_ℓ and the task loss may close gates below it. ``equality``
         (ĝ_ℓ = ρ_ℓ, CoFiPruning's Lagrangian, Xia et al., ACL 2022): no projection; while ĝ_ℓ < ρ_ℓ
         λ_ℓ falls below 0 and λ_ℓ·(ĝ_ℓ − ρ_ℓ) pushes ĝ_ℓ back up, holding it at ρ_ℓ from both sides.
-        λ₂ of the augmented Lagrangian is projected onto λ₂ ≥ 0 under both."""
+        λ₂ of the augmented Lagrangian is projected onto λ₂ ≥ 0 under both. Under
+        ``optim.dual_step=sgd`` λ (and λ₂) take the paper's plain ascent step here,
+        :func:`retention.budget.dual_ascent`, on the gradient of the step just taken."""
         super().optimizer_step(*args, **kwargs)
+        if self.optim.dual_step == "sgd":
+            dual_ascent(self.dual_parameters(), self.optim.dual_lr)
         with torch.no_grad():
             if self.optim.constraint == "inequality":
                 self.lam.clamp_(min=0.0)  # projection: λ ← max(0, λ)

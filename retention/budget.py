@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["AllReduceSum", "Budget", "SCHEDULES", "annealed_targets", "expected_retention", "global_batch_mean",
-           "lagrangian_term", "keep_counts", "phase_steps", "retention_per_sequence", "threshold_counts"]
+           "dual_ascent", "lagrangian_term", "keep_counts", "phase_steps", "retention_per_sequence", "threshold_counts"]
 
 SCHEDULES = ("constant", "linear")
 
@@ -114,6 +114,23 @@ def lagrangian_term(lam: torch.Tensor, achieved: torch.Tensor, target: torch.Ten
         return term
     v = violation if equality else violation.clamp_min(0.0)
     return term + (lam_quadratic * v.square()).sum()
+
+
+@torch.no_grad()
+def dual_ascent(dual: list[torch.Tensor], eta: float) -> None:
+    """The paper's dual step (Adaptive Retention, Rafiuddin & Khan, EMNLP 2025 Findings, arXiv
+    2510.08798, the Lagrangian relaxation of the budget): plain gradient ascent on the Lagrangian,
+
+        λ_ℓ ← λ_ℓ + η·∂L/∂λ_ℓ = λ_ℓ + η·(ĝ_ℓ − ρ_ℓ),   and for CoFiPruning's λ₂: λ₂_ℓ ← λ₂_ℓ + η·v_ℓ²,
+
+    in place, on each tensor's ``.grad`` (which it then clears; a tensor without one, as in the dense
+    phase, is left alone). The step is proportional to the violation, so λ settles where ĝ_ℓ meets
+    ρ_ℓ; AdamW's normalised step moves λ about η a step whatever the violation, a bang-bang
+    controller that overshoots. The projections (λ ≥ 0 under the inequality, λ₂ ≥ 0) are the caller's."""
+    for p in dual:
+        if p.grad is not None:
+            p.add_(p.grad, alpha=eta)
+            p.grad = None
 
 
 def annealed_targets(targets: torch.Tensor, step: int, warmup_steps: int) -> torch.Tensor:

@@ -225,7 +225,7 @@ def test_warm_start_keeps_the_configured_lambda_and_gates(tmp_path, monkeypatch)
     system = build_system(cfg, build_datamodule(cfg))
     fresh_gate = system.encoder.gates[0].v.bias.detach().clone()
     runner.warm_start(system, first["checkpoint"])
-    assert float(system.lam[0]) == cfg.budget.init_lambda == 1.0
+    assert float(system.lam[0].detach()) == cfg.budget.init_lambda == 1.0
     assert torch.equal(system.encoder.gates[0].v.bias, fresh_gate)
 
 
@@ -402,3 +402,27 @@ def test_lambda2_below_the_budget_under_each_constraint_form(constraint):
         assert torch.all(lam[1:] < lam[:-1]) and lam[-1] < -5.0
         assert torch.all(lam2[1:] > lam2[:-1]) and lam2[0] > 0
         assert expected[-1] > 0.6
+
+
+@pytest.mark.parametrize("constraint", ["inequality", "equality"])
+def test_sgd_dual_step_is_the_papers_ascent_proportional_to_the_violation(constraint):
+    """``optim.dual_step=sgd``: λ and λ₂ sit in no optimizer group and take, after each step, exactly
+    λ ← λ + η(ĝ − ρ) and λ₂ ← λ₂ + η(ĝ − ρ)² (then the projections). Gates held (gate lr 0) nearly
+    closed, ĝ ≈ 0.2 against ρ = 0.9: under the equality λ falls by η·0.7 a step, under the inequality
+    the projection holds it at 0; λ₂ grows by η·0.49 a step under the equality and stays 0 under the
+    inequality (its violation max(0, ĝ − ρ) is 0)."""
+    eta, rho = 0.5, 0.9
+    _, dm, system = make(f"budget.ratio={rho}", "gate.init_log_alpha=-3.0", f"optim.dual_lr={eta}", "optim.gate_lr=0.0",
+                         "optim.dual_step=sgd", f"budget.constraint={constraint}", "budget.lagrangian=augmented",
+                         "data.train_size=160")
+    groups = system.configure_optimizers()["optimizer"].param_groups
+    assert [g["name"] for g in groups] == ["backbone", "gate"]
+    assert sum(len(g["params"]) for g in groups) + 2 == sum(1 for _ in system.parameters())  # all but λ, λ₂
+    lam, lam2, expected = fit_dual(system, dm, steps=8)
+    violation = expected - rho
+    assert torch.all(violation < -0.5)
+    if constraint == "inequality":
+        assert torch.all(lam == 0.0) and torch.all(lam2 == 0.0)
+    else:
+        torch.testing.assert_close(lam, torch.cumsum(eta * violation, 0))
+        torch.testing.assert_close(lam2, torch.cumsum(eta * violation.square(), 0))
