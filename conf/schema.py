@@ -230,6 +230,9 @@ class OptimConfig:
         lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two values in [0, 1)"))
     scheduler: Scheduler = Scheduler.linear
     warmup_steps: int = field(default=50, metadata=at_least(0))
+    # run the primal LR schedule (warm-up, then decay) over the dense phase, then afresh over the
+    # budget phase, as two training stages in one run (lightning_modules.system.restarted_lr_factor)
+    restart_after_dense: bool = False
     grad_clip: float = field(default=1.0, metadata=at_least(0, "0 disables"))  # clips backbone and gate only
 
 

@@ -58,6 +58,7 @@ def optimisation(cfg) -> Optimisation:
     return Optimisation(
         lr=o.lr, gate_lr=o.gate_lr, dual_lr=o.dual_lr, dual_step=str(o.get("dual_step", "adam")), weight_decay=o.weight_decay,
         betas=(float(o.betas[0]), float(o.betas[1])), scheduler=str(o.scheduler), warmup_steps=o.warmup_steps,
+        restart_after_dense=bool(o.get("restart_after_dense", False)),
         dense_steps=b.dense_steps, budget_warmup_steps=b.warmup_steps, init_lambda=float(b.init_lambda),
         dense_fraction=float(b.dense_fraction), warmup_fraction=float(b.warmup_fraction),
         constraint=str(b.constraint), lagrangian=str(b.lagrangian),

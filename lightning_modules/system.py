@@ -54,7 +54,7 @@ from retention.sparse import SPARSE_METHODS
 from .host_plans import HostPlans
 from .metrics import ExampleMean
 
-__all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "CONSTRAINTS", "lr_factor", "encoder_record", "EVAL_PATHS",
+__all__ = ["RetentionSystem", "Optimisation", "SCHEDULERS", "CONSTRAINTS", "lr_factor", "restarted_lr_factor", "encoder_record", "EVAL_PATHS",
            "PRIMAL_GROUPS", "DUAL_GROUP", "LAGRANGIANS"]
 
 PRIMAL_GROUPS = (0, 1)
@@ -74,7 +74,8 @@ class Optimisation:
 
     * ``lr`` (backbone and head), ``gate_lr``, ``dual_lr`` (η, λ's ascent step), ``weight_decay``
       (primal groups only), ``betas`` (AdamW);
-    * ``scheduler`` and ``warmup_steps``: the primal groups' LR factor, :func:`lr_factor`;
+    * ``scheduler`` and ``warmup_steps``: the primal groups' LR factor, :func:`lr_factor` (with
+      ``restart_after_dense``, run afresh where the budget phase starts: :func:`restarted_lr_factor`);
     * ``dense_fraction`` of the fit's steps (or ``dense_steps``, when not None) train the task
       densely (no Lagrangian term);
     * then over ``warmup_fraction`` of them (or ``budget_warmup_steps``) the target anneals from 1
@@ -105,6 +106,7 @@ class Optimisation:
     distill_weight: float = 1.0
     lagrangian: str = "linear"
     dual_step: str = "adam"
+    restart_after_dense: bool = False
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -132,6 +134,16 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) ->
     if scheduler == "linear":
         return max(0.0, 1.0 - progress)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def restarted_lr_factor(step: int, dense_steps: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
+    """:func:`lr_factor` run twice (``optim.restart_after_dense``): over the dense phase's
+    ``dense_steps`` steps, then afresh, warm-up included, over the budget phase's
+    ``total_steps − dense_steps``, as if the dense phase were a first training stage and the budget
+    phase a second one started from it (the two-stage runs of docs/results.md)."""
+    if step < dense_steps:
+        return lr_factor(step, warmup_steps, dense_steps, scheduler)
+    return lr_factor(step - dense_steps, warmup_steps, total_steps - dense_steps, scheduler)
 
 
 def encoder_record(encoder: nn.Module) -> dict[str, Any]:
@@ -469,6 +481,9 @@ class RetentionSystem(HostPlans, L.LightningModule):
         optimizer = torch.optim.AdamW(self.param_groups(), betas=tuple(o.betas))
         primal = functools.partial(lr_factor, warmup_steps=o.warmup_steps, total_steps=self.total_steps(),
                                    scheduler=o.scheduler)
+        if o.restart_after_dense and self._phases is not None and self._phases[0] > 0:
+            primal = functools.partial(restarted_lr_factor, dense_steps=self._phases[0], warmup_steps=o.warmup_steps,
+                                       total_steps=self.total_steps(), scheduler=o.scheduler)
         factors = [primal, primal, lambda _: 1.0][: len(optimizer.param_groups)]  # η never changes
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -31,6 +31,7 @@ TINY = [
     "optim.warmup_steps=0",
     "budget.dense_fraction=0",
     "budget.warmup_fraction=0",
+    "optim.restart_after_dense=false",  # the schema's single schedule, not the main job's restart
     "budget.constraint=inequality",  # the schema's (the paper's) form, not the main job's equality + augmented
     "budget.lagrangian=linear",
     "trainer.max_epochs=1",

@@ -13,7 +13,7 @@ from commands.checkpoints import load_checkpoint
 from datamodules import build_datamodule
 from lightning_modules import build_system
 from conf.compose import compose
-from lightning_modules.system import DUAL_GROUP, lr_factor
+from lightning_modules.system import DUAL_GROUP, lr_factor, restarted_lr_factor
 from retention.budget import annealed_targets
 
 from .helpers import TINY
@@ -100,6 +100,24 @@ def test_fit_schedules_primal_lr_over_the_trainers_steps_and_keeps_eta():
     assert [lr[0] for lr in trace.lrs] == pytest.approx([0.01 * f for f in factors], rel=1e-12)
     assert [lr[1] for lr in trace.lrs] == pytest.approx([0.1 * f for f in factors], rel=1e-12)
     assert {lr[DUAL_GROUP] for lr in trace.lrs} == {0.05}
+
+
+def test_restart_after_dense_runs_the_schedule_twice_in_a_fit():
+    """``optim.restart_after_dense``: a fit of 12 steps whose first half is dense (6 steps), 2 warm-up
+    steps, linear decay: steps 0–5 follow lr_factor over 6 steps, and steps 6–11 start again with the
+    warm-up, lr_factor(s − 6) over the other 6. Without the key the schedule runs once over 12."""
+    assert [restarted_lr_factor(s, 6, 2, 12, "linear") for s in range(12)] == [
+        0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    for restart, expected in ((True, [0.5, 1.0, 1.0, 0.75, 0.5, 0.25] * 2),
+                              (False, [lr_factor(s, 2, 12, "linear") for s in range(12)])):
+        _, dm, system = make("optim.scheduler=linear", "optim.warmup_steps=2", "optim.lr=0.01", "data.train_size=192",
+                             "budget.dense_fraction=0.5", "budget.warmup_fraction=0.0",
+                             f"optim.restart_after_dense={str(restart).lower()}")
+        trace = LrTrace()
+        L.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0,
+                  accelerator="cpu").fit(system, datamodule=dm)
+        assert [lr[0] for lr in trace.lrs] == pytest.approx([0.01 * f for f in expected], rel=1e-12)
 
 
 def test_budget_warmup_counts_from_the_end_of_the_dense_phase():
