@@ -206,6 +206,9 @@ class BudgetConfig:
     lagrangian: Lagrangian = Lagrangian.linear
     # λ's initial value (with optim.dual_lr=0: the fixed-λ penalty ablation)
     init_lambda: float = field(default=0.0, metadata=at_least(0))
+    # λ₂'s initial value under budget.lagrangian=augmented: the quadratic term's pull 2·λ₂·(ĝ − ρ) back to
+    # ρ acts from the first gated step instead of after λ₂ has grown (it grows by its ascent only)
+    init_lambda2: float = field(default=0.0, metadata=at_least(0))
     # a compute budget: the retained forward's FLOPs at most this fraction of the dense forward's
     # (retention/flops.py); budget.ratio and budget.schedule then give the per-gate ratios' shape only
     flops: Optional[float] = field(default=None, metadata=within(0.0, 1.0, lo_open=True))

@@ -60,6 +60,7 @@ def optimisation(cfg) -> Optimisation:
         betas=(float(o.betas[0]), float(o.betas[1])), scheduler=str(o.scheduler), warmup_steps=o.warmup_steps,
         restart_after_dense=bool(o.get("restart_after_dense", False)),
         dense_steps=b.dense_steps, budget_warmup_steps=b.warmup_steps, init_lambda=float(b.init_lambda),
+        init_lambda2=float(b.get("init_lambda2", 0.0)),
         dense_fraction=float(b.dense_fraction), warmup_fraction=float(b.warmup_fraction),
         constraint=str(b.constraint), lagrangian=str(b.lagrangian),
         distill_ranking=bool(distill.get("ranking", False)), distill_weight=float(distill.get("weight", 1.0)),

@@ -80,7 +80,7 @@ class Optimisation:
       densely (no Lagrangian term);
     * then over ``warmup_fraction`` of them (or ``budget_warmup_steps``) the target anneals from 1
       to ρ (:func:`retention.budget.annealed_targets`, :func:`retention.budget.phase_steps`);
-    * ``init_lambda``: λ's initial value; ``constraint``: :meth:`RetentionSystem.optimizer_step`;
+    * ``init_lambda``, ``init_lambda2``: λ's and λ₂'s initial values; ``constraint``: :meth:`RetentionSystem.optimizer_step`;
     * ``distill_ranking``, ``distill_weight``: ranking distillation on gated steps
       (:meth:`RetentionSystem.ranking_distillation`).
     * ``lagrangian``: ``linear`` (λ only) or ``augmented`` (a second dual variable λ₂ on the squared
@@ -106,6 +106,7 @@ class Optimisation:
     distill_weight: float = 1.0
     lagrangian: str = "linear"
     dual_step: str = "adam"
+    init_lambda2: float = 0.0
     restart_after_dense: bool = False
 
     def __post_init__(self) -> None:
@@ -204,7 +205,7 @@ class RetentionSystem(HostPlans, L.LightningModule):
         self.lam = nn.Parameter(torch.full((n_constraints,), float(optim.init_lambda)))
         # λ₂ of the augmented Lagrangian (starts at 0), one per constraint; absent otherwise, so earlier
         # checkpoints still load
-        self.lam_quadratic = (nn.Parameter(torch.zeros(n_constraints)) if optim.lagrangian == "augmented" else None)
+        self.lam_quadratic = (nn.Parameter(torch.full((n_constraints,), float(optim.init_lambda2))) if optim.lagrangian == "augmented" else None)
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
             self.eval_paths = ("hard",)
         self.optim = optim

@@ -23,6 +23,8 @@ BAD = [
     ("optim.lr=-0.001", "optim.lr", ">= 0"),
     ("optim.gate_lr=-1", "optim.gate_lr", ">= 0"),
     ("optim.dual_lr=-0.01", "optim.dual_lr", ">= 0"),
+    ("budget.init_lambda2=-1", "budget.init_lambda2", ">= 0"),
+    ("optim.dual_step=newton", "optim.dual_step", "adam, sgd"),
     ("gate.layers=[3]", "gate.layers", "0..1"),  # the main job's model has 2 layers
     ("gate.layers=[-1]", "gate.layers", "0..1"),
     ("budget.ratio=abc", "budget.ratio", "Float"),
