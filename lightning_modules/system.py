@@ -32,6 +32,7 @@ system's λ and phases; the equations themselves live in ``retention``.)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -179,6 +180,7 @@ class RetentionSystem(HostPlans, L.LightningModule):
 
     METRIC = "acc"
     METRIC_LABEL = "accuracy"
+    RECENT_STEPS = 10  # the gated steps whose ĝ the summary reports (:attr:`recent_expected_retention`)
     # The paths each val/test step runs (all three in training; `retention evaluate` runs the dense
     # path once per run and then only the hard path per method and budget).
     eval_paths: tuple[str, ...] = EVAL_PATHS
@@ -214,11 +216,23 @@ class RetentionSystem(HostPlans, L.LightningModule):
         names += ["flops_fraction", "soft_flops_fraction"] if self.flops_budget is not None else []
         self.example_means = nn.ModuleDict({f"{stage}_{name}": ExampleMean() for stage in ("val", "test") for name in names})
         self._phases: tuple[int, int] | None = None  # (dense, warm-up) steps, resolved when a fit starts
-        # ĝ_ℓ of the latest gated training step (the summary's |ĝ − ρ|); None before the budget phase
+        # ĝ_ℓ of the latest gated training step; None before the budget phase
         self.last_expected_retention: torch.Tensor | None = None
         self.last_budget_targets: torch.Tensor | None = None  # ρ_ℓ of that step's batch (not the warmed-up ρ_ℓ(t))
+        # (ĝ_ℓ·B, B) of the last RECENT_STEPS gated steps: the summary's ĝ (:attr:`recent_expected_retention`)
+        self._recent: collections.deque = collections.deque(maxlen=self.RECENT_STEPS)
 
     # ------------------------------------------------------------------ the Lagrangian
+    @property
+    def recent_expected_retention(self) -> torch.Tensor | None:
+        """ĝ_ℓ at the end of training: the mean over the sequences of the last :attr:`RECENT_STEPS`
+        gated steps (each step's ĝ_ℓ weighted by its batch size), so that a short last batch (a
+        1,201-page file in batches of 16 ends on one page) does not stand for the run. None before
+        the budget phase."""
+        if not self._recent:
+            return None
+        return sum(g for g, _ in self._recent) / sum(n for _, n in self._recent)
+
     @property
     def gating(self) -> bool:
         """False during the first ``budget.dense_steps`` steps, when the task is trained densely, and
@@ -275,6 +289,8 @@ class RetentionSystem(HostPlans, L.LightningModule):
             return task + self.unused_in_graph()
         lag, targets, expected = self.constraint_loss(*self.constraint_sides(out), out.kept_fractions.shape[1])
         self.last_expected_retention, self.last_budget_targets = expected.detach(), out.targets.detach()
+        batch_size = out.kept_fractions.shape[1]  # (gates, B)
+        self._recent.append((self.last_expected_retention * batch_size, batch_size))
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
         self.log_retention("train", out, on_step=True, targets=targets, expected=expected)
         self.log("train/exp_ret", expected[: self.encoder.num_gates].mean().detach(), prog_bar=True, on_step=True,

@@ -379,6 +379,33 @@ def test_init_lambda2_starts_the_quadratic_term_at_its_value_and_a_warm_start_ke
     torch.testing.assert_close(default.lam_quadratic.detach(), torch.zeros(default.encoder.num_gates))
 
 
+class StepTrace(Callback):
+    """ĝ_0 and the batch size of every training step."""
+
+    def __init__(self):
+        self.expected, self.sizes = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.expected.append(float(pl_module.last_expected_retention[0]))
+        self.sizes.append(int(batch["input_ids"].shape[0]))
+
+
+def test_summary_g_hat_is_the_sequence_weighted_mean_of_the_last_gated_steps():
+    """65 sequences in batches of 16 over 3 epochs: 15 steps, every fifth a batch of one. The summary's
+    ĝ − ρ (runner.budget_gaps) is that of the last 10 steps' ĝ weighted by their batch sizes, not the
+    last step's (one sequence)."""
+    _, dm, system = make("data.train_size=65", "trainer.max_epochs=3", "budget.ratio=0.5", "optim.dual_lr=0.05")
+    trace = StepTrace()
+    L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[trace], num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu").fit(system, datamodule=dm)
+    assert trace.sizes == [16, 16, 16, 16, 1] * 3
+    g, n = torch.tensor(trace.expected[-10:]), torch.tensor(trace.sizes[-10:], dtype=torch.float)
+    expected = float((g * n).sum() / n.sum())
+    (gap,) = runner.budget_gaps(system).values()
+    assert gap == pytest.approx(expected - 0.5, abs=1e-6)
+    assert gap != pytest.approx(trace.expected[-1] - 0.5, abs=1e-4)  # the one-sequence last step is not it
+
+
 class DualTrace(Callback):
     """λ_0, λ₂_0 and ĝ_0 after every training step."""
 
