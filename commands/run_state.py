@@ -45,8 +45,8 @@ from conf.compose import compose
 from conf.schema import ConfigError
 
 __all__ = ["CONFIG_NEXT_TO_CHECKPOINT", "LAST", "RESUME_OVERRIDABLE", "TAG_CKPT_DIR", "TAG_HOST", "TAG_PID",
-           "RngState", "RunKilled", "ResumeTarget", "SharedRun", "killed_by", "mark_ended", "owner_tags", "process_alive",
-           "reap_orphan_runs", "resume_target", "run_name", "SignalStop"]
+           "RngState", "RunKilled", "ResumeTarget", "SharedRun", "SignalStop", "killed_by", "mark_ended", "owner_tags", "process_alive",
+           "reap_orphan_runs", "resume_target", "run_name"]
 
 CONFIG_NEXT_TO_CHECKPOINT = "config.yaml"
 LAST = "last.ckpt"
