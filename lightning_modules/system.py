@@ -26,7 +26,7 @@ Under a FLOPs budget (``budget.flops``) λ has one more entry, the FLOPs constra
 (:meth:`RetentionSystem.constraint_sides`); with ``distill.ranking`` a gated step adds ToP's ranking
 distillation (:meth:`RetentionSystem.ranking_distillation`).
 
-(About 490 lines, over the usual 400: the Lagrangian's sides, its steps and its logging share the
+(About 530 lines, over the usual 400: the Lagrangian's sides, its steps and its logging share the
 system's λ and phases; the equations themselves live in ``retention``.)
 """
 
@@ -205,7 +205,7 @@ class RetentionSystem(HostPlans, L.LightningModule):
         self.flops_budget: float | None = getattr(getattr(encoder, "budget", None), "flops", None)
         n_constraints = self.encoder.num_gates + (self.flops_budget is not None)
         self.lam = nn.Parameter(torch.full((n_constraints,), float(optim.init_lambda)))
-        # λ₂ of the augmented Lagrangian (starts at 0), one per constraint; absent otherwise, so earlier
+        # λ₂ of the augmented Lagrangian (starts at budget.init_lambda2), one per constraint; absent otherwise, so earlier
         # checkpoints still load
         self.lam_quadratic = (nn.Parameter(torch.full((n_constraints,), float(optim.init_lambda2))) if optim.lagrangian == "augmented" else None)
         if method in SPARSE_METHODS:  # no gates and no dense path: soft = hard = the sparse model
