@@ -287,9 +287,9 @@ class RetentionSystem(HostPlans, L.LightningModule):
         self.log("train/task_loss", task, prog_bar=True, on_step=True, on_epoch=True)
         if not gating:
             return task + self.unused_in_graph()
-        lag, targets, expected = self.constraint_loss(*self.constraint_sides(out), out.kept_fractions.shape[1])
-        self.last_expected_retention, self.last_budget_targets = expected.detach(), out.targets.detach()
         batch_size = out.kept_fractions.shape[1]  # (gates, B)
+        lag, targets, expected = self.constraint_loss(*self.constraint_sides(out), batch_size)
+        self.last_expected_retention, self.last_budget_targets = expected.detach(), out.targets.detach()
         self._recent.append((self.last_expected_retention * batch_size, batch_size))
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
         self.log_retention("train", out, on_step=True, targets=targets, expected=expected)
