@@ -1,5 +1,6 @@
 """Composing the config tree: schema defaults ← conf/config.yaml ← group selections
-(``model=minilm``; presets marked ``# @package _global_`` before plain options) ← ``--config FILE``
+(``model=minilm``; presets marked ``# @package _global_`` before plain options, method and
+ablation presets after task presets) ← ``--config FILE``
 ← dot-list overrides (``budget.ratio=0.5``); then validation.
 
 The ``data`` section is typed by the schema of the data module finally selected (``data=kv_retrieval``
@@ -72,6 +73,20 @@ def _is_global(path: Path) -> bool:
         return f.readline().strip() == _GLOBAL_PACKAGE
 
 
+_VARIANT_GROUPS = ("method", "ablation")
+
+
+def _rank(key: str, option: str, path: Path) -> int:
+    """The order group selections merge in, stable within a rank (so two ``experiment=`` presets stack
+    in command-line order): task presets (``experiment=``, ``data=`` presets) first, then the method and
+    ablation presets, so that ``method=ltp`` keeps its fixed penalty (``optim.dual_lr: 0``) whether it
+    is written before or after ``experiment=man_section``; then plain options, so an explicit
+    ``model=...`` wins over the model a preset names."""
+    if not _is_global(path):
+        return 2
+    return 1 if key in _VARIANT_GROUPS else 0
+
+
 @dataclass
 class _Layer:
     """One source merged over the config: its content (rooted at the top of the tree) and the section
@@ -100,8 +115,8 @@ def _load(path: Path, source: str) -> DictConfig:
 
 
 def _layers(overrides: Sequence[str], config_file: str | Path | None) -> list[_Layer]:
-    """conf/config.yaml, the group selections (presets first, so an explicit ``model=...`` wins over the
-    model a benchmark preset names), ``--config FILE``, then the dot-list overrides."""
+    """conf/config.yaml, the group selections in :func:`_rank`'s order, ``--config FILE``, then the
+    dot-list overrides."""
     layers = [_Layer("conf/config.yaml", _load(CONF_DIR / "config.yaml", "conf/config.yaml"))]
     groups = config_groups()
     dotlist, selections = [], []
@@ -115,7 +130,7 @@ def _layers(overrides: Sequence[str], config_file: str | Path | None) -> list[_L
             selections.append((key, value, CONF_DIR / key / f"{value}.yaml"))
         else:
             dotlist.append(item)
-    for key, option, path in sorted(selections, key=lambda sel: not _is_global(sel[2])):
+    for key, option, path in sorted(selections, key=lambda sel: _rank(*sel)):
         source = str(path.relative_to(CONF_DIR.parent))
         content = _load(path, source)
         if not _is_global(path):

@@ -272,6 +272,20 @@ def test_every_preset_group_option_composes():
         assert compose([f"method={name}"]).method == name
 
 
+@pytest.mark.parametrize("variant", ["method=ltp", "ablation=fixed_lambda"])
+def test_a_fixed_penalty_stays_fixed_under_a_task_preset_in_either_order(variant):
+    """LTP and the fixed-λ ablation penalise with a constant λ: no dual ascent, and no quadratic term,
+    although experiment=man_section starts λ₂ at 10 and ascends with η 0.1. The variant wins wherever it
+    stands on the command line (it used to lose when written first)."""
+    from conf.compose import compose
+
+    after, before = compose(["experiment=man_section", variant]), compose([variant, "experiment=man_section"])
+    assert after == before
+    assert (after.optim.dual_lr, after.budget.init_lambda2) == (0.0, 0.0)
+    assert after.budget.init_lambda == (0.2 if variant == "method=ltp" else 1.0)
+    assert after.data.data_files == compose(["experiment=man_section"]).data.data_files
+
+
 def test_trainer_choices_are_lightnings():
     """trainer.precision / strategy / accelerator accept exactly what Lightning's Trainer accepts (conf/
     holds copies: it imports no Lightning)."""
