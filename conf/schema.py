@@ -179,6 +179,9 @@ class GateConfig:
     gamma: float = field(default=-0.1, metadata=below(0))
     zeta: float = field(default=1.1, metadata=above(1))
     init_log_alpha: float = 2.0
+    # true: each gate starts where P(kept) = its share of the budget at data.seq_len tokens (the
+    # relaxation's inverse law; RetentionEncoder.start_at_budget), instead of log alpha = init_log_alpha
+    start_at_budget: bool = False
     protect_special_tokens: bool = True
     # method=ltp: log α = (s·N − θ)/τ on relative attention received
     ltp_temperature: float = field(default=0.1, metadata=above(0))
@@ -325,6 +328,9 @@ def validate(cfg: DictConfig, num_backbone_layers: int | None = None) -> None:
                 )
     if len(set(cfg.gate.layers)) != len(cfg.gate.layers):
         raise ConfigError(f"gate.layers={list(cfg.gate.layers)} has duplicates; allowed: distinct layer indices")
+    if cfg.gate.start_at_budget and cfg.method == "ltp":
+        raise ConfigError("gate.start_at_budget=true with method=ltp: LTP's thresholds replace the gates' scores, so "
+                          "nothing would start at the budget; allowed: gate.start_at_budget=false (method/ltp.yaml's)")
 
 
 def _check_flops_and_distill(cfg: DictConfig, num_backbone_layers: int | None) -> None:

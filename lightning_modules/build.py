@@ -118,6 +118,8 @@ def build_encoder(cfg, dm, backbone: nn.Module | None = None) -> nn.Module:
         init_log_alpha=g.init_log_alpha,
         inference=str(b.inference),
     )
+    if g.start_at_budget:  # (not with method=ltp: conf.schema.validate)
+        encoder.start_at_budget(cfg.data.seq_len)
     if method == "ltp":
         install_ltp(encoder, temperature=g.ltp_temperature)  # its hooks stay for the encoder's lifetime
     return encoder

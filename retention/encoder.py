@@ -372,6 +372,20 @@ class RetentionEncoder(nn.Module):
         st.mask = self._additive_mask(st.valid, None, h.dtype, None if st.plan is None else st.plan.full[k])
         return h
 
+    def start_at_budget(self, length: int) -> list[float]:
+        """Start every gate at its share of the budget for a full sequence of ``length`` tokens: gate k's
+        bias b (so every token's log α, while v ≈ 0) is set to where P(kept) = p_k = M_k / M_{k−1} (M_{−1} = T;
+        the counts :meth:`host_plan` gives, FLOPs budgets included; :meth:`Relaxation.log_alpha_at`), so
+        the expected retention ĝ_k = Π_{j≤k} p_j is M_k / T at the first step and the Lagrangian need not
+        first close gates that start open. Returns the biases, one per gate."""
+        plan = self.host_plan([length], [0] if self.protected_ids else None)
+        kept = (length,) + plan.widths
+        biases = [self.relaxation.log_alpha_at(kept[k + 1] / max(kept[k], 1)) for k in range(self.num_gates)]
+        with torch.no_grad():
+            for gate, bias in zip(self.gates, biases):
+                gate.v.bias.fill_(bias)
+        return biases
+
     # ------------------------------------------------------------------ forward
     def host_plan(self, lengths: Sequence[int] | torch.Tensor, protected_counts: Sequence[int] | torch.Tensor | None = None,
                   padded_length: int | None = None) -> HostPlan:

@@ -38,6 +38,16 @@ class Relaxation(ABC):
         """E[z | z > 0]: the mean value of the gate when it is open, in (0, 1]. Soft evaluation scales
         each token it keeps (the hard path's top-M) by this value."""
 
+    @abstractmethod
+    def log_alpha_at(self, p: float) -> float:
+        """The inverse of :meth:`prob_nonzero`: the log α at which P(z > 0) = ``p``, ``p`` clipped to
+        [1e-4, 1 − 1e-4] (so a gate asked to keep everything starts open but still trainable)."""
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1.0 - 1e-4)
+    return math.log(p / (1.0 - p))
+
 
 @dataclass(frozen=True)
 class HardConcrete(Relaxation):
@@ -77,6 +87,11 @@ class HardConcrete(Relaxation):
             P(z̃ > 0) = σ(log α − β·log(−γ/ζ))
         """
         return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+    def log_alpha_at(self, p: float) -> float:
+        """log α = logit(p) + β·log(−γ/ζ), the inverse of :meth:`prob_nonzero` (β = 2/3, γ = −0.1, ζ = 1.1:
+        logit(p) − 1.599, so P(kept) = 0.3 at log α = −2.446)."""
+        return _logit(p) + self.beta * math.log(-self.gamma / self.zeta)
 
     def deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """Noise-free gate for soft evaluation (Louizos et al.'s test-time estimator):
@@ -133,6 +148,10 @@ class SigmoidGate(Relaxation):
     def open_mean(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """No noise: the gate itself, σ(log α) (never 0)."""
         return torch.sigmoid(log_alpha)
+
+    def log_alpha_at(self, p: float) -> float:
+        """log α = logit(p)."""
+        return _logit(p)
 
 
 @dataclass(frozen=True)

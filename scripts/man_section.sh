@@ -16,8 +16,8 @@ OUT=${2:-results/seed$SEED/man_section}
 RETENTION=${RETENTION:-$(command -v retention || echo .venv/bin/retention)}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/results.db}
 exp="man-section-seed$SEED"
-# (the gates start at P(kept) = rho: gate.init_log_alpha = logit(rho) - 1.599, as the preset does for 0.3)
-VARIANTS=${VARIANTS:-"method=gate budget.ratio=0.1 gate.init_log_alpha=-3.796|method=gate budget.ratio=0.5 gate.init_log_alpha=-1.599|method=gate|method=ltp|ablation=no_context|ablation=fixed_lambda|ablation=no_relaxation|ablation=straight_through"}
+# (the preset starts the gates at P(kept) = rho, gate.start_at_budget)
+VARIANTS=${VARIANTS:-"method=gate budget.ratio=0.1|method=gate budget.ratio=0.5|method=gate|method=ltp|ablation=no_context|ablation=fixed_lambda|ablation=no_relaxation|ablation=straight_through"}
 # shellcheck disable=SC2086
 "$RETENTION" train experiment=man_section_pretrain seed=$SEED logging.experiment="$exp" logging.run_name=dense \
   logging.checkpoint_dir="$OUT/checkpoints/dense" ${EXTRA:-}

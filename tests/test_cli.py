@@ -272,6 +272,12 @@ def test_every_preset_group_option_composes():
         assert compose([f"method={name}"]).method == name
 
 
+def test_ltp_with_gates_started_at_the_budget_exits_2_before_any_work(capsys, no_work):
+    assert cli.main(["train", "method=ltp", "gate.start_at_budget=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gate.start_at_budget=true with method=ltp" in err
+
+
 @pytest.mark.parametrize("variant", ["method=ltp", "ablation=fixed_lambda"])
 def test_a_fixed_penalty_stays_fixed_under_a_task_preset_in_either_order(variant):
     """LTP and the fixed-λ ablation penalise with a constant λ: no dual ascent, and no quadratic term,

@@ -163,3 +163,23 @@ def test_gate_is_small_relative_to_minilm():
     gate = sum(p.numel() for p in enc.gates.parameters())
     backbone = sum(p.numel() for p in model.parameters())
     assert gate / backbone < 0.02
+
+
+@pytest.mark.parametrize("schedule, flops", [("constant", None), ("linear", None), ("linear", 0.45)])
+def test_gates_started_at_the_budget_expect_each_gates_share_of_it(schedule, flops):
+    """start_at_budget(T): with the scorer's v = 0, every token's P(kept) at gate k is M_k / M_{k−1}, so on
+    full sequences of T tokens with nothing protected the soft path's ĝ_k = Π_j p_j is M_k / T, the hard
+    path's achieved retention (ratio schedules and a FLOPs budget alike)."""
+    gates = [0, 1, 2]
+    enc = RetentionEncoder(tiny("bert"), gates, Budget(ratio=0.3, schedule=schedule, num_layers=3, flops=flops))
+    ids, mask = batch(t=40, pad=False)
+    biases = enc.start_at_budget(40)
+    for gate in enc.gates:
+        torch.nn.init.zeros_(gate.v.weight)
+    with torch.no_grad():
+        soft, hard = enc(ids, mask, mode="soft"), enc(ids, mask, mode="hard")
+    # (a gate whose share is 1 starts at p = 1 − 1e-4, still trainable: two of them cost 2e-4 of ĝ)
+    torch.testing.assert_close(soft.expected_retention, hard.achieved_retention.float(), rtol=0, atol=2.5e-4)
+    assert [g.v.bias.detach().item() for g in enc.gates] == pytest.approx(biases)
+    if schedule == "constant":  # one drop at the first gate, ⌈0.3·40⌉ = 12 kept: logit(0.3) − 1.599, then wide open
+        assert biases[0] == pytest.approx(enc.relaxation.log_alpha_at(0.3)) and biases[1] == biases[2] > 7

@@ -122,3 +122,16 @@ def test_open_mean_stays_exact_for_a_gate_almost_never_open():
     values = hc.open_mean(torch.tensor([-80.0, -40.0, -6.0]))
     assert values[0].item() == pytest.approx(values[1].item(), abs=1e-6)
     assert 0.2 < values[0].item() < values[2].item()
+
+
+@pytest.mark.parametrize("name", sorted(RELAXATIONS))
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.77])
+def test_log_alpha_at_inverts_the_probability_a_gate_is_open(name, p):
+    """P(z > 0) at log_alpha_at(p) is p: for the Hard-Concrete log α = logit(p) + β·log(−γ/ζ) (−2.446 at
+    p = 0.3), for the sigmoid gates logit(p)."""
+    relaxation = make_relaxation(name)
+    log_alpha = relaxation.log_alpha_at(p)
+    assert float(relaxation.prob_nonzero(torch.tensor(log_alpha, dtype=torch.float64))) == pytest.approx(p, abs=1e-12)
+    if name == "hard_concrete" and p == 0.3:
+        assert log_alpha == pytest.approx(-2.4459, abs=1e-4)
+    assert math.isfinite(relaxation.log_alpha_at(1.0)) and relaxation.prob_nonzero(torch.tensor(relaxation.log_alpha_at(1.0))) > 0.999
