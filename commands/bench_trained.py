@@ -76,10 +76,10 @@ def trained_label(cfg) -> str:
     layers = list(cfg.gate.layers)
     b = cfg.budget
     gates = f"single gate at layer {layers[0]}" if len(layers) == 1 else f"progressive gates {', '.join(map(str, layers))}"
-    flops = b.get("flops")
+    flops = b.flops
     budget = f"F {flops}" if flops is not None else (f"ρ {b.ratio}" if b.ratio is not None else f"M {b.tokens}")
     label = f"{gates}, {budget}"
-    if cfg.get("distill") is not None and cfg.distill.get("ranking"):
+    if cfg.distill.ranking:
         label += " + ranking distillation"
     what = describe(cfg).rsplit(" seed=", 1)[0]
     if what != "adaptive-retention" and what != "ablation:ranking_distill":

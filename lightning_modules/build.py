@@ -52,18 +52,18 @@ def task_of(dm) -> str:
 def optimisation(cfg) -> Optimisation:
     """The :class:`Optimisation` settings of ``cfg`` (``optim.*``; ``budget.dense_fraction``,
     ``budget.warmup_fraction``, ``budget.dense_steps``, ``budget.warmup_steps``, ``budget.init_lambda``, ``budget.constraint`` and ``budget.lagrangian``;
-    ``distill.*``, absent from the config.yaml of runs older than it: no distillation)."""
-    o, b = cfg.optim, cfg.budget
-    distill = cfg.get("distill") or {}
+    ``distill.*``). ``cfg`` is composed (:func:`conf.compose.compose`) or a saved run's
+    (:func:`conf.compose.load_run_config`, which gives keys newer than the run their schema defaults)."""
+    o, b, distill = cfg.optim, cfg.budget, cfg.distill
     return Optimisation(
-        lr=o.lr, gate_lr=o.gate_lr, dual_lr=o.dual_lr, dual_step=str(o.get("dual_step", "adam")), weight_decay=o.weight_decay,
+        lr=o.lr, gate_lr=o.gate_lr, dual_lr=o.dual_lr, dual_step=str(o.dual_step), weight_decay=o.weight_decay,
         betas=(float(o.betas[0]), float(o.betas[1])), scheduler=str(o.scheduler), warmup_steps=o.warmup_steps,
-        restart_after_dense=bool(o.get("restart_after_dense", False)),
+        restart_after_dense=bool(o.restart_after_dense),
         dense_steps=b.dense_steps, budget_warmup_steps=b.warmup_steps, init_lambda=float(b.init_lambda),
-        init_lambda2=float(b.get("init_lambda2", 0.0)),
+        init_lambda2=float(b.init_lambda2),
         dense_fraction=float(b.dense_fraction), warmup_fraction=float(b.warmup_fraction),
         constraint=str(b.constraint), lagrangian=str(b.lagrangian),
-        distill_ranking=bool(distill.get("ranking", False)), distill_weight=float(distill.get("weight", 1.0)),
+        distill_ranking=bool(distill.ranking), distill_weight=float(distill.weight),
     )
 
 
@@ -109,7 +109,7 @@ def build_encoder(cfg, dm, backbone: nn.Module | None = None) -> nn.Module:
         backbone,
         gate_layers=layers,
         budget=Budget(ratio=b.ratio, tokens=b.tokens, schedule=str(b.schedule), num_layers=len(layers),
-                      flops=b.get("flops")),  # absent from older runs' config.yaml
+                      flops=b.flops),
         relaxation=make_relaxation(str(g.relaxation), beta=g.beta, gamma=g.gamma, zeta=g.zeta),
         protected_token_ids=protected if g.protect_special_tokens else (),
         scorer_hidden=g.hidden or None,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from commands.checkpoints import load_checkpoint
+from conf.compose import load_run_config
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT
 from datamodules import build_datamodule
 from datamodules.needle import generate_needle
@@ -30,7 +30,7 @@ from retention.budget import Budget
 
 
 def kept_stats(checkpoint: Path, budgets: list[float]) -> list[dict]:
-    cfg = OmegaConf.load(checkpoint.parent / CONFIG_NEXT_TO_CHECKPOINT)
+    cfg = load_run_config(checkpoint.parent / CONFIG_NEXT_TO_CHECKPOINT)
     dm = build_datamodule(cfg)
     system = build_system(cfg, dm)
     system.load_state_dict(load_checkpoint(checkpoint)["state_dict"])

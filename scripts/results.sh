@@ -8,6 +8,7 @@
 #      first, l2 and attention are swapped into our trained model).
 # Everything is tracked in ./results.db (MLflow: experiment results-<task>-seed<SEED>, stage 1 in
 # results-<task>-seed<SEED>-pretrain); checkpoints and the evaluation files go under OUT.
+# Set VARIANTS to run a subset of stage 2, e.g. VARIANTS="method=ltp ablation=fixed_lambda" scripts/results.sh 1.
 set -euo pipefail
 SEED=${1:-0}
 OUT=${2:-results/seed$SEED}
@@ -25,8 +26,8 @@ for task in $TASKS; do
   "$RETENTION" train experiment=${task}_pretrain seed=$SEED data.seed=$SEED logging.experiment="$exp-pretrain" \
     logging.run_name=pretrain logging.checkpoint_dir="$ckdir/pretrain"
   dense=$(ls -t "$ckdir"/pretrain/*/best.ckpt | head -1)
-  for variant in method=gate method=ltp ablation=no_relaxation ablation=straight_through ablation=fixed_lambda \
-                 ablation=threshold_inference ablation=no_context method=longformer method=bigbird; do
+  for variant in ${VARIANTS:-method=gate method=ltp ablation=no_relaxation ablation=straight_through ablation=fixed_lambda \
+                 ablation=threshold_inference ablation=no_context method=longformer method=bigbird}; do
     steps=()
     case $variant in method=longformer|method=bigbird) steps=(data.train_size=$SPARSE_TRAIN_SIZE) ;; esac
     "$RETENTION" train experiment=$task $variant seed=$SEED data.seed=$SEED model.init_from="$dense" \
