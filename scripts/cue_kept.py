@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from commands.checkpoints import load_checkpoint
-from conf.compose import load_run_config
 from commands.runner import CONFIG_NEXT_TO_CHECKPOINT
+from conf.compose import load_run_config
 from datamodules import build_datamodule
 from datamodules.needle import generate_needle
 from datamodules.synthetic import split_seed
