@@ -305,9 +305,9 @@ def _fit_and_test(cfg, trainer, system, dm, logger, ckpt, resume, tracking_uri, 
 
 
 def budget_gaps(system) -> dict[int, float]:
-    """ĝ_ℓ − ρ_ℓ per gated layer at the end of training, ĝ_ℓ over the last gated steps
+    """ĝ_ℓ − ρ_ℓ per gated layer at the end of training, both over the sequences of the last gated steps
     (:attr:`lightning_modules.system.RetentionSystem.recent_expected_retention`; empty when no step gated)."""
-    achieved, targets = system.recent_expected_retention, system.last_budget_targets
+    achieved, targets = system.recent_expected_retention, system.recent_budget_targets
     if achieved is None:
         return {}
     return {layer: float(a) - float(t) for layer, a, t in zip(system.encoder.gate_layers, achieved, targets)}

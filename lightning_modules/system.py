@@ -218,20 +218,30 @@ class RetentionSystem(HostPlans, L.LightningModule):
         self._phases: tuple[int, int] | None = None  # (dense, warm-up) steps, resolved when a fit starts
         # ĝ_ℓ of the latest gated training step; None before the budget phase
         self.last_expected_retention: torch.Tensor | None = None
-        self.last_budget_targets: torch.Tensor | None = None  # ρ_ℓ of that step's batch (not the warmed-up ρ_ℓ(t))
-        # (ĝ_ℓ·B, B) of the last RECENT_STEPS gated steps: the summary's ĝ (:attr:`recent_expected_retention`)
+        # (ĝ_ℓ·B, ρ_ℓ·B, B) of the last RECENT_STEPS gated steps, ρ_ℓ the batch's budget (not the warmed-up
+        # ρ_ℓ(t)): the summary's ĝ and ρ (:attr:`recent_expected_retention`, :attr:`recent_budget_targets`)
         self._recent: collections.deque = collections.deque(maxlen=self.RECENT_STEPS)
 
     # ------------------------------------------------------------------ the Lagrangian
-    @property
-    def recent_expected_retention(self) -> torch.Tensor | None:
-        """ĝ_ℓ at the end of training: the mean over the sequences of the last :attr:`RECENT_STEPS`
-        gated steps (each step's ĝ_ℓ weighted by its batch size), so that a short last batch (a
-        1,201-page file in batches of 16 ends on one page) does not stand for the run. None before
-        the budget phase."""
+    def _recent_mean(self, entry: int) -> torch.Tensor | None:
+        """The mean over the sequences of the last :attr:`RECENT_STEPS` gated steps of one per-step
+        quantity (each step's value weighted by its batch size), so that a short last batch (a
+        1,201-page file in batches of 16 ends on one page) does not stand for the run. None before the
+        budget phase."""
         if not self._recent:
             return None
-        return sum(g for g, _ in self._recent) / sum(n for _, n in self._recent)
+        return sum(step[entry] for step in self._recent) / sum(step[-1] for step in self._recent)
+
+    @property
+    def recent_expected_retention(self) -> torch.Tensor | None:
+        """ĝ_ℓ at the end of training, over the last gated steps' sequences (:meth:`_recent_mean`)."""
+        return self._recent_mean(0)
+
+    @property
+    def recent_budget_targets(self) -> torch.Tensor | None:
+        """ρ_ℓ over the same sequences as :attr:`recent_expected_retention` (per sequence under
+        ``budget.tokens``, so the last batch's alone would not match)."""
+        return self._recent_mean(1)
 
     @property
     def gating(self) -> bool:
@@ -289,8 +299,8 @@ class RetentionSystem(HostPlans, L.LightningModule):
             return task + self.unused_in_graph()
         batch_size = out.kept_fractions.shape[1]  # (gates, B)
         lag, targets, expected = self.constraint_loss(*self.constraint_sides(out), batch_size)
-        self.last_expected_retention, self.last_budget_targets = expected.detach(), out.targets.detach()
-        self._recent.append((self.last_expected_retention * batch_size, batch_size))
+        self.last_expected_retention = expected.detach()
+        self._recent.append((self.last_expected_retention * batch_size, out.targets.detach() * batch_size, batch_size))
         self.log("train/lagrangian", lag.detach(), on_step=True, on_epoch=True)
         self.log_retention("train", out, on_step=True, targets=targets, expected=expected)
         self.log("train/exp_ret", expected[: self.encoder.num_gates].mean().detach(), prog_bar=True, on_step=True,

@@ -371,7 +371,7 @@ def test_augmented_lagrangian_puts_lambda2_in_the_dual_group():
     assert sum(len(g["params"]) for g in groups) == sum(1 for _ in system.parameters())
 
 
-def test_init_lambda2_starts_the_quadratic_term_at_its_value_and_a_warm_start_keeps_it():
+def test_init_lambda2_starts_the_quadratic_term_at_its_value():
     """``budget.init_lambda2``: λ₂ starts at the configured value on every gated layer (the restoring pull
     2·λ₂·(ĝ − ρ) acts from the first gated step); the default 0 is the earlier behaviour."""
     _, _, system = make("budget.lagrangian=augmented", "budget.init_lambda2=2.5")
